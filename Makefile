@@ -1,0 +1,56 @@
+# Everyday targets. `make serve` and `make test` do all the set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: serve test models lint format bench bench-quick load sysdeps install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# The serving install: onnxruntime, no torch.
+$(VENV)/.installed-serve: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	@touch $@
+
+# Everything the tests, training and load runs need (torch==2.13.0 CPU build).
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[train,load,dev]'
+	@touch $@ $(VENV)/.installed-serve
+
+install: $(VENV)/.installed-serve
+install-dev: $(VENV)/.installed-dev
+
+## serve: install into .venv and serve every model in models/ on $(HOST):$(PORT)
+serve: $(VENV)/.installed-serve
+	$(BIN)/verdict-serve --host $(HOST) --port $(PORT)
+
+## sysdeps: Debian packages the tests use (prometheus/promtool, wrk, docker-compose)
+sysdeps:
+	@bash scripts/sysdeps.sh
+
+## test: install everything, then run the whole suite
+test: sysdeps $(VENV)/.installed-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## models: retrain and re-export the bundled models (seeded)
+models: $(VENV)/.installed-dev
+	$(BIN)/python -m training train configs/breast-cancer.yaml --out models/breast-cancer
+	$(BIN)/python -m training train configs/digits.yaml --out models/digits
+
+## lint: ruff and mypy
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy service training bench
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install the Debian packages the test suite uses, when they are missing.
+set -euo pipefail
+need=()
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "sysdeps: installing ${need[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "sysdeps: need root (or sudo) to apt-get install ${need[*]}" >&2; exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

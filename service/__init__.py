@@ -1,0 +1,1 @@
+"""verdict serving: FastAPI over ONNX Runtime (no torch)."""

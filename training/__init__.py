@@ -1,0 +1,1 @@
+"""verdict training: PyTorch classifiers exported to ONNX with a business threshold."""
