@@ -54,3 +54,7 @@ format: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+## load: bounded headless Locust run (SLO gate) against a local server it starts; HTML report in var/reports/
+load: $(VENV)/.installed-dev
+	USERS=$${USERS:-10} SPAWN_RATE=$${SPAWN_RATE:-5} RUN_TIME=$${RUN_TIME:-30s} VENV=$(VENV) bash scripts/load.sh
