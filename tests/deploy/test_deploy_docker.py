@@ -155,7 +155,7 @@ def test_dockerignore_keeps_the_context_small_but_complete() -> None:
         if line.strip() and not line.startswith("#")
     }
     assert {".git", ".venv", "var"} <= ignored
-    copied = set()
+    copied: set[str] = set()
     for name in DOCKERFILES:
         for op, args in instructions(DEPLOY / name):
             if op == "COPY" and not args.startswith("--from="):
