@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "deploy" / "locust" / "breast_cancer_sample.json"
 DRAIN_SECONDS = 10.0
 CLIENTS = 10
-ROWS_PER_REQUEST = 4000  # big enough that answering all clients takes a while
+ROWS_PER_REQUEST = 2000  # big enough that answering all clients takes a while
 MODEL = "breast-cancer"
 
 
@@ -46,6 +46,8 @@ class Server:
             VERDICT_FEEDBACK_DB=str(store),
             VERDICT_PREDICTION_ID_KEY="shutdown-test-key-" + "k" * 24,
             VERDICT_DRAIN_SECONDS=str(DRAIN_SECONDS),
+            # Room for every client's rows at once: the test is about draining, not shedding.
+            VERDICT_MAX_QUEUE_ROWS=str(CLIENTS * ROWS_PER_REQUEST * 4),
         )
         self.log = log.open("ab")
         cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)]
@@ -156,7 +158,10 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(start: A
         client.start()
     for client in clients:
         assert client.sent.wait(60), "a client could not send its request"
-    time.sleep(0.2)  # let the server read the requests it has been sent
+    # Barrier: once the server answers a request sent after all of them, its event loop has
+    # accepted every earlier connection and read its request head, so all are in flight.
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/v2/health/live", timeout=60):
+        pass
     sigterm_at = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
 
@@ -182,7 +187,7 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(start: A
         "every request finished before SIGTERM: the test did not exercise the drain"
     )
     code = server.proc.wait(timeout=DRAIN_SECONDS + 20)
-    assert code == 0, server.log_text()
+    assert code == 0, f"exit code {code}\n{server.log_text()}"
 
     # Restarted on the same store with the same key, the label is already there.
     again = start()
