@@ -142,3 +142,33 @@ def test_healthcheck_and_probe_routes_are_served(monkeypatch: pytest.MonkeyPatch
     for route in ("/v2/health/ready", "/v2/health/live", "/metrics", "/predict", "/feedback"):
         status = client.request("PATCH", route).status_code
         assert status == 405, f"{route} is not a route of the service (PATCH gave {status})"
+
+
+def _verdict_env_names() -> dict[str, set[str]]:
+    """Every VERDICT_* name the deployment files hand to the server, by file."""
+    found: dict[str, set[str]] = {}
+    compose = yaml.safe_load(COMPOSE.read_text())
+    found["docker-compose.yml"] = {
+        k for k in compose["services"]["verdict"]["environment"] if k.startswith("VERDICT_")
+    }
+    files = [
+        *(ROOT / "deploy").glob("Dockerfile*"),
+        *(ROOT / "deploy" / "k8s").rglob("*.yaml"),
+    ]
+    for path in files:
+        if path.name == "prometheusrule.yaml":
+            continue
+        names = set(re.findall(r"\b(VERDICT_[A-Z0-9_]+)\b", path.read_text()))
+        if names:
+            found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def test_every_verdict_setting_the_deployment_sets_exists() -> None:
+    from service.settings import Settings
+
+    known = {f"VERDICT_{name.upper()}" for name in Settings.model_fields}
+    by_file = _verdict_env_names()
+    assert len(by_file) >= 4
+    for where, names in by_file.items():
+        assert names <= known, f"{where}: unknown settings {sorted(names - known)}"
