@@ -55,6 +55,6 @@ format: $(VENV)/.installed-dev
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
-## load: bounded headless Locust run (SLO gate) against a local server it starts; HTML report in var/reports/
+## load: bounded headless Locust run (SLO gate) on a local server it starts and stops; HTML report in var/reports/ (USERS, SPAWN_RATE, RUN_TIME, VERDICT_SLO_P99_MS)
 load: $(VENV)/.installed-dev
-	USERS=$${USERS:-10} SPAWN_RATE=$${SPAWN_RATE:-5} RUN_TIME=$${RUN_TIME:-30s} VENV=$(VENV) bash scripts/load.sh
+	VENV=$(VENV) bash scripts/load.sh

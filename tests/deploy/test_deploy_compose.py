@@ -172,3 +172,32 @@ def test_every_verdict_setting_the_deployment_sets_exists() -> None:
     assert len(by_file) >= 4
     for where, names in by_file.items():
         assert names <= known, f"{where}: unknown settings {sorted(names - known)}"
+
+
+def test_prometheus_and_grafana_configs_match_the_compose_mounts(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    prometheus_yml = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    rules_target = next(
+        v.split(":")[1] for v in services["prometheus"]["volumes"] if "prometheus/rules" in v
+    )
+    assert any(str(f).startswith(rules_target + "/") for f in prometheus_yml["rule_files"])
+    assert list((ROOT / "deploy" / "prometheus" / "rules").glob("*.yml"))
+    # Grafana: a Prometheus datasource reaching the compose service, dashboards where mounted.
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    urls = []
+    for path in sorted((provisioning / "datasources").glob("*.y*ml")):
+        for source in yaml.safe_load(path.read_text()).get("datasources", []):
+            if source.get("type") == "prometheus":
+                urls.append(source["url"])
+    assert "http://prometheus:9090" in [u.rstrip("/") for u in urls], urls
+    dash_target = next(
+        v.split(":")[1] for v in services["grafana"]["volumes"] if "grafana/dashboards" in v
+    )
+    paths = []
+    for path in sorted((provisioning / "dashboards").glob("*.y*ml")):
+        for provider in yaml.safe_load(path.read_text()).get("providers", []):
+            paths.append(provider["options"]["path"])
+    assert paths and all(p.rstrip("/").startswith(dash_target) for p in paths), paths
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(dash_target + "/")
+    assert (ROOT / "deploy" / "grafana" / "dashboards" / Path(home).name).is_file()
