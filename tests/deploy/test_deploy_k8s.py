@@ -231,6 +231,7 @@ def test_service_hpa_pdb_and_monitor_select_the_pods(cpu: list[dict[str, Any]]) 
     hpa = one(cpu, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == one(cpu, "Deployment")["metadata"]["name"]
     assert hpa["spec"]["minReplicas"] >= 2  # with the PDB's minAvailable 1, drains stay safe
+    assert "replicas" not in one(cpu, "Deployment")["spec"], "the HPA owns the replica count"
     monitor = one(cpu, "ServiceMonitor")
     jsonschema.validate(monitor, SERVICE_MONITOR_SCHEMA)
     svc_labels = service["metadata"]["labels"]
@@ -327,3 +328,20 @@ def test_kserve_inference_service_uses_the_runtime(kserve: list[dict[str, Any]])
     # Named after the model (the one the load test drives), so /v2/models/<name>/infer matches.
     sample = json.loads((ROOT / "deploy" / "locust" / "breast_cancer_sample.json").read_text())
     assert isvc["metadata"]["name"] == sample["model"]
+
+
+def test_rule_generator_refuses_duplicate_groups_and_reports_staleness(tmp_path: Path) -> None:
+    script = ROOT / "scripts" / "gen_prometheusrule.py"
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    group = {"groups": [{"name": "g", "rules": [{"record": "a:b:c", "expr": "up"}]}]}
+    (rules / "a.yml").write_text(yaml.safe_dump(group))
+    out = tmp_path / "prometheusrule.yaml"
+    base = [sys.executable, str(script), "--rules-dir", str(rules), "--out", str(out)]
+    assert subprocess.run(base, capture_output=True, timeout=60).returncode == 0
+    assert subprocess.run([*base, "--check"], capture_output=True, timeout=60).returncode == 0
+    out.write_text(out.read_text() + "# hand edit\n")
+    assert subprocess.run([*base, "--check"], capture_output=True, timeout=60).returncode == 1
+    (rules / "b.yml").write_text(yaml.safe_dump(group))
+    done = subprocess.run(base, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "also in" in done.stderr
