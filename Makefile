@@ -54,3 +54,7 @@ format: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+## load: bounded headless Locust run (SLO gate) on a local server it starts and stops; HTML report in var/reports/ (USERS, SPAWN_RATE, RUN_TIME, VERDICT_SLO_P99_MS)
+load: $(VENV)/.installed-dev
+	VENV=$(VENV) bash scripts/load.sh
