@@ -1,4 +1,4 @@
-"""End to end through a real Prometheus: scrape a static /metrics, check recorded rates and alerts."""
+"""End to end through a real Prometheus: scrape a static /metrics, check recorded series, alerts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 from typing import Any
 
 import pytest
