@@ -44,6 +44,9 @@ def exposition(released: bool) -> str:
     lines.append("# TYPE verdict_outcome_cost gauge")
     for model, outcome, cost in COSTS:
         lines.append(f'verdict_outcome_cost{{model="{model}",outcome="{outcome}"}} {cost}')
+    lines.append("# TYPE verdict_model_info gauge")
+    labels = 'model="bc",version="2",provider="CPUExecutionProvider",threshold="0.12"'
+    lines.append(f"verdict_model_info{{{labels}}} 1")
     lines.append("# TYPE verdict_reference_bin_ratio gauge")
     for bin_, ratio in REFERENCE.items():
         labels = f'model="bc",version="2",feature="mean radius",bin="{bin_}"'
