@@ -1,0 +1,132 @@
+"""Drift: counts inputs and scores into the manifest's reference bins, once per batch."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+SCORE_FEATURE = "__score__"
+DEFAULT_MAX_FEATURES = 30
+
+
+class _Family(Protocol):
+    def labels(self, *args: str, **kwargs: str) -> Any: ...
+
+
+class DriftMetrics(Protocol):
+    """The metric families drift updates (owned by service.metrics)."""
+
+    feature_bin: _Family  # verdict_feature_bin_total{model,feature,bin}
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What one model version monitors, with the labelled counter children cached."""
+
+    columns: np.ndarray  # input column of each monitored feature
+    edges: list[np.ndarray]  # interior cut points per monitored feature
+    offsets: np.ndarray  # where each feature's bins start in the flat bincount
+    children: list[Any]  # one counter child per (feature, bin), flat, in offset order
+    score_edges: np.ndarray | None
+    score_children: list[Any]
+
+
+def monitored_features(manifest: Mapping[str, Any], max_features: int) -> list[str]:
+    """The first `max_features` features in manifest order that have reference bins."""
+    names = (manifest.get("input") or {}).get("feature_names") or []
+    reference = ((manifest.get("reference") or {}).get("features")) or {}
+    return [name for name in names if name in reference][: max(0, max_features)]
+
+
+def bin_index(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Bin i holds (edges[i-1], edges[i]]; the outer bins are open-ended."""
+    return np.searchsorted(edges, values, side="left")
+
+
+class DriftMonitor:
+    """Feeds `verdict_feature_bin_total{model,feature,bin}` so PSI can be computed in PromQL.
+
+    The predict path calls `observe` once per batch: one `searchsorted` per monitored
+    feature over the batch column, one `bincount` over all of them, and one counter
+    increment per non-empty bin (children are looked up once, at `register`).
+    """
+
+    def __init__(self, metrics: DriftMetrics, max_features: int = DEFAULT_MAX_FEATURES) -> None:
+        self.metrics = metrics
+        self.max_features = max_features
+        self._plans: dict[tuple[str, int], _Plan] = {}
+        self._lock = threading.Lock()
+
+    def register(self, model: str, version: int, manifest: Mapping[str, Any]) -> list[str]:
+        """Start watching a model version; returns the monitored features (score not included)."""
+        reference = manifest.get("reference") or {}
+        names = list((manifest.get("input") or {}).get("feature_names") or [])
+        features = monitored_features(manifest, self.max_features)
+        family = self.metrics.feature_bin
+        edges: list[np.ndarray] = []
+        children: list[Any] = []
+        offsets: list[int] = []
+        for feature in features:
+            cuts = np.asarray(reference["features"][feature]["edges"], dtype=np.float64)
+            offsets.append(len(children))
+            edges.append(cuts)
+            children.extend(
+                family.labels(model=model, feature=feature, bin=str(i))
+                for i in range(len(cuts) + 1)
+            )
+        score = reference.get("score")
+        score_edges = None
+        score_children = []
+        if score and manifest.get("task") == "binary":
+            score_edges = np.asarray(score["edges"], dtype=np.float64)
+            score_children = [
+                family.labels(model=model, feature=SCORE_FEATURE, bin=str(i))
+                for i in range(len(score_edges) + 1)
+            ]
+        plan = _Plan(
+            columns=np.asarray([names.index(f) for f in features], dtype=np.intp),
+            edges=edges,
+            offsets=np.asarray(offsets, dtype=np.intp),
+            children=children,
+            score_edges=score_edges,
+            score_children=score_children,
+        )
+        with self._lock:
+            self._plans[(model, version)] = plan
+        return features
+
+    def unregister(self, model: str, version: int) -> None:
+        """Stop watching a model version (its series stay: counters never go back)."""
+        with self._lock:
+            self._plans.pop((model, version), None)
+
+    def observe(self, model: str, version: int, x: np.ndarray, scores: np.ndarray | None) -> None:
+        """Count one batch: `x` is the [n, F] input matrix, `scores` the positive-class scores."""
+        plan = self._plans.get((model, version))
+        if plan is None:
+            return
+        if plan.children and x.ndim == 2 and len(x):
+            flat = np.concatenate(
+                [
+                    bin_index(cuts, x[:, column]) + offset
+                    for cuts, column, offset in zip(
+                        plan.edges, plan.columns, plan.offsets, strict=True
+                    )
+                ]
+            )
+            _increment(plan.children, np.bincount(flat, minlength=len(plan.children)))
+        if plan.score_edges is not None and scores is not None and len(scores):
+            counts = np.bincount(
+                bin_index(plan.score_edges, np.ravel(scores)),
+                minlength=len(plan.score_children),
+            )
+            _increment(plan.score_children, counts)
+
+
+def _increment(children: list[Any], counts: np.ndarray) -> None:
+    for i in np.flatnonzero(counts):
+        children[i].inc(int(counts[i]))
