@@ -181,16 +181,18 @@ class FeedbackService:
         pid = item.get("prediction_id")
         if not isinstance(pid, str):
             return _Checked.refuse(None, "invalid", "prediction_id must be a string")
+        # Parsed first so that even a malformed item is counted under its model.
+        ref = self.ids.parse(pid)
         label = item.get("label")
         extra = set(item) - {"prediction_id", "label", "observed_at"}
         if label is None:
-            return _Checked.refuse(pid, "invalid", "label is required")
+            return _Checked.refuse(pid, "invalid", "label is required", ref)
         if isinstance(label, bool) or not isinstance(label, str | int):
-            return _Checked.refuse(pid, "invalid", "label must be a class name or a class index")
+            message = "label must be a class name or a class index"
+            return _Checked.refuse(pid, "invalid", message, ref)
         if extra:
             fields = ", ".join(sorted(map(str, extra)))
-            return _Checked.refuse(pid, "invalid", f"unexpected fields: {fields}")
-        ref = self.ids.parse(pid)
+            return _Checked.refuse(pid, "invalid", f"unexpected fields: {fields}", ref)
         if ref is None:
             return _Checked.refuse(pid, "unknown", "not a prediction id issued by this service")
         manifest = self.manifest_of(ref.model, ref.version)

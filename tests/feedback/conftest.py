@@ -1,97 +1,17 @@
-"""Fixtures for the feedback tests: a real SQLite file, a real Prometheus registry, manifests."""
+"""Fixtures for the feedback tests: a real SQLite file, a real Prometheus registry."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from feedback_support import KEY, Clock, Metrics, manifest_of
+from prometheus_client import CollectorRegistry
 
 from service.feedback import FeedbackService
 from service.ids import PredictionIds
 from service.store import FeedbackStore
-
-KEY = b"feedback-test-key-0123456789abcdef"
-NOW = 1_800_000_000.0
-
-BINARY: dict[str, Any] = {
-    "name": "bc",
-    "version": 1,
-    "task": "binary",
-    "input": {"name": "input", "shape": [-1, 3], "dtype": "float32", "kind": "tabular",
-              "feature_names": ["a", "b", "c"]},
-    "output": {"name": "probabilities", "classes": ["benign", "malignant"],
-               "positive_class": "malignant"},
-    "decision": {"threshold": 0.3},
-    "objectives": {"max_fnr": 0.2, "max_fpr": 0.1},
-    "costs": {"cost_fp": 1.0, "cost_fn": 20.0},
-    "reference": {
-        "bins": 3,
-        "features": {
-            "a": {"edges": [0.0, 1.0], "proportions": [0.3, 0.4, 0.3]},
-            "b": {"edges": [10.0], "proportions": [0.5, 0.5]},
-            "c": {"edges": [-1.0, 0.0, 1.0], "proportions": [0.25, 0.25, 0.25, 0.25]},
-        },
-        "score": {"edges": [0.25, 0.5, 0.75], "proportions": [0.25, 0.25, 0.25, 0.25]},
-    },
-}
-
-MULTICLASS: dict[str, Any] = {
-    "name": "digits",
-    "version": 2,
-    "task": "multiclass",
-    "input": {"name": "input", "shape": [-1, 1, 8, 8], "dtype": "float32", "kind": "image",
-              "feature_names": None},
-    "output": {"name": "probabilities", "classes": ["zero", "one", "two"],
-               "positive_class": None},
-    "decision": {"threshold": None},
-    "objectives": {"max_fnr": None, "max_fpr": None},
-    "costs": {"cost_fp": None, "cost_fn": None},
-    "reference": {"bins": 10, "features": {}, "score": None},
-}
-
-MANIFESTS = {("bc", 1): BINARY, ("digits", 2): MULTICLASS}
-
-
-def manifest_of(model: str, version: int) -> dict[str, Any] | None:
-    return MANIFESTS.get((model, version))
-
-
-class Metrics:
-    """The metric families of service.metrics that the feedback side uses, on one registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.feedback_items = Counter(
-            "verdict_feedback_items", "Feedback items by result", ["model", "result"],
-            registry=registry,
-        )
-        self.labeled_predictions = Counter(
-            "verdict_labeled_predictions", "Labelled predictions",
-            ["model", "version", "predicted", "actual"], registry=registry,
-        )
-        self.outcomes = Counter(
-            "verdict_outcomes", "Binary outcomes", ["model", "version", "outcome"],
-            registry=registry,
-        )
-        self.label_delay = Histogram(
-            "verdict_label_delay_seconds", "Label delay", ["model"], registry=registry,
-            buckets=(1.0, 60.0, 3600.0, 86400.0),
-        )
-        self.feature_bin = Counter(
-            "verdict_feature_bin", "Inputs per reference bin", ["model", "feature", "bin"],
-            registry=registry,
-        )
-
-
-class Clock:
-    """A settable clock."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -115,7 +35,7 @@ def db_path(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def store(db_path: str) -> FeedbackStore:
+def store(db_path: str) -> Iterator[FeedbackStore]:
     s = FeedbackStore(db_path)
     s.migrate()
     yield s
@@ -128,6 +48,7 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def service(store: FeedbackStore, ids: PredictionIds, metrics: Metrics,
-            clock: Clock) -> FeedbackService:
+def service(
+    store: FeedbackStore, ids: PredictionIds, metrics: Metrics, clock: Clock
+) -> FeedbackService:
     return FeedbackService(store, ids, manifest_of, metrics, clock=clock)
