@@ -97,7 +97,29 @@ class DriftMonitor:
         )
         with self._lock:
             self._plans[(model, version)] = plan
+        self._publish_reference(model, version, reference, features, score_edges is not None)
         return features
+
+    def _publish_reference(
+        self,
+        model: str,
+        version: int,
+        reference: Mapping[str, Any],
+        features: list[str],
+        with_score: bool,
+    ) -> None:
+        """Set verdict_reference_bin_ratio, when the metrics object has that family."""
+        family = getattr(self.metrics, "reference_bin_ratio", None)
+        if family is None:
+            return
+        parts = [(f, reference["features"][f]) for f in features]
+        if with_score:
+            parts.append((SCORE_FEATURE, reference["score"]))
+        for feature, ref in parts:
+            for i, share in enumerate(ref.get("proportions") or []):
+                family.labels(model=model, version=str(version), feature=feature, bin=str(i)).set(
+                    float(share)
+                )
 
     def unregister(self, model: str, version: int) -> None:
         """Stop watching a model version (its series stay: counters never go back)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 KEY = b"feedback-test-key-0123456789abcdef"
 NOW = 1_800_000_000.0
@@ -97,6 +97,12 @@ class Metrics:
             "verdict_feature_bin",
             "Inputs per reference bin",
             ["model", "feature", "bin"],
+            registry=registry,
+        )
+        self.reference_bin_ratio = Gauge(
+            "verdict_reference_bin_ratio",
+            "Reference share of each bin",
+            ["model", "version", "feature", "bin"],
             registry=registry,
         )
 

@@ -85,3 +85,15 @@ def test_images_count_only_what_they_have_and_unknown_models_nothing(
     monitor.unregister("bc", 1)
     monitor.observe("bc", 1, np.zeros((3, 3), dtype=np.float32), np.zeros(3))
     assert bins(registry, "a", 3) == [0, 0, 0]
+
+
+def test_register_publishes_the_reference_proportions(registry: CollectorRegistry) -> None:
+    DriftMonitor(Metrics(registry), max_features=1).register("bc", 1, BINARY)
+
+    def ratio(feature: str, b: int) -> float | None:
+        labels = {"model": "bc", "version": "1", "feature": feature, "bin": str(b)}
+        return registry.get_sample_value("verdict_reference_bin_ratio", labels)
+
+    assert [ratio("a", b) for b in range(3)] == [0.3, 0.4, 0.3]
+    assert [ratio(SCORE_FEATURE, b) for b in range(4)] == [0.25] * 4
+    assert ratio("b", 0) is None  # beyond the cap
