@@ -316,3 +316,31 @@ def test_parse_body_and_parse_time() -> None:
     assert parse_time(60.5) == 60.5
     for bad in ("1970-01-01T00:01:00", "soon", True, None, -1, float("nan"), float("inf"), []):
         assert parse_time(bad) is None
+
+
+def test_an_accepted_label_is_committed_when_the_answer_comes(
+    service: FeedbackService, ids: PredictionIds, db_path: str
+) -> None:
+    [pid] = bc_ids(ids, [1])
+    assert results(submit(service, [{"prediction_id": pid, "label": 0}])) == ["accepted"]
+    other = sqlite3.connect(db_path)  # another process's view of the file
+    row = other.execute("SELECT actual FROM labels WHERE prediction_id = ?", (pid,)).fetchone()
+    other.close()
+    assert row == (BENIGN,)
+
+
+def test_items_that_need_no_store_are_answered_while_it_is_down(
+    db_path: str, ids: PredictionIds, metrics: Metrics, registry: CollectorRegistry
+) -> None:
+    store = FeedbackStore(db_path, busy_timeout_s=0.05)
+    store.migrate()
+    service = FeedbackService(store, ids, manifest_of, metrics, clock=Clock())
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        answers = submit(service, [{"prediction_id": "forged", "label": 1}])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert results(answers) == ["unknown"]
+    assert items_total(registry, "unknown", model="") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def test_a_full_disk_commits_nothing_of_the_request(store: FeedbackStore) -> Non
     store.record([label("before")])
     db = store._connect()
     pages = db.execute("PRAGMA page_count").fetchone()[0]
-    db.execute(f"PRAGMA max_page_count = {pages}")  # the file may not grow: "disk full"
+    db.execute(f"PRAGMA max_page_count = {pages + 8}")  # room for a few rows only: "disk full"
     big = [label(f"{i:04d}" + "x" * 3000) for i in range(50)]
     with pytest.raises(StoreUnavailableError, match="full"):
         store.record(big)
@@ -123,3 +124,28 @@ def test_time_windows_count_by_the_chosen_time(store: FeedbackStore) -> None:
     [observed] = store.cell_counts("bc", now, "observed")
     assert (observed.all_time, observed.last_day, observed.last_hour) == (3, 2, 1)
     assert store.labelled_since("bc", 1, now - 7_200) == 2
+
+
+def test_two_replicas_on_one_file_accept_each_label_once(db_path: str) -> None:
+    first, second = FeedbackStore(db_path), FeedbackStore(db_path)
+    first.migrate()
+    pids = [f"p{i}" for i in range(40)]
+    answers: dict[str, list[str]] = {"first": [], "second": []}
+
+    def send(name: str, store: FeedbackStore) -> None:
+        for pid in pids:  # one request per label, interleaving with the other replica
+            answers[name] += store.record([label(pid)])
+
+    threads = [
+        threading.Thread(target=send, args=("first", first)),
+        threading.Thread(target=send, args=("second", second)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for i in range(len(pids)):
+        pair = sorted([answers["first"][i], answers["second"][i]])
+        assert pair == ["accepted", "duplicate"]
+    first.close()
+    second.close()
