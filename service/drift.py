@@ -14,13 +14,15 @@ DEFAULT_MAX_FEATURES = 30
 
 
 class _Family(Protocol):
-    def labels(self, *args: str, **kwargs: str) -> Any: ...
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Any: ...
 
 
 class DriftMetrics(Protocol):
     """The metric families drift updates (owned by service.metrics)."""
 
-    feature_bin: _Family  # verdict_feature_bin_total{model,feature,bin}
+    @property
+    def feature_bin(self) -> _Family:
+        """verdict_feature_bin_total{model,feature,bin}"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,24 +53,28 @@ class ModelNotFoundError(FeedbackError):
     code = "model_not_found"
 
 
-class _Child(Protocol):
-    def inc(self, amount: float = 1) -> None: ...
-    def observe(self, amount: float) -> None: ...
-
-
 class _Family(Protocol):
-    def labels(self, *args: str, **kwargs: str) -> Any: ...
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Any: ...
 
 
 class FeedbackMetrics(Protocol):
     """The metric families the feedback side updates (owned by service.metrics)."""
 
-    feedback_items: _Family  # verdict_feedback_items_total{model,result}
-    labeled_predictions: (
-        _Family  # verdict_labeled_predictions_total{model,version,predicted,actual}
-    )
-    outcomes: _Family  # verdict_outcomes_total{model,version,outcome}
-    label_delay: _Family  # verdict_label_delay_seconds{model}
+    @property
+    def feedback_items(self) -> _Family:
+        """verdict_feedback_items_total{model,result}"""
+
+    @property
+    def labeled_predictions(self) -> _Family:
+        """verdict_labeled_predictions_total{model,version,predicted,actual}"""
+
+    @property
+    def outcomes(self) -> _Family:
+        """verdict_outcomes_total{model,version,outcome}"""
+
+    @property
+    def label_delay(self) -> _Family:
+        """verdict_label_delay_seconds{model}"""
 
 
 def parse_body(raw: bytes) -> list[Any]:

@@ -314,6 +314,7 @@ def test_parse_body_and_parse_time() -> None:
     assert parse_time("1970-01-01T02:01:00+02:00") == 60.0
     assert parse_time(60) == 60.0
     assert parse_time(60.5) == 60.5
+    bad: Any
     for bad in ("1970-01-01T00:01:00", "soon", True, None, -1, float("nan"), float("inf"), []):
         assert parse_time(bad) is None
 
