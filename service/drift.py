@@ -11,6 +11,9 @@ import numpy as np
 
 SCORE_FEATURE = "__score__"
 DEFAULT_MAX_FEATURES = 30
+# Batches up to this many (row, feature, edge) comparisons are binned with one broadcast
+# comparison; larger ones with one searchsorted per feature (less memory, log B per value).
+BROADCAST_MAX_CELLS = 1 << 16
 
 
 class _Family(Protocol):
@@ -31,10 +34,11 @@ class _Plan:
 
     columns: np.ndarray  # input column of each monitored feature
     edges: list[np.ndarray]  # interior cut points per monitored feature
+    padded: np.ndarray  # [F, max cuts] the same cut points, padded with +inf
     offsets: np.ndarray  # where each feature's bins start in the flat bincount
-    children: list[Any]  # one counter child per (feature, bin), flat, in offset order
+    children: list[Any]  # one counter child per (feature, bin), then the score's bins
     score_edges: np.ndarray | None
-    score_children: list[Any]
+    score_offset: int  # where the score's bins start
 
 
 def monitored_features(manifest: Mapping[str, Any], max_features: int) -> list[str]:
@@ -52,9 +56,11 @@ def bin_index(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
 class DriftMonitor:
     """Feeds `verdict_feature_bin_total{model,feature,bin}` so PSI can be computed in PromQL.
 
-    The predict path calls `observe` once per batch: one `searchsorted` per monitored
-    feature over the batch column, one `bincount` over all of them, and one counter
-    increment per non-empty bin (children are looked up once, at `register`).
+    The predict path calls `observe` once per batch: the batch is binned in one broadcast
+    comparison against every feature's cut points (small batches) or one `searchsorted`
+    per monitored feature (large ones), then one `bincount` over all features and the
+    score, and one counter increment per non-empty bin (children are looked up once, at
+    `register`). Inputs are expected finite (the predict path refuses NaN and inf).
     """
 
     def __init__(self, metrics: DriftMetrics, max_features: int = DEFAULT_MAX_FEATURES) -> None:
@@ -82,20 +88,24 @@ class DriftMonitor:
             )
         score = reference.get("score")
         score_edges = None
-        score_children = []
+        score_offset = len(children)
         if score and manifest.get("task") == "binary":
             score_edges = np.asarray(score["edges"], dtype=np.float64)
-            score_children = [
+            children.extend(
                 family.labels(model=model, feature=SCORE_FEATURE, bin=str(i))
                 for i in range(len(score_edges) + 1)
-            ]
+            )
+        padded = np.full((len(edges), max((len(e) for e in edges), default=0)), np.inf)
+        for row, cuts in enumerate(edges):
+            padded[row, : len(cuts)] = cuts
         plan = _Plan(
             columns=np.asarray([names.index(f) for f in features], dtype=np.intp),
             edges=edges,
+            padded=padded,
             offsets=np.asarray(offsets, dtype=np.intp),
             children=children,
             score_edges=score_edges,
-            score_children=score_children,
+            score_offset=score_offset,
         )
         with self._lock:
             self._plans[(model, version)] = plan
@@ -133,24 +143,37 @@ class DriftMonitor:
         plan = self._plans.get((model, version))
         if plan is None:
             return
-        if plan.children and x.ndim == 2 and len(x):
-            flat = np.concatenate(
-                [
-                    bin_index(cuts, x[:, column]) + offset
-                    for cuts, column, offset in zip(
-                        plan.edges, plan.columns, plan.offsets, strict=True
-                    )
-                ]
-            )
-            _increment(plan.children, np.bincount(flat, minlength=len(plan.children)))
+        parts = []
+        if plan.edges and x.ndim == 2 and len(x):
+            parts.append(feature_bins(plan, x, len(x) * plan.padded.size <= BROADCAST_MAX_CELLS))
         if plan.score_edges is not None and scores is not None and len(scores):
-            counts = np.bincount(
-                bin_index(plan.score_edges, np.ravel(scores)),
-                minlength=len(plan.score_children),
-            )
-            _increment(plan.score_children, counts)
+            values = np.asarray(scores, dtype=np.float64).ravel()
+            parts.append(bin_index(plan.score_edges, values) + plan.score_offset)
+        if parts:
+            flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            _increment(plan.children, np.bincount(flat, minlength=len(plan.children)))
+
+
+def feature_bins(plan: _Plan, x: np.ndarray, broadcast: bool) -> np.ndarray:
+    """Flat bin indices (offset per feature) of the monitored columns of a batch."""
+    if broadcast:
+        # bin = how many cut points lie strictly below the value (the +inf padding never does)
+        values = np.asarray(x[:, plan.columns], dtype=np.float64)
+        index = (values[:, :, None] > plan.padded[None, :, :]).sum(axis=2, dtype=np.intp)
+        index += plan.offsets
+        return index.ravel()
+    # One float64 copy, feature-major, so each searchsorted runs over a contiguous row
+    # of the same dtype as the cut points.
+    columns = np.ascontiguousarray(x[:, plan.columns].T, dtype=np.float64)
+    index = np.empty(columns.shape, dtype=np.intp)
+    for row, cuts in enumerate(plan.edges):
+        index[row] = bin_index(cuts, columns[row])
+    index += plan.offsets[:, None]
+    return index.ravel()
 
 
 def _increment(children: list[Any], counts: np.ndarray) -> None:
-    for i in np.flatnonzero(counts):
-        children[i].inc(int(counts[i]))
+    # tolist() once: indexing a numpy array per bin costs more than the increment itself
+    for child, count in zip(children, counts.tolist(), strict=True):
+        if count:
+            child.inc(count)

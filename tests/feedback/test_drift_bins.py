@@ -6,7 +6,13 @@ import numpy as np
 from feedback_support import BINARY, MULTICLASS, Metrics
 from prometheus_client import CollectorRegistry
 
-from service.drift import SCORE_FEATURE, DriftMonitor, bin_index, monitored_features
+from service.drift import (
+    SCORE_FEATURE,
+    DriftMonitor,
+    bin_index,
+    feature_bins,
+    monitored_features,
+)
 
 
 def bins(registry: CollectorRegistry, feature: str, n: int, model: str = "bc") -> list[float]:
@@ -97,3 +103,16 @@ def test_register_publishes_the_reference_proportions(registry: CollectorRegistr
     assert [ratio("a", b) for b in range(3)] == [0.3, 0.4, 0.3]
     assert [ratio(SCORE_FEATURE, b) for b in range(4)] == [0.25] * 4
     assert ratio("b", 0) is None  # beyond the cap
+
+
+def test_broadcast_and_searchsorted_binning_agree(registry: CollectorRegistry) -> None:
+    monitor = DriftMonitor(Metrics(registry), max_features=10)
+    monitor.register("bc", 1, BINARY)
+    plan = monitor._plans[("bc", 1)]
+    rng = np.random.default_rng(0)
+    x = rng.choice([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0, 10.0, 11.0], size=(200, 3))
+    x = x.astype(np.float32)
+    small = feature_bins(plan, x, broadcast=True)
+    large = feature_bins(plan, x, broadcast=False)
+    assert np.array_equal(np.bincount(small, minlength=9), np.bincount(large, minlength=9))
+    assert np.bincount(small, minlength=9).sum() == 600
