@@ -40,7 +40,9 @@ PredictionsIssued = Callable[[str, int], tuple[float, float] | None]
 class FeedbackRequestError(FeedbackError):
     """The feedback body as a whole is unusable (not JSON, not a list of items, too many)."""
 
-    def __init__(self, message: str, status_code: int = 422, code: str = "invalid_feedback"):
+    def __init__(
+        self, message: str, status_code: int = 422, code: str = "invalid_feedback"
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.code = code
@@ -207,7 +209,7 @@ class FeedbackService:
         actual = resolve_label(label, classes)
         if actual is None:
             message = (
-                f"label {label!r} is not a class of model {ref.model!r} "
+                f"label {label!r:.80} is not a class of model {ref.model!r} "
                 f"version {ref.version}: {classes}"
             )
             return _Checked.refuse(pid, "invalid", message, ref)
@@ -259,7 +261,7 @@ class FeedbackService:
             if record is not None:
                 answer["result"] = next(stored)
                 if answer["result"] == "accepted":
-                    self._count_accepted(record, now)
+                    self._count_accepted(record)
                 elif answer["result"] == "conflict":
                     answer["message"] = "this prediction already has a different label; kept it"
             model = ref.model if ref is not None else NO_MODEL
@@ -267,7 +269,7 @@ class FeedbackService:
             answers.append(answer)
         return answers
 
-    def _count_accepted(self, record: LabelRecord, now: float) -> None:
+    def _count_accepted(self, record: LabelRecord) -> None:
         manifest = self.manifest_of(record.model, record.version)
         if manifest is None:  # unloaded between the check and now: the store has it anyway
             return
@@ -314,7 +316,7 @@ class FeedbackService:
         answers = []
         for version in sorted(versions, reverse=True):
             mine = [c for c in cells if c.version == version]
-            answers.append(await self._version_quality(model, version, mine, conflicts, now))
+            answers.append(await self._version_quality(model, version, mine, conflicts))
         return {
             "model": model,
             "time_basis": time_basis,
@@ -328,13 +330,14 @@ class FeedbackService:
         version: int,
         cells: list[CellCount],
         conflicts: dict[int, int],
-        now: float,
     ) -> dict[str, Any]:
         manifest = self.manifest_of(model, version)
         loaded = manifest is not None
-        if manifest is None:  # labelled once, no longer served: classes by index
-            n = 1 + max((max(c.predicted, c.actual) for c in cells), default=0)
-            manifest = {"task": None, "output": {"classes": [str(i) for i in range(n)]}}
+        needed = 1 + max((max(c.predicted, c.actual) for c in cells), default=0)
+        if manifest is None or len(manifest["output"]["classes"]) < needed:
+            # labelled once, no longer served (or not as this manifest says): classes by index
+            loaded = False
+            manifest = {"task": None, "output": {"classes": [str(i) for i in range(needed)]}}
         n_classes = len(manifest["output"]["classes"])
         windows = {
             name: summarise(
