@@ -116,3 +116,20 @@ def test_broadcast_and_searchsorted_binning_agree(registry: CollectorRegistry) -
     large = feature_bins(plan, x, broadcast=False)
     assert np.array_equal(np.bincount(small, minlength=9), np.bincount(large, minlength=9))
     assert np.bincount(small, minlength=9).sum() == 600
+
+
+def test_a_flush_interval_holds_counts_until_flushed(registry: CollectorRegistry) -> None:
+    monitor = DriftMonitor(Metrics(registry), max_features=1, flush_interval_s=3600.0)
+    monitor.register("bc", 1, BINARY)
+    x = np.array([[0.5, 0.0, 0.0], [2.0, 0.0, 0.0]], dtype=np.float32)
+    monitor.observe("bc", 1, x, np.array([0.1, 0.9]))
+    monitor.observe("bc", 1, x, np.array([0.1, 0.9]))
+    assert bins(registry, "a", 3) == [0, 0, 0]
+    monitor.flush()
+    assert bins(registry, "a", 3) == [0, 2, 2]
+    assert bins(registry, SCORE_FEATURE, 4) == [2, 0, 0, 2]
+    monitor.flush()  # nothing pending: nothing added twice
+    assert bins(registry, "a", 3) == [0, 2, 2]
+    monitor.observe("bc", 1, x[:1], None)
+    monitor.unregister("bc", 1)  # unregistering flushes what is pending
+    assert bins(registry, "a", 3) == [0, 3, 2]
