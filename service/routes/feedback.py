@@ -13,6 +13,58 @@ from service.store import FeedbackError, StoreUnavailableError
 
 router = APIRouter(tags=["feedback"])
 
+# Items are checked one by one: one that does not fit is answered `invalid` and the others
+# still count, so the schema documents the fields without rejecting the request over them.
+_ITEM = {
+    "description": "{prediction_id, label, observed_at?}; a malformed item is answered invalid",
+    "properties": {
+        "prediction_id": {
+            "description": "the id /predict answered with (a string)",
+            "examples": ["p1.AAAAAQABP..."],
+        },
+        "label": {
+            "description": "the true class, by name (string) or index (integer)",
+            "examples": ["malignant", 1],
+        },
+        "observed_at": {
+            "description": "when the truth became known: RFC 3339 with an offset, or epoch "
+            "seconds; defaults to the time of receipt",
+            "examples": ["2026-11-24T09:30:00Z", 1795000000],
+        },
+    },
+}
+_ITEMS = {"type": "array", "minItems": 1, "items": _ITEM}
+_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "anyOf": [
+                    {
+                        "type": "object",
+                        "required": ["items"],
+                        "properties": {"items": _ITEMS},
+                        "additionalProperties": False,
+                    },
+                    _ITEMS,
+                ]
+            },
+            "example": {"items": [{"prediction_id": "p1.AAAAAQABP...", "label": "malignant"}]},
+        }
+    },
+}
+_ERROR = {
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["error", "code"],
+                "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
+            }
+        }
+    }
+}
+
 
 def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
@@ -45,6 +97,13 @@ def _service(request: Request) -> FeedbackService:
         "labels are committed before the answer; a store failure answers 503 and "
         "acknowledges nothing."
     ),
+    openapi_extra={"requestBody": _BODY},
+    responses={
+        400: {"description": "body is not JSON", **_ERROR},
+        413: {"description": "too many items", **_ERROR},
+        422: {"description": "body is not a list of items", **_ERROR},
+        503: {"description": "the feedback store is unavailable; retry", **_ERROR},
+    },
 )
 async def post_feedback(request: Request) -> Any:
     service = _service(request)
@@ -59,13 +118,19 @@ async def post_feedback(request: Request) -> Any:
 @router.get(
     "/models/{name}/quality",
     summary="Labelled quality of a model: confusion matrix, FPR/FNR, objectives, cost",
+    responses={
+        404: {"description": "no such model", **_ERROR},
+        422: {"description": "unknown time_basis", **_ERROR},
+        503: {"description": "the feedback store is unavailable; retry", **_ERROR},
+    },
 )
 async def get_quality(
     request: Request,
     name: str,
     time_basis: str = Query(
         "received",
-        description="the time the hour/day windows are measured on: received, observed, issued",
+        description="the time the hour/day windows are measured on",
+        json_schema_extra={"enum": ["received", "observed", "issued"]},
     ),
 ) -> Any:
     try:
