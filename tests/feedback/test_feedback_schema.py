@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from feedback_support import KEY, Metrics, manifest_of
 from hypothesis import HealthCheck, given, settings
 from prometheus_client import CollectorRegistry
+from schemathesis.core.result import Ok
 
 from service.feedback import FeedbackService
 from service.ids import PredictionIds
@@ -28,7 +29,10 @@ def test_feedback_api_conforms_to_its_schema(tmp_path: Path) -> None:
         versions_of=lambda model: [1] if model == "bc" else [],
     )
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = []
+    for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result.err()
+        operations.append(result.ok())
     assert {op.label for op in operations} == {
         "POST /feedback",
         "GET /models/{name}/quality",
