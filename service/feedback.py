@@ -7,9 +7,10 @@ import math
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -22,6 +23,8 @@ from service.store import (
     FeedbackStore,
     LabelRecord,
 )
+
+T = TypeVar("T")
 
 RESULTS = ("accepted", "duplicate", "conflict", "unknown", "invalid")
 MAX_ITEMS = 1000
@@ -166,14 +169,24 @@ class FeedbackService:
         self.versions_of = versions_of
         self.predictions_issued = predictions_issued
         self.clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feedback-store")
 
     async def open(self) -> None:
         """Create or migrate the store schema (off the event loop)."""
-        await asyncio.to_thread(self.store.migrate)
+        await self._run(self.store.migrate)
 
     async def close(self) -> None:
-        """Close the store."""
-        await asyncio.to_thread(self.store.close)
+        """Close the store and stop its thread."""
+        await self._run(self.store.close)
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking store call on the store's own thread, off the event loop.
+
+        One dedicated thread: the store serialises on its lock anyway, and a store that
+        blocks (locked file, slow disk) then holds no thread that inference needs.
+        """
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def rebuild(self) -> None:
         """Nothing to rebuild: quality is computed from the store on each read."""
@@ -254,7 +267,7 @@ class FeedbackService:
         now = self.clock()
         checked = [self._check(item, now) for item in items]
         records = [c.record for c in checked if c.record is not None]
-        stored = iter(await asyncio.to_thread(self.store.record, records))
+        stored = iter(await self._run(self.store.record, records) if records else [])
 
         answers = []
         for record, ref, answer in ((c.record, c.ref, c.answer) for c in checked):
@@ -307,7 +320,7 @@ class FeedbackService:
                 f"time_basis must be one of {sorted(TIME_COLUMNS)}", 422, "invalid_query"
             )
         now = self.clock()
-        cells, conflicts = await asyncio.to_thread(self._read, model, now, time_basis)
+        cells, conflicts = await self._run(self._read, model, now, time_basis)
         versions = {c.version for c in cells}
         if self.versions_of is not None:
             versions.update(self.versions_of(model))
@@ -319,6 +332,7 @@ class FeedbackService:
             answers.append(await self._version_quality(model, version, mine, conflicts))
         return {
             "model": model,
+            "generated_at": now,
             "time_basis": time_basis,
             "windows": {"last_hour": 3600, "last_day": 86400, "all_time": None},
             "versions": answers,
@@ -371,7 +385,7 @@ class FeedbackService:
                 "basis": "labelled count only: the service keeps no log of predictions",
             }
         count, since = issued
-        labelled_since = await asyncio.to_thread(self.store.labelled_since, model, version, since)
+        labelled_since = await self._run(self.store.labelled_since, model, version, since)
         return {
             "labelled": labelled,
             "predictions_issued": count,
