@@ -261,7 +261,7 @@ class FeedbackService:
         if len(items) > self.max_items:
             raise FeedbackRequestError(
                 f"{len(items)} items in one request; at most {self.max_items}",
-                413,
+                422,
                 "too_many_items",
             )
         now = self.clock()

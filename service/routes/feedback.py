@@ -100,8 +100,7 @@ def _service(request: Request) -> FeedbackService:
     openapi_extra={"requestBody": _BODY},
     responses={
         400: {"description": "body is not JSON", **_ERROR},
-        413: {"description": "too many items", **_ERROR},
-        422: {"description": "body is not a list of items", **_ERROR},
+        422: {"description": "body is not a list of items, or too many items", **_ERROR},
         503: {"description": "the feedback store is unavailable; retry", **_ERROR},
     },
 )

@@ -74,7 +74,7 @@ def test_post_feedback_answers_per_item(
         (b"{not json", 400, "invalid_json"),
         (b'{"items": {"prediction_id": "x"}}', 422, "invalid_feedback"),
         (b'{"items": []}', 422, "invalid_feedback"),
-        (b"[" + b",".join([b"{}"] * 6) + b"]", 413, "too_many_items"),
+        (b"[" + b",".join([b"{}"] * 6) + b"]", 422, "too_many_items"),
     ],
 )
 def test_unusable_bodies_get_the_error_shape(

@@ -298,7 +298,7 @@ def test_unusable_bodies_are_request_errors(service: FeedbackService) -> None:
     service.max_items = 3
     with pytest.raises(FeedbackRequestError) as too_many:
         submit(service, [{}] * 4)
-    assert (too_many.value.status_code, too_many.value.code) == (413, "too_many_items")
+    assert (too_many.value.status_code, too_many.value.code) == (422, "too_many_items")
 
 
 def test_parse_body_and_parse_time() -> None:
