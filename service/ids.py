@@ -78,7 +78,9 @@ class PredictionIds:
             ids.append(f"{PREFIX}.{_b64(payload)}.{_b64(self._sign(payload))}")
         return ids
 
-    def issue(self, model: str, version: int, class_index: int, score: float, issued_at: float) -> str:
+    def issue(
+        self, model: str, version: int, class_index: int, score: float, issued_at: float
+    ) -> str:
         """One id for one prediction."""
         return self.issue_many(model, version, [class_index], [score], issued_at)[0]
 

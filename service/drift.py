@@ -1,0 +1,222 @@
+"""Drift: counts inputs and scores into the manifest's reference bins, once per batch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+SCORE_FEATURE = "__score__"
+DEFAULT_MAX_FEATURES = 30
+# Batches up to this many (row, feature, edge) comparisons are binned with one broadcast
+# comparison; larger ones with one searchsorted per feature (less memory, log B per value).
+BROADCAST_MAX_CELLS = 1 << 16
+
+
+class _Family(Protocol):
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> Any: ...
+
+
+class DriftMetrics(Protocol):
+    """The metric families drift updates (owned by service.metrics)."""
+
+    @property
+    def feature_bin(self) -> _Family:
+        """verdict_feature_bin_total{model,feature,bin}"""
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What one model version monitors, with the labelled counter children cached."""
+
+    columns: np.ndarray  # input column of each monitored feature
+    edges: list[np.ndarray]  # interior cut points per monitored feature
+    padded: np.ndarray  # [F, max cuts] the same cut points, padded with +inf
+    offsets: np.ndarray  # where each feature's bins start in the flat bincount
+    children: list[Any]  # one counter child per (feature, bin), then the score's bins
+    score_edges: np.ndarray | None
+    score_offset: int  # where the score's bins start
+    pending: np.ndarray  # counts not yet added to the counters (when flushing on a timer)
+    flushed_at: float  # time.monotonic() of the last flush
+    lock: threading.Lock
+
+
+def monitored_features(manifest: Mapping[str, Any], max_features: int) -> list[str]:
+    """The first `max_features` features in manifest order that have reference bins."""
+    names = (manifest.get("input") or {}).get("feature_names") or []
+    reference = ((manifest.get("reference") or {}).get("features")) or {}
+    return [name for name in names if name in reference][: max(0, max_features)]
+
+
+def bin_index(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Bin i holds (edges[i-1], edges[i]]; the outer bins are open-ended."""
+    return np.searchsorted(edges, values, side="left")
+
+
+class DriftMonitor:
+    """Feeds `verdict_feature_bin_total{model,feature,bin}` so PSI can be computed in PromQL.
+
+    The predict path calls `observe` once per batch: the batch is binned in one broadcast
+    comparison against every feature's cut points (small batches) or one `searchsorted`
+    per monitored feature (large ones), then one `bincount` over all features and the
+    score, and one counter increment per non-empty bin (children are looked up once, at
+    `register`). Inputs are expected finite (the predict path refuses NaN and inf).
+
+    With `flush_interval_s` > 0 the counts of each batch are added to a numpy array and
+    reach the counters at most that often (and on `flush()`), which takes the counter
+    increments, the dominant cost for wide models, off most batches; 0 increments on
+    every batch.
+    """
+
+    def __init__(
+        self,
+        metrics: DriftMetrics,
+        max_features: int = DEFAULT_MAX_FEATURES,
+        flush_interval_s: float = 0.0,
+    ) -> None:
+        self.metrics = metrics
+        self.max_features = max_features
+        self.flush_interval_s = flush_interval_s
+        self._plans: dict[tuple[str, int], _Plan] = {}
+        self._lock = threading.Lock()
+
+    def register(self, model: str, version: int, manifest: Mapping[str, Any]) -> list[str]:
+        """Start watching a model version; returns the monitored features (score not included)."""
+        reference = manifest.get("reference") or {}
+        names = list((manifest.get("input") or {}).get("feature_names") or [])
+        features = monitored_features(manifest, self.max_features)
+        family = self.metrics.feature_bin
+        edges: list[np.ndarray] = []
+        children: list[Any] = []
+        offsets: list[int] = []
+        for feature in features:
+            cuts = np.asarray(reference["features"][feature]["edges"], dtype=np.float64)
+            offsets.append(len(children))
+            edges.append(cuts)
+            children.extend(
+                family.labels(model=model, feature=feature, bin=str(i))
+                for i in range(len(cuts) + 1)
+            )
+        score = reference.get("score")
+        score_edges = None
+        score_offset = len(children)
+        if score and manifest.get("task") == "binary":
+            score_edges = np.asarray(score["edges"], dtype=np.float64)
+            children.extend(
+                family.labels(model=model, feature=SCORE_FEATURE, bin=str(i))
+                for i in range(len(score_edges) + 1)
+            )
+        padded = np.full((len(edges), max((len(e) for e in edges), default=0)), np.inf)
+        for row, cuts in enumerate(edges):
+            padded[row, : len(cuts)] = cuts
+        plan = _Plan(
+            columns=np.asarray([names.index(f) for f in features], dtype=np.intp),
+            edges=edges,
+            padded=padded,
+            offsets=np.asarray(offsets, dtype=np.intp),
+            children=children,
+            score_edges=score_edges,
+            score_offset=score_offset,
+            pending=np.zeros(len(children), dtype=np.int64),
+            flushed_at=time.monotonic(),
+            lock=threading.Lock(),
+        )
+        with self._lock:
+            self._plans[(model, version)] = plan
+        self._publish_reference(model, version, reference, features, score_edges is not None)
+        return features
+
+    def _publish_reference(
+        self,
+        model: str,
+        version: int,
+        reference: Mapping[str, Any],
+        features: list[str],
+        with_score: bool,
+    ) -> None:
+        """Set verdict_reference_bin_ratio, when the metrics object has that family."""
+        family = getattr(self.metrics, "reference_bin_ratio", None)
+        if family is None:
+            return
+        parts = [(f, reference["features"][f]) for f in features]
+        if with_score:
+            parts.append((SCORE_FEATURE, reference["score"]))
+        for feature, ref in parts:
+            for i, share in enumerate(ref.get("proportions") or []):
+                family.labels(model=model, version=str(version), feature=feature, bin=str(i)).set(
+                    float(share)
+                )
+
+    def unregister(self, model: str, version: int) -> None:
+        """Stop watching a model version (its series stay: counters never go back)."""
+        with self._lock:
+            plan = self._plans.pop((model, version), None)
+        if plan is not None:
+            _flush(plan)
+
+    def flush(self) -> None:
+        """Add every pending count to the counters (before a scrape, at shutdown)."""
+        with self._lock:
+            plans = list(self._plans.values())
+        for plan in plans:
+            _flush(plan)
+
+    def observe(self, model: str, version: int, x: np.ndarray, scores: np.ndarray | None) -> None:
+        """Count one batch: `x` is the [n, F] input matrix, `scores` the positive-class scores."""
+        plan = self._plans.get((model, version))
+        if plan is None:
+            return
+        parts = []
+        if plan.edges and x.ndim == 2 and len(x):
+            parts.append(feature_bins(plan, x, len(x) * plan.padded.size <= BROADCAST_MAX_CELLS))
+        if plan.score_edges is not None and scores is not None and len(scores):
+            values = np.asarray(scores, dtype=np.float64).ravel()
+            parts.append(bin_index(plan.score_edges, values) + plan.score_offset)
+        if not parts:
+            return
+        flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        counts = np.bincount(flat, minlength=len(plan.children))
+        if self.flush_interval_s > 0:
+            with plan.lock:
+                plan.pending += counts
+                if time.monotonic() - plan.flushed_at < self.flush_interval_s:
+                    return
+            _flush(plan)
+            return
+        _increment(plan.children, counts)
+
+
+def feature_bins(plan: _Plan, x: np.ndarray, broadcast: bool) -> np.ndarray:
+    """Flat bin indices (offset per feature) of the monitored columns of a batch."""
+    if broadcast:
+        # bin = how many cut points lie strictly below the value (the +inf padding never does)
+        values = np.asarray(x[:, plan.columns], dtype=np.float64)
+        index = (values[:, :, None] > plan.padded[None, :, :]).sum(axis=2, dtype=np.intp)
+        index += plan.offsets
+        return index.ravel()
+    # One float64 copy, feature-major, so each searchsorted runs over a contiguous row
+    # of the same dtype as the cut points.
+    columns = np.ascontiguousarray(x[:, plan.columns].T, dtype=np.float64)
+    index = np.empty(columns.shape, dtype=np.intp)
+    for row, cuts in enumerate(plan.edges):
+        index[row] = bin_index(cuts, columns[row])
+    index += plan.offsets[:, None]
+    return index.ravel()
+
+
+def _flush(plan: _Plan) -> None:
+    with plan.lock:
+        counts, plan.pending = plan.pending, np.zeros_like(plan.pending)
+        plan.flushed_at = time.monotonic()
+    _increment(plan.children, counts)
+
+
+def _increment(children: list[Any], counts: np.ndarray) -> None:
+    # tolist() once: indexing a numpy array per bin costs more than the increment itself
+    for child, count in zip(children, counts.tolist(), strict=True):
+        if count:
+            child.inc(count)

@@ -1,0 +1,366 @@
+"""The feedback store: ground-truth labels in SQLite, recorded exactly once and durably."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+# Ordered migrations: entry i takes the schema from user_version i to i + 1. Append, never edit.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE labels (
+        prediction_id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        predicted INTEGER NOT NULL,
+        actual INTEGER NOT NULL,
+        score REAL NOT NULL,
+        issued_at REAL NOT NULL,
+        observed_at REAL NOT NULL,
+        received_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX labels_model_received ON labels (model, received_at);
+    CREATE TABLE conflicts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        prediction_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        kept_actual INTEGER NOT NULL,
+        sent_actual INTEGER NOT NULL,
+        observed_at REAL NOT NULL,
+        received_at REAL NOT NULL
+    );
+    CREATE INDEX conflicts_prediction ON conflicts (prediction_id);
+    """,
+)
+
+# Columns a quality window may be measured on (whitelisted: they are spliced into SQL).
+TIME_COLUMNS = {"received": "received_at", "observed": "observed_at", "issued": "issued_at"}
+
+RecordResult = Literal["accepted", "duplicate", "conflict"]
+
+
+class FeedbackError(Exception):
+    """Base of the feedback domain errors; carries the HTTP status and a stable code."""
+
+    status_code: int = 500
+    code: str = "feedback_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class StoreUnavailableError(FeedbackError):
+    """The store cannot be read or written now (locked, disk full, read-only, unreachable)."""
+
+    status_code = 503
+    code = "store_unavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRecord:
+    """One label to record, already verified against its prediction id and manifest."""
+
+    prediction_id: str
+    model: str
+    version: int
+    predicted: int
+    actual: int
+    score: float
+    issued_at: float
+    observed_at: float
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CellCount:
+    """Labelled predictions of one (version, predicted, actual) cell, per time window."""
+
+    version: int
+    predicted: int
+    actual: int
+    all_time: int
+    last_day: int
+    last_hour: int
+
+
+class FeedbackStore:
+    """A SQLite file (WAL, synchronous=FULL) shared by every worker thread through one lock.
+
+    `path` is a file path or a SQLite `file:` URI (e.g. `file:/data/feedback.db?mode=ro`).
+    Every method blocks: call it off the event loop (`asyncio.to_thread`). Any SQLite failure
+    surfaces as `StoreUnavailableError`, and the connection is reopened on the next call.
+    """
+
+    def __init__(self, path: str, busy_timeout_s: float = 5.0) -> None:
+        self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._migrated = False
+
+    # -- connection ------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is not None:
+            return self._db
+        uri = self.path.startswith("file:")
+        if not uri and self.path != ":memory:":
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreUnavailableError(f"feedback store folder cannot be made: {exc}") from exc
+        # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
+        db = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout_s,
+            isolation_level=None,
+            check_same_thread=False,
+            uri=uri,
+        )
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            db.execute("PRAGMA journal_mode = WAL")
+            # FULL: a committed label survives power loss, not only a process crash.
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error:
+            db.close()
+            raise
+        self._db = db
+        return db
+
+    def _drop(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            finally:
+                self._db = None
+
+    def _fail(self, exc: sqlite3.Error, doing: str) -> StoreUnavailableError:
+        db = self._db
+        if db is not None and db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                self._drop()
+        if not isinstance(exc, sqlite3.OperationalError):
+            # Anything but a transient condition: start from a fresh connection next time.
+            self._drop()
+        return StoreUnavailableError(f"feedback store unavailable while {doing}: {exc}")
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Create or upgrade the schema to the latest version; returns that version."""
+        with self._lock:
+            return self._migrate_locked()
+
+    def _migrate_locked(self) -> int:
+        try:
+            db = self._connect()
+            # Up to date: no write needed, so a read-only store can still answer queries.
+            if db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS):
+                self._migrated = True
+                return len(MIGRATIONS)
+            db.execute("BEGIN IMMEDIATE")
+            current = db.execute("PRAGMA user_version").fetchone()[0]
+            if current > len(MIGRATIONS):
+                db.execute("ROLLBACK")
+                raise StoreUnavailableError(
+                    f"feedback store schema version {current} is newer than this service "
+                    f"knows ({len(MIGRATIONS)})"
+                )
+            for step in range(current, len(MIGRATIONS)):
+                for statement in MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {step + 1}")
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._fail(exc, "migrating the schema") from exc
+        self._migrated = True
+        return len(MIGRATIONS)
+
+    def schema_version(self) -> int:
+        """The schema version the file is at (PRAGMA user_version)."""
+        with self._lock:
+            try:
+                return int(self._connect().execute("PRAGMA user_version").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "reading the schema version") from exc
+
+    def _ready(self) -> sqlite3.Connection:
+        if not self._migrated:
+            self._migrate_locked()
+        return self._connect()
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def record(self, items: Sequence[LabelRecord]) -> list[RecordResult]:
+        """Record labels in one transaction; returns accepted/duplicate/conflict per item.
+
+        A label counts once per prediction id, whatever the number of times it is sent. A
+        different label for an already labelled prediction is not applied but kept in the
+        `conflicts` table for audit. Either every item is committed (fsynced) before this
+        returns, or none is and `StoreUnavailableError` is raised.
+        """
+        if not items:
+            return []
+        with self._lock:
+            try:
+                db = self._ready()
+                db.execute("BEGIN IMMEDIATE")
+                results: list[RecordResult] = []
+                for item in items:
+                    cursor = db.execute(
+                        "INSERT INTO labels (prediction_id, model, version, predicted, actual,"
+                        " score, issued_at, observed_at, received_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (prediction_id) DO NOTHING",
+                        (
+                            item.prediction_id,
+                            item.model,
+                            item.version,
+                            item.predicted,
+                            item.actual,
+                            item.score,
+                            item.issued_at,
+                            item.observed_at,
+                            item.received_at,
+                        ),
+                    )
+                    if cursor.rowcount == 1:
+                        results.append("accepted")
+                        continue
+                    kept = db.execute(
+                        "SELECT actual FROM labels WHERE prediction_id = ?", (item.prediction_id,)
+                    ).fetchone()[0]
+                    if kept == item.actual:
+                        results.append("duplicate")
+                        continue
+                    db.execute(
+                        "INSERT INTO conflicts (prediction_id, model, version, kept_actual,"
+                        " sent_actual, observed_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            item.prediction_id,
+                            item.model,
+                            item.version,
+                            kept,
+                            item.actual,
+                            item.observed_at,
+                            item.received_at,
+                        ),
+                    )
+                    results.append("conflict")
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "recording labels") from exc
+            return results
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def cell_counts(self, model: str, now: float, time_basis: str = "received") -> list[CellCount]:
+        """Label counts per (version, predicted, actual) over all time, the last day and hour."""
+        column = TIME_COLUMNS[time_basis]
+        with self._lock:
+            try:
+                rows = (
+                    self._ready()
+                    .execute(
+                        f"SELECT version, predicted, actual, COUNT(*),"
+                        f" SUM({column} >= ?), SUM({column} >= ?)"
+                        f" FROM labels WHERE model = ? GROUP BY version, predicted, actual",
+                        (now - 86400.0, now - 3600.0, model),
+                    )
+                    .fetchall()
+                )
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "reading label counts") from exc
+        return [CellCount(*row) for row in rows]
+
+    def conflict_counts(self, model: str) -> dict[int, int]:
+        """Conflicting labels kept for audit, per version of a model."""
+        with self._lock:
+            try:
+                rows = (
+                    self._ready()
+                    .execute(
+                        "SELECT version, COUNT(*) FROM conflicts WHERE model = ? GROUP BY version",
+                        (model,),
+                    )
+                    .fetchall()
+                )
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "reading conflicts") from exc
+        return {int(version): int(n) for version, n in rows}
+
+    def labelled_since(self, model: str, version: int, issued_since: float) -> int:
+        """Labelled predictions of one model version issued at or after a time."""
+        with self._lock:
+            try:
+                row = (
+                    self._ready()
+                    .execute(
+                        "SELECT COUNT(*) FROM labels"
+                        " WHERE model = ? AND version = ? AND issued_at >= ?",
+                        (model, version, issued_since),
+                    )
+                    .fetchone()
+                )
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "reading label counts") from exc
+        return int(row[0])
+
+    def conflicts(self, prediction_id: str) -> list[tuple[int, int, float]]:
+        """The audit trail of one prediction: (kept label, sent label, received_at) rows."""
+        with self._lock:
+            try:
+                rows = (
+                    self._ready()
+                    .execute(
+                        "SELECT kept_actual, sent_actual, received_at FROM conflicts"
+                        " WHERE prediction_id = ? ORDER BY id",
+                        (prediction_id,),
+                    )
+                    .fetchall()
+                )
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "reading conflicts") from exc
+        return [(int(a), int(b), float(t)) for a, b, t in rows]
+
+    def label_of(self, prediction_id: str) -> int | None:
+        """The recorded label (class index) of a prediction, or None when it has none."""
+        with self._lock:
+            try:
+                row = (
+                    self._ready()
+                    .execute("SELECT actual FROM labels WHERE prediction_id = ?", (prediction_id,))
+                    .fetchone()
+                )
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "reading a label") from exc
+        return None if row is None else int(row[0])
+
+    def models(self) -> Iterable[str]:
+        """Models that have at least one label."""
+        with self._lock:
+            try:
+                rows = self._ready().execute("SELECT DISTINCT model FROM labels").fetchall()
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "listing models") from exc
+        return [str(r[0]) for r in rows]
+
+    def close(self) -> None:
+        """Close the connection (a later call reopens it)."""
+        with self._lock:
+            self._drop()

@@ -1,0 +1,135 @@
+"""Drift bin counts against the manifest's reference edges, by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+from feedback_support import BINARY, MULTICLASS, Metrics
+from prometheus_client import CollectorRegistry
+
+from service.drift import (
+    SCORE_FEATURE,
+    DriftMonitor,
+    bin_index,
+    feature_bins,
+    monitored_features,
+)
+
+
+def bins(registry: CollectorRegistry, feature: str, n: int, model: str = "bc") -> list[float]:
+    return [
+        registry.get_sample_value(
+            "verdict_feature_bin_total", {"model": model, "feature": feature, "bin": str(i)}
+        )
+        or 0.0
+        for i in range(n)
+    ]
+
+
+def test_bins_are_left_open_right_closed() -> None:
+    edges = np.array([0.0, 1.0])
+    values = np.array([-5.0, 0.0, 0.5, 1.0, 1.0001, 9.0])
+    assert bin_index(edges, values).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_bin_counts_by_hand(registry: CollectorRegistry) -> None:
+    monitor = DriftMonitor(Metrics(registry), max_features=10)
+    assert monitor.register("bc", 1, BINARY) == ["a", "b", "c"]
+    # edges: a [0, 1]; b [10]; c [-1, 0, 1]; score [0.25, 0.5, 0.75]
+    x = np.array(
+        [
+            [-1.0, 10.0, -2.0],
+            [0.0, 11.0, -1.0],
+            [0.5, 5.0, 0.5],
+            [2.0, 10.5, 3.0],
+        ],
+        dtype=np.float32,
+    )
+    scores = np.array([0.1, 0.25, 0.6, 0.99], dtype=np.float32)
+    monitor.observe("bc", 1, x, scores)
+    assert bins(registry, "a", 3) == [2, 1, 1]
+    assert bins(registry, "b", 2) == [2, 2]
+    assert bins(registry, "c", 4) == [2, 0, 1, 1]
+    assert bins(registry, SCORE_FEATURE, 4) == [2, 0, 1, 1]
+    # a second batch adds to the same children
+    monitor.observe("bc", 1, x[:1], scores[:1])
+    assert bins(registry, "a", 3) == [3, 1, 1]
+    assert bins(registry, SCORE_FEATURE, 4) == [3, 0, 1, 1]
+    # no bin beyond B - 1 exists
+    labels = {"model": "bc", "feature": "a", "bin": "3"}
+    assert registry.get_sample_value("verdict_feature_bin_total", labels) is None
+
+
+def test_the_feature_cap_keeps_the_first_features_in_manifest_order(
+    registry: CollectorRegistry,
+) -> None:
+    monitor = DriftMonitor(Metrics(registry), max_features=2)
+    assert monitor.register("bc", 1, BINARY) == ["a", "b"]
+    monitor.observe("bc", 1, np.zeros((5, 3), dtype=np.float32), None)
+    assert bins(registry, "a", 3) == [5, 0, 0]
+    assert bins(registry, "b", 2) == [5, 0]
+    for i in range(4):
+        labels = {"model": "bc", "feature": "c", "bin": str(i)}
+        assert registry.get_sample_value("verdict_feature_bin_total", labels) is None
+    assert monitored_features(BINARY, 0) == []
+
+
+def test_images_count_only_what_they_have_and_unknown_models_nothing(
+    registry: CollectorRegistry,
+) -> None:
+    monitor = DriftMonitor(Metrics(registry), max_features=10)
+    assert monitor.register("digits", 2, MULTICLASS) == []
+    monitor.observe("digits", 2, np.zeros((3, 1, 8, 8), dtype=np.float32), None)
+    monitor.observe("bc", 1, np.zeros((3, 3), dtype=np.float32), np.zeros(3))
+    samples = [
+        s
+        for metric in registry.collect()
+        for s in metric.samples
+        if s.name == "verdict_feature_bin_total"
+    ]
+    assert samples == []
+    monitor.register("bc", 1, BINARY)
+    monitor.unregister("bc", 1)
+    monitor.observe("bc", 1, np.zeros((3, 3), dtype=np.float32), np.zeros(3))
+    assert bins(registry, "a", 3) == [0, 0, 0]
+
+
+def test_register_publishes_the_reference_proportions(registry: CollectorRegistry) -> None:
+    DriftMonitor(Metrics(registry), max_features=1).register("bc", 1, BINARY)
+
+    def ratio(feature: str, b: int) -> float | None:
+        labels = {"model": "bc", "version": "1", "feature": feature, "bin": str(b)}
+        return registry.get_sample_value("verdict_reference_bin_ratio", labels)
+
+    assert [ratio("a", b) for b in range(3)] == [0.3, 0.4, 0.3]
+    assert [ratio(SCORE_FEATURE, b) for b in range(4)] == [0.25] * 4
+    assert ratio("b", 0) is None  # beyond the cap
+
+
+def test_broadcast_and_searchsorted_binning_agree(registry: CollectorRegistry) -> None:
+    monitor = DriftMonitor(Metrics(registry), max_features=10)
+    monitor.register("bc", 1, BINARY)
+    plan = monitor._plans[("bc", 1)]
+    rng = np.random.default_rng(0)
+    x = rng.choice([-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0, 10.0, 11.0], size=(200, 3))
+    x = x.astype(np.float32)
+    small = feature_bins(plan, x, broadcast=True)
+    large = feature_bins(plan, x, broadcast=False)
+    assert np.array_equal(np.bincount(small, minlength=9), np.bincount(large, minlength=9))
+    assert np.bincount(small, minlength=9).sum() == 600
+
+
+def test_a_flush_interval_holds_counts_until_flushed(registry: CollectorRegistry) -> None:
+    monitor = DriftMonitor(Metrics(registry), max_features=1, flush_interval_s=3600.0)
+    monitor.register("bc", 1, BINARY)
+    x = np.array([[0.5, 0.0, 0.0], [2.0, 0.0, 0.0]], dtype=np.float32)
+    monitor.observe("bc", 1, x, np.array([0.1, 0.9]))
+    monitor.observe("bc", 1, x, np.array([0.1, 0.9]))
+    assert bins(registry, "a", 3) == [0, 0, 0]
+    monitor.flush()
+    assert bins(registry, "a", 3) == [0, 2, 2]
+    assert bins(registry, SCORE_FEATURE, 4) == [2, 0, 0, 2]
+    monitor.flush()  # nothing pending: nothing added twice
+    assert bins(registry, "a", 3) == [0, 2, 2]
+    monitor.observe("bc", 1, x[:1], None)
+    monitor.unregister("bc", 1)  # unregistering flushes what is pending
+    assert bins(registry, "a", 3) == [0, 3, 2]
