@@ -54,3 +54,12 @@ format: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+## bench: the benchmark (wrk vs verdict, the obvious server, the in-process ceiling; ~11 min);
+## writes bench/results/<timestamp>.jsonl and the table in docs/benchmarks.md
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.run
+
+## bench-quick: one short round, fewer cases (~2 min); does not rewrite docs/benchmarks.md
+bench-quick: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.run --quick

@@ -339,6 +339,7 @@ class Bench:
 
     def server_record(self, server: Server, round_no: int) -> dict[str, Any]:
         """Startup time and peak RSS of `server` (read before it stops)."""
+        processes = server.peak_rss()
         return {
             "kind": "server",
             "run_id": self.run_id,
@@ -347,9 +348,10 @@ class Bench:
             "server": server.name,
             "workers": server.workers,
             "server_cpus": server.cpus,
-            "processes": len(server.pids()),
+            "processes": len(processes),
             "startup_s": server.startup_s,
-            "rss_peak_mb": server.peak_rss_mb(),
+            "rss_peak_mb": sum(float(p["mb"]) for p in processes),
+            "rss_peak_by_process": processes,
         }
 
     def run_round(self, round_no: int) -> list[dict[str, Any]]:

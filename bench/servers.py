@@ -88,15 +88,22 @@ class Server:
             todo.extend(children.get(pid, []))
         return found
 
-    def peak_rss_mb(self) -> float:
-        """VmHWM (peak resident set) summed over the server's processes, in MB (10^6 bytes)."""
-        total_kb = 0
+    def peak_rss(self) -> list[dict[str, str | int | float]]:
+        """VmHWM (peak resident set, MB = 10^6 bytes) of each of the server's processes."""
+        found: list[dict[str, str | int | float]] = []
         for pid in self.pids():
             with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                status = Path(f"/proc/{pid}/status").read_text()
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                for line in status.splitlines():
                     if line.startswith("VmHWM:"):
-                        total_kb += int(line.split()[1])
-        return total_kb * 1024 / 1e6
+                        mb = int(line.split()[1]) * 1024 / 1e6
+                        found.append({"pid": pid, "command": command.decode()[:120], "mb": mb})
+        return found
+
+    def peak_rss_mb(self) -> float:
+        """VmHWM summed over the server's processes (supervisor and workers), in MB."""
+        return sum(float(p["mb"]) for p in self.peak_rss())
 
     def stop(self) -> None:
         """Terminate the whole process group; kill it if it does not exit in time."""
