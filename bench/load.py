@@ -44,6 +44,8 @@ def build_body(
     model: str,
     rows: list[list[float]],
     row_shape: list[int],
+    input_name: str = "input",
+    output_name: str = "probabilities",
     nested: bool = False,
 ) -> Body:
     """Build the request for `rows` of `model` in `protocol`.
@@ -61,7 +63,7 @@ def build_body(
     if protocol == "v2-json":
         request = {
             "inputs": [
-                {"name": "input", "shape": shape, "datatype": "FP32", "data": x.ravel().tolist()}
+                {"name": input_name, "shape": shape, "datatype": "FP32", "data": x.ravel().tolist()}
             ]
         }
         return Body(path, json.dumps(request).encode(), "application/json")
@@ -70,13 +72,13 @@ def build_body(
         header = {
             "inputs": [
                 {
-                    "name": "input",
+                    "name": input_name,
                     "shape": shape,
                     "datatype": "FP32",
                     "parameters": {"binary_data_size": len(raw)},
                 }
             ],
-            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+            "outputs": [{"name": output_name, "parameters": {"binary_data": True}}],
         }
         header_bytes = json.dumps(header).encode()
         return Body(path, header_bytes + raw, "application/octet-stream", len(header_bytes))

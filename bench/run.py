@@ -118,9 +118,11 @@ def _latest_version(repository: Path, model: str) -> Path:
     return max(versions, key=lambda p: int(p.name))
 
 
-def _row_shape(version_dir: Path) -> list[int]:
+def _tensors(version_dir: Path) -> tuple[str, list[int], str]:
+    """The model's input name, input shape without the batch axis, and output name."""
     manifest = json.loads((version_dir / "manifest.json").read_text())
-    return [int(d) for d in manifest["input"]["shape"][1:]]
+    shape = [int(d) for d in manifest["input"]["shape"][1:]]
+    return manifest["input"]["name"], shape, manifest["output"]["name"]
 
 
 def _payload_rows(model: str, payload_dir: Path, count: int) -> list[list[float]]:
@@ -143,12 +145,12 @@ class Bench:
         self.server_cpu = str(cpus[0])
         self.wrk_cpu = str(cpus[1])
         self.both_cpus = f"{cpus[0]},{cpus[1]}"
-        self.work = Path(tempfile.mkdtemp(prefix="verdict-bench-"))
         self.live: list[Server] = []
         self.records: list[dict[str, Any]] = []
         self.run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         self.versions = {c.model: _latest_version(self.repository, c.model) for c in plan.cases}
         self.bodies: dict[tuple[str, str, int, str], Body] = {}
+        self.work = Path(tempfile.mkdtemp(prefix="verdict-bench-"))
 
     # -- servers -------------------------------------------------------------------------
 
@@ -211,13 +213,15 @@ class Bench:
         if key in self.bodies:
             return self.bodies[key]
         rows = _payload_rows(case.model, self.payload_dir, case.rows)
-        shape = _row_shape(self.versions[case.model])
+        input_name, shape, output_name = _tensors(self.versions[case.model])
         attempts = [False, True] if case.protocol == "json" and len(shape) > 1 else [False]
         if server.name == "obvious":
             attempts = [False]
         failures = []
         for nested in attempts:
-            body = build_body(case.protocol, case.model, rows, shape, nested=nested)
+            body = build_body(
+                case.protocol, case.model, rows, shape, input_name, output_name, nested=nested
+            )
             status, answer = http_request(server.port, "POST", body.path, body.data, body.headers())
             if status == 200:
                 self.bodies[key] = body
@@ -387,6 +391,13 @@ class Bench:
             finally:
                 self.stop(server)
         report.add_ratios(records)
+        # Each case also carries its server's startup time and peak RSS from this round.
+        by_server = {r["server"]: r for r in records if r["kind"] == "server"}
+        for record in records:
+            if record["kind"] == "case":
+                server_record = by_server.get(record["server"], {})
+                record["startup_s"] = server_record.get("startup_s")
+                record["rss_peak_mb"] = server_record.get("rss_peak_mb")
         return records
 
     def run(self) -> list[dict[str, Any]]:
@@ -514,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; servers stopped", file=sys.stderr)
         return 130
-    except ServerError as exc:
+    except RuntimeError as exc:  # ServerError, LoadError, a failed ceiling run
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     finally:

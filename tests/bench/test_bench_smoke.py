@@ -27,6 +27,8 @@ CASE_NUMBERS = (
     "duration_s",
     "rows_per_request",
     "connections",
+    "startup_s",
+    "rss_peak_mb",
 )
 
 
