@@ -155,7 +155,9 @@ class Bench:
     # -- servers -------------------------------------------------------------------------
 
     def _env(self, extra: dict[str, str]) -> dict[str, str]:
-        env = dict(os.environ)
+        # Inherited VERDICT_* settings (API keys, other batching) would change what is measured.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VERDICT_")}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
         env.update(extra)
         return env
@@ -181,7 +183,14 @@ class Bench:
                 command += ["--workers", str(workers)]
             cpus = self.both_cpus if workers > 1 else self.server_cpu
             ready = "/v2/health/ready"
-            extra = {"VERDICT_MODEL_REPOSITORY": str(self.repository)}
+            # Defaults except the model repository; the feedback store and the metrics
+            # multiprocess folder go to this run's scratch folder, away from the repo's var/.
+            extra = {
+                "VERDICT_MODEL_REPOSITORY": str(self.repository),
+                "VERDICT_FEEDBACK_DB": str(self.work / f"feedback-{port}.sqlite3"),
+            }
+            if workers > 1:
+                extra["VERDICT_METRICS_MULTIPROC_DIR"] = str(self.work / f"prometheus-{port}")
             extra.update(dict(kv.split("=", 1) for kv in self.args.verdict_env))
         server = start_server(
             kind, command, ready, port, cpus, workers, self._env(extra), ROOT, self.work
