@@ -409,6 +409,19 @@ class Bench:
                 record["rss_peak_mb"] = server_record.get("rss_peak_mb")
         return records
 
+    def estimate_s(self) -> float:
+        """Rough wall time: every wrk window plus server starts and ceiling runs."""
+        per_case = self.plan.warmup_s + self.plan.duration_s + 0.5
+        target = self.args.target
+        windows = 0
+        for case in self.plan.cases:
+            verdict = target in ("all", "verdict")
+            obvious = target in ("all", "obvious") and case.protocol == "json"
+            windows += int(verdict) + int(obvious and case.group == "single")
+        models = len({c.model for c in self.plan.cases})
+        ceiling = models * (2 + 2 * (self.plan.ceiling_s + 0.5))
+        return self.plan.rounds * (windows * per_case + ceiling + 8)
+
     def run(self) -> list[dict[str, Any]]:
         """Every round; records are appended to the JSON lines file as each round ends."""
         out_dir: Path = self.args.out
@@ -440,7 +453,9 @@ class Bench:
         with results_path.open("w") as out:
             out.write(json.dumps(meta) + "\n")
         print(
-            f"bench: {self.plan.mode} run, {self.plan.rounds} round(s), results in {results_path}"
+            f"bench: {self.plan.mode} run, {self.plan.rounds} round(s), about "
+            f"{self.estimate_s() / 60:.1f} min; results in {results_path}",
+            flush=True,
         )
         for round_no in range(1, self.plan.rounds + 1):
             print(f"round {round_no}/{self.plan.rounds}", flush=True)

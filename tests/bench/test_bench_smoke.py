@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from bench import report
+from bench import load, report
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -149,3 +149,28 @@ def test_docs_table_is_replaced_between_the_markers(tmp_path: Path) -> None:
     text = docs.read_text()
     assert "old" not in text and "new table" not in text
     assert text == f"# B\n\n{report.START_MARKER}\nnewer table\n{report.END_MARKER}\n\nafter\n"
+
+
+def test_binary_v2_body_is_a_json_header_then_little_endian_float32() -> None:
+    rows = [[float(i + 30 * r) for i in range(30)] for r in range(3)]
+    body = load.build_body("v2-binary", "m", rows, [30])
+    assert body.path == "/v2/models/m/infer"
+    assert body.header_length is not None
+    header = json.loads(body.data[: body.header_length])
+    assert header["inputs"][0]["shape"] == [3, 30]
+    assert header["inputs"][0]["parameters"]["binary_data_size"] == 3 * 30 * 4
+    assert header["outputs"] == [{"name": "probabilities", "parameters": {"binary_data": True}}]
+    tensor = np.frombuffer(body.data[body.header_length :], dtype="<f4")
+    assert tensor.tolist() == [v for row in rows for v in row]
+    assert body.headers()["Inference-Header-Content-Length"] == str(body.header_length)
+
+
+def test_image_rows_go_flat_to_predict_and_shaped_to_v2() -> None:
+    rows = [[float(i) for i in range(64)]]
+    flat = json.loads(load.build_body("json", "digits", rows, [1, 8, 8]).data)
+    nested = json.loads(load.build_body("json", "digits", rows, [1, 8, 8], nested=True).data)
+    v2 = json.loads(load.build_body("v2-json", "digits", rows, [1, 8, 8]).data)
+    assert flat == {"model": "digits", "instances": rows}
+    assert np.asarray(nested["instances"]).shape == (1, 1, 8, 8)
+    assert v2["inputs"][0]["shape"] == [1, 1, 8, 8]
+    assert v2["inputs"][0]["data"] == rows[0]
