@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -28,76 +27,12 @@ from typing import Any
 from bench import report
 from bench.load import Body, build_body, run_wrk
 from bench.payloads import PAYLOAD_DIR, load_rows
+from bench.plan import TARGETS, Case, Plan, make_plan
 from bench.servers import Server, ServerError, free_port, http_request, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"
 DEFAULT_DOCS = ROOT / "docs" / "benchmarks.md"
-MODELS = ("breast-cancer", "digits")
-TARGETS = ("all", "verdict", "obvious")
-
-
-@dataclass(frozen=True)
-class Case:
-    """One measured load shape: rows per request, connections, protocol, server kind."""
-
-    model: str
-    rows: int
-    connections: int
-    protocol: str
-    # "single": verdict (1 worker) and the obvious server; "workers": verdict with 2 workers.
-    group: str = "single"
-
-    @property
-    def name(self) -> str:
-        """A stable case name, e.g. `64r-8c-v2-binary`."""
-        return f"{self.rows}r-{self.connections}c-{self.protocol}"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How long and how often: the mode's settings."""
-
-    mode: str
-    rounds: int
-    warmup_s: int
-    duration_s: int
-    ceiling_s: float
-    cases: tuple[Case, ...]
-
-
-def full_cases(models: tuple[str, ...], subset: bool = False) -> tuple[Case, ...]:
-    """Every case for `models`; `subset` keeps only the 64-row cases for all but the first."""
-    cases: list[Case] = []
-    for index, model in enumerate(models):
-        keep_all = not subset or index == 0
-        if keep_all:
-            cases.append(Case(model, 1, 1, "json"))
-            cases.append(Case(model, 1, 32, "json"))
-        for protocol in ("json", "v2-json", "v2-binary"):
-            cases.append(Case(model, 64, 8, protocol))
-        if keep_all:
-            cases.append(Case(model, 1, 32, "json", group="workers"))
-    return tuple(cases)
-
-
-def make_plan(args: argparse.Namespace) -> Plan:
-    """Pick the mode's defaults, then apply explicit overrides."""
-    models = tuple(args.models.split(",")) if args.models else MODELS
-    if args.smoke:
-        plan = Plan("smoke", 1, 1, 1, 0.2, (Case(models[0], 1, 1, "json"),))
-    elif args.quick:
-        plan = Plan("quick", 1, 2, 4, 1.0, full_cases(models, subset=True))
-    else:
-        plan = Plan("full", 3, 3, 8, 2.0, full_cases(models))
-    return Plan(
-        plan.mode,
-        args.rounds or plan.rounds,
-        args.warmup or plan.warmup_s,
-        args.duration or plan.duration_s,
-        plan.ceiling_s,
-        plan.cases,
-    )
 
 
 def _cpu_model() -> str:
