@@ -58,3 +58,12 @@ clean:
 ## load: bounded headless Locust run (SLO gate) on a local server it starts and stops; HTML report in var/reports/ (USERS, SPAWN_RATE, RUN_TIME, VERDICT_SLO_P99_MS)
 load: $(VENV)/.installed-dev
 	VENV=$(VENV) bash scripts/load.sh
+
+## bench: the benchmark (wrk vs verdict, the obvious server, the in-process ceiling; ~11 min);
+## writes bench/results/<timestamp>.jsonl and the table in docs/benchmarks.md
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.run
+
+## bench-quick: one short round, fewer cases (~2 min); does not rewrite docs/benchmarks.md
+bench-quick: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.run --quick

@@ -1,0 +1,1 @@
+"""The benchmark: wrk against verdict, the obvious server and the in-process ceiling."""

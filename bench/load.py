@@ -1,0 +1,132 @@
+"""Request bodies for each protocol, and wrk runs that report one JSON summary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+LUA_SCRIPT = Path(__file__).resolve().parent / "wrk" / "post.lua"
+MARKER = "BENCH_JSON "
+WRK_TIMEOUT = "5s"
+# Seconds a wrk run may take past its -d before it is killed.
+WRK_GRACE_S = 30
+
+PROTOCOLS = ("json", "v2-json", "v2-binary")
+
+
+class LoadError(RuntimeError):
+    """wrk failed or printed no summary."""
+
+
+@dataclass(frozen=True)
+class Body:
+    """One request ready for wrk: path, body bytes and headers."""
+
+    path: str
+    data: bytes
+    content_type: str
+    header_length: int | None = None
+
+    def headers(self) -> dict[str, str]:
+        """The headers wrk sends with this body."""
+        headers = {"Content-Type": self.content_type}
+        if self.header_length is not None:
+            headers["Inference-Header-Content-Length"] = str(self.header_length)
+        return headers
+
+
+def build_body(
+    protocol: str,
+    model: str,
+    rows: list[list[float]],
+    row_shape: list[int],
+    input_name: str = "input",
+    output_name: str = "probabilities",
+    nested: bool = False,
+) -> Body:
+    """Build the request for `rows` of `model` in `protocol`.
+
+    `row_shape` is the model input shape without the batch axis; `nested` sends each
+    /predict instance in that shape instead of flat.
+    """
+    x = np.asarray(rows, dtype=np.float32).reshape([len(rows), *row_shape])
+    if protocol == "json":
+        instances = x.tolist() if nested else x.reshape(len(rows), -1).tolist()
+        data = json.dumps({"model": model, "instances": instances}).encode()
+        return Body("/predict", data, "application/json")
+    shape = list(x.shape)
+    path = f"/v2/models/{model}/infer"
+    if protocol == "v2-json":
+        request = {
+            "inputs": [
+                {"name": input_name, "shape": shape, "datatype": "FP32", "data": x.ravel().tolist()}
+            ]
+        }
+        return Body(path, json.dumps(request).encode(), "application/json")
+    if protocol == "v2-binary":
+        raw = x.astype("<f4").tobytes()
+        header = {
+            "inputs": [
+                {
+                    "name": input_name,
+                    "shape": shape,
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "outputs": [{"name": output_name, "parameters": {"binary_data": True}}],
+        }
+        header_bytes = json.dumps(header).encode()
+        return Body(path, header_bytes + raw, "application/octet-stream", len(header_bytes))
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS}")
+
+
+def run_wrk(
+    port: int,
+    body: Body,
+    body_file: Path,
+    connections: int,
+    seconds: int,
+    cpus: str,
+) -> dict[str, float]:
+    """Run wrk (one thread, pinned to `cpus`) for `seconds`; return its JSON summary."""
+    body_file.write_bytes(body.data)
+    command = [
+        "taskset",
+        "-c",
+        cpus,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        WRK_TIMEOUT,
+        "-s",
+        str(LUA_SCRIPT),
+        f"http://127.0.0.1:{port}{body.path}",
+        "--",
+        str(body_file),
+        body.content_type,
+        "" if body.header_length is None else str(body.header_length),
+    ]
+    try:
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=seconds + WRK_GRACE_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise LoadError(f"wrk ran past {seconds + WRK_GRACE_S} s: {' '.join(command)}") from exc
+    for line in done.stdout.splitlines():
+        if line.startswith(MARKER):
+            summary: dict[str, float] = json.loads(line[len(MARKER) :])
+            return summary
+    raise LoadError(
+        f"wrk printed no summary (exit {done.returncode}):\n{done.stdout}\n{done.stderr}"
+    )

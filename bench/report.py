@@ -1,0 +1,271 @@
+"""Ratios within a round, medians over rounds, targets, and the Markdown results table."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+START_MARKER = "<!-- bench:start -->"
+END_MARKER = "<!-- bench:end -->"
+
+Record = dict[str, Any]
+
+
+def add_ratios(records: list[Record]) -> None:
+    """Add ratio fields to the case records of one round (None where there is no baseline).
+
+    - `ratio_vs_obvious_requests` / `_rows`: against the obvious server's JSON /predict case
+      with the same model, rows per request and connections.
+    - `ratio_vs_one_worker`: 2 workers against 1 worker, same case.
+    - `ratio_vs_ceiling`: rows/s against in-process session.run rows/s at the same batch size.
+    """
+    cases = [r for r in records if r["kind"] == "case"]
+    ceilings = {(r["model"], r["batch"]): r for r in records if r["kind"] == "ceiling"}
+
+    def find(server: str, model: str, rows: int, conns: int, protocol: str) -> Record | None:
+        for r in cases:
+            if (
+                r["server"],
+                r["model"],
+                r["rows_per_request"],
+                r["connections"],
+                r["protocol"],
+            ) == (
+                server,
+                model,
+                rows,
+                conns,
+                protocol,
+            ):
+                return r
+        return None
+
+    for r in cases:
+        key = (r["model"], r["rows_per_request"], r["connections"])
+        obvious = find("obvious", *key, "json") if r["server"] != "obvious" else None
+        one = find("verdict", *key, r["protocol"]) if r["server"] == "verdict-2w" else None
+        ceiling = ceilings.get((r["model"], r["rows_per_request"]))
+        r["ratio_vs_obvious_requests"] = _ratio(r["requests_per_s"], obvious, "requests_per_s")
+        r["ratio_vs_obvious_rows"] = _ratio(r["rows_per_s"], obvious, "rows_per_s")
+        r["ratio_vs_one_worker"] = _ratio(r["requests_per_s"], one, "requests_per_s")
+        r["ratio_vs_ceiling"] = _ratio(r["rows_per_s"], ceiling, "rows_per_s")
+
+
+def _ratio(value: float, base: Record | None, field: str) -> float | None:
+    if base is None or not base[field]:
+        return None
+    return float(value) / float(base[field])
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    if not values:
+        return "–"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return format(med, fmt)
+    return f"{format(med, fmt)} [{format(min(values), fmt)}–{format(max(values), fmt)}]"
+
+
+def _select(records: Iterable[Record], **match: Any) -> list[Record]:
+    return [r for r in records if all(r.get(k) == v for k, v in match.items())]
+
+
+def _values(records: Iterable[Record], field: str) -> list[float]:
+    return [float(r[field]) for r in records if r.get(field) is not None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of the issue: what is measured, how it is summarised, and the bound."""
+
+    label: str
+    bound: str
+    values: list[float]
+    summary: Callable[[list[float]], float]
+    ok: Callable[[float], bool]
+    fmt: str
+
+    def row(self) -> str:
+        """A Markdown table row: target, bound, measured, PASS/MISS (n/a without data)."""
+        if not self.values:
+            return f"| {self.label} | {self.bound} | – | n/a |"
+        value = self.summary(self.values)
+        verdict = "PASS" if self.ok(value) else "MISS"
+        return f"| {self.label} | {self.bound} | {format(value, self.fmt)} | {verdict} |"
+
+
+def targets(records: list[Record]) -> list[Target]:
+    """The issue's targets, per model where they depend on the model."""
+    cases = _select(records, kind="case")
+    servers = _select(records, kind="server")
+    models = list(dict.fromkeys(r["model"] for r in cases))
+    med = statistics.median
+    found: list[Target] = []
+    for m in models:
+        c1 = _select(cases, server="verdict", model=m, case="1r-1c-json")
+        c32 = _select(cases, server="verdict", model=m, case="1r-32c-json")
+        b64 = _select(cases, server="verdict", model=m, case="64r-8c-json")
+        bin64 = _select(cases, server="verdict", model=m, case="64r-8c-v2-binary")
+        w2 = _select(cases, server="verdict-2w", model=m, case="1r-32c-json")
+        found += [
+            Target(
+                f"{m}: 1 row, 1 conn, req/s vs obvious",
+                "≥ 1.3×",
+                _values(c1, "ratio_vs_obvious_requests"),
+                med,
+                lambda v: v >= 1.3,
+                ".2f",
+            ),
+            Target(
+                f"{m}: 1 row, 1 conn, p50 (ms)",
+                "≤ 0.25",
+                _values(c1, "p50_ms"),
+                med,
+                lambda v: v <= 0.25,
+                ".3f",
+            ),
+            Target(
+                f"{m}: 1 row, 32 conn, req/s vs obvious",
+                "≥ 1.5×",
+                _values(c32, "ratio_vs_obvious_requests"),
+                med,
+                lambda v: v >= 1.5,
+                ".2f",
+            ),
+            Target(
+                f"{m}: 1 row, 32 conn, p99 (ms)",
+                "≤ 10",
+                _values(c32, "p99_ms"),
+                med,
+                lambda v: v <= 10,
+                ".2f",
+            ),
+            Target(
+                f"{m}: 64 rows, 8 conn, JSON rows/s vs obvious",
+                "≥ 3×",
+                _values(b64, "ratio_vs_obvious_rows"),
+                med,
+                lambda v: v >= 3,
+                ".2f",
+            ),
+            Target(
+                f"{m}: 64 rows, 8 conn, binary v2 rows/s vs in-process ceiling",
+                "≥ 10%",
+                [100 * v for v in _values(bin64, "ratio_vs_ceiling")],
+                med,
+                lambda v: v >= 10,
+                ".1f",
+            ),
+            Target(
+                f"{m}: 2 workers vs 1 worker, 1 row, 32 conn req/s",
+                "≥ 1.6×",
+                _values(w2, "ratio_vs_one_worker"),
+                med,
+                lambda v: v >= 1.6,
+                ".2f",
+            ),
+        ]
+    verdict_servers = _select(servers, server="verdict")
+    found += [
+        Target(
+            "peak RSS, both models loaded (MB, max over rounds)",
+            "≤ 120",
+            _values(verdict_servers, "rss_peak_mb"),
+            max,
+            lambda v: v <= 120,
+            ".1f",
+        ),
+        Target(
+            "startup to ready (s)",
+            "≤ 1",
+            _values(verdict_servers, "startup_s"),
+            med,
+            lambda v: v <= 1,
+            ".3f",
+        ),
+    ]
+    return found
+
+
+def render(records: list[Record]) -> str:
+    """The results section: run facts, targets, per-case table, servers, ceiling."""
+    meta = next((r for r in records if r["kind"] == "meta"), {})
+    cases = _select(records, kind="case")
+    lines = [
+        f"Run `{meta.get('command', '?')}` on {meta.get('date', '?')} "
+        f"({meta.get('mode', '?')}: {meta.get('rounds', '?')} round(s), "
+        f"{meta.get('warmup_s', '?')} s warm-up + {meta.get('duration_s', '?')} s measured "
+        "per case).",
+        f"Machine: {meta.get('cpu', '?')}, {meta.get('cores', '?')} cores; server on CPU "
+        f"{meta.get('server_cpu', '?')}, wrk on CPU {meta.get('wrk_cpu', '?')} "
+        "(2 workers: server on both, sharing with wrk).",
+        "Cells: median over rounds [min–max].",
+        "",
+        "### Targets",
+        "",
+        "| Target | Bound | Measured | Result |",
+        "|---|---|---|---|",
+        *(t.row() for t in targets(records)),
+        "",
+        "### Cases",
+        "",
+        "| Model | Case | Server | req/s | rows/s | p50 ms | p90 ms | p99 ms | errors "
+        "| × obvious (req/s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = list(dict.fromkeys((r["model"], r["case"], r["server"]) for r in cases))
+    for model, case, server in keys:
+        rs = _select(cases, model=model, case=case, server=server)
+        lines.append(
+            f"| {model} | {case} | {server} "
+            f"| {_spread(_values(rs, 'requests_per_s'), '.0f')} "
+            f"| {_spread(_values(rs, 'rows_per_s'), '.0f')} "
+            f"| {_spread(_values(rs, 'p50_ms'), '.3f')} "
+            f"| {_spread(_values(rs, 'p90_ms'), '.3f')} "
+            f"| {_spread(_values(rs, 'p99_ms'), '.3f')} "
+            f"| {sum(int(r['errors']) for r in rs)} "
+            f"| {_spread(_values(rs, 'ratio_vs_obvious_requests'), '.2f')} |"
+        )
+    servers = _select(records, kind="server")
+    lines += [
+        "",
+        "### Servers",
+        "",
+        "| Server | Workers | CPUs | Startup to ready (s) | Peak RSS (MB, VmHWM summed) |",
+        "|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["server"] for r in servers):
+        rs = _select(servers, server=name)
+        lines.append(
+            f"| {name} | {rs[0]['workers']} | {rs[0]['server_cpus']} "
+            f"| {_spread(_values(rs, 'startup_s'), '.3f')} "
+            f"| {_spread(_values(rs, 'rss_peak_mb'), '.1f')} |"
+        )
+    ceilings = _select(records, kind="ceiling")
+    lines += [
+        "",
+        "### In-process ceiling (session.run, one thread, server CPU)",
+        "",
+        "| Model | Batch | rows/s |",
+        "|---|---|---|",
+    ]
+    for model, batch in dict.fromkeys((r["model"], r["batch"]) for r in ceilings):
+        rs = _select(ceilings, model=model, batch=batch)
+        lines.append(f"| {model} | {batch} | {_spread(_values(rs, 'rows_per_s'), '.0f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(path: Path, markdown: str) -> None:
+    """Replace the text between the bench markers in `path` (append the markers if absent)."""
+    text = path.read_text() if path.exists() else ""
+    block = f"{START_MARKER}\n{markdown}{END_MARKER}"
+    if START_MARKER in text and END_MARKER in text:
+        head, rest = text.split(START_MARKER, 1)
+        _, tail = rest.split(END_MARKER, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
+    path.write_text(text)

@@ -1,0 +1,506 @@
+"""The benchmark driver: wrk against verdict and the obvious server, plus the in-process ceiling.
+
+`python -m bench.run` (full, about 11 minutes), `--quick` (about 2), `--smoke` (seconds;
+used by the tests, never rewrites docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench import report
+from bench.load import Body, build_body, run_wrk
+from bench.payloads import PAYLOAD_DIR, load_rows
+from bench.plan import TARGETS, Case, Plan, make_plan
+from bench.servers import Server, ServerError, free_port, http_request, start_server
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "bench" / "results"
+DEFAULT_DOCS = ROOT / "docs" / "benchmarks.md"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def _latest_version(repository: Path, model: str) -> Path:
+    folder = repository / model
+    versions = (
+        [p for p in folder.iterdir() if p.is_dir() and p.name.isdigit()] if folder.is_dir() else []
+    )
+    if not versions:
+        raise SystemExit(f"bench: no versions of model {model!r} under {folder}")
+    return max(versions, key=lambda p: int(p.name))
+
+
+def _tensors(version_dir: Path) -> tuple[str, list[int], str]:
+    """The model's input name, input shape without the batch axis, and output name."""
+    manifest = json.loads((version_dir / "manifest.json").read_text())
+    shape = [int(d) for d in manifest["input"]["shape"][1:]]
+    return manifest["input"]["name"], shape, manifest["output"]["name"]
+
+
+def _payload_rows(model: str, payload_dir: Path, count: int) -> list[list[float]]:
+    rows = load_rows(model, payload_dir)
+    return [rows[i % len(rows)] for i in range(count)]
+
+
+class Bench:
+    """One benchmark run: servers, bodies, wrk runs and the records they produce."""
+
+    def __init__(self, args: argparse.Namespace, plan: Plan) -> None:
+        self.args = args
+        self.plan = plan
+        self.repository: Path = args.model_repository.resolve()
+        self.payload_dir: Path = args.payload_dir
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            print("bench: warning: fewer than 2 CPUs; server and wrk share one", file=sys.stderr)
+            cpus = cpus * 2
+        self.server_cpu = str(cpus[0])
+        self.wrk_cpu = str(cpus[1])
+        self.both_cpus = f"{cpus[0]},{cpus[1]}"
+        self.live: list[Server] = []
+        self.records: list[dict[str, Any]] = []
+        self.run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        self.versions = {c.model: _latest_version(self.repository, c.model) for c in plan.cases}
+        self.bodies: dict[tuple[str, str, int, str], Body] = {}
+        self.work = Path(tempfile.mkdtemp(prefix="verdict-bench-"))
+
+    # -- servers -------------------------------------------------------------------------
+
+    def _env(self, extra: dict[str, str]) -> dict[str, str]:
+        # Inherited VERDICT_* settings (API keys, other batching) would change what is measured.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VERDICT_")}
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        env.update(extra)
+        return env
+
+    def start(self, kind: str) -> Server:
+        """Start `verdict`, `verdict-2w` or `obvious` and wait until it is ready."""
+        port = free_port()
+        host_port = ["--host", "127.0.0.1", "--port", str(port)]
+        if kind == "obvious":
+            command = [
+                sys.executable,
+                "-m",
+                "bench.obvious_server",
+                *host_port,
+                "--model-repository",
+                str(self.repository),
+            ]
+            ready, cpus, workers, extra = "/health", self.server_cpu, 1, {}
+        else:
+            workers = 2 if kind == "verdict-2w" else 1
+            command = [sys.executable, "-m", self.args.verdict_module, *host_port]
+            if workers > 1:
+                command += ["--workers", str(workers)]
+            cpus = self.both_cpus if workers > 1 else self.server_cpu
+            ready = "/v2/health/ready"
+            # Defaults except the model repository; the feedback store and the metrics
+            # multiprocess folder go to this run's scratch folder, away from the repo's var/.
+            extra = {
+                "VERDICT_MODEL_REPOSITORY": str(self.repository),
+                "VERDICT_FEEDBACK_DB": str(self.work / f"feedback-{port}.sqlite3"),
+            }
+            if workers > 1:
+                extra["VERDICT_METRICS_MULTIPROC_DIR"] = str(self.work / f"prometheus-{port}")
+            extra.update(dict(kv.split("=", 1) for kv in self.args.verdict_env))
+        server = start_server(
+            kind, command, ready, port, cpus, workers, self._env(extra), ROOT, self.work
+        )
+        self.live.append(server)
+        print(f"  started {kind} on :{port} (cpus {cpus}) in {server.startup_s:.3f} s", flush=True)
+        return server
+
+    def stop(self, server: Server) -> None:
+        """Stop `server` and forget it."""
+        server.stop()
+        if server in self.live:
+            self.live.remove(server)
+
+    def stop_all(self) -> None:
+        """Stop every server still running (on success, error or Ctrl-C)."""
+        for server in list(self.live):
+            self.stop(server)
+
+    # -- bodies --------------------------------------------------------------------------
+
+    def body(self, server: Server, case: Case) -> Body:
+        """The request body for `case`, checked once against `server` (200 expected).
+
+        Image models' /predict rows go flat first; if verdict refuses them, nested in the
+        input shape (the obvious server takes flat rows).
+        """
+        key = (server.name.removesuffix("-2w"), case.model, case.rows, case.protocol)
+        if key in self.bodies:
+            return self.bodies[key]
+        rows = _payload_rows(case.model, self.payload_dir, case.rows)
+        input_name, shape, output_name = _tensors(self.versions[case.model])
+        attempts = [False, True] if case.protocol == "json" and len(shape) > 1 else [False]
+        if server.name == "obvious":
+            attempts = [False]
+        failures = []
+        for nested in attempts:
+            body = build_body(
+                case.protocol, case.model, rows, shape, input_name, output_name, nested=nested
+            )
+            status, answer = http_request(server.port, "POST", body.path, body.data, body.headers())
+            if status == 200:
+                self.bodies[key] = body
+                return body
+            failures.append(f"{status} {answer[:500]!r}")
+        raise ServerError(
+            f"{server.name} refused the {case.name} body for {case.model} at {body.path}: "
+            + "; ".join(failures)
+        )
+
+    # -- measuring -----------------------------------------------------------------------
+
+    def measure(self, server: Server, case: Case, round_no: int) -> dict[str, Any]:
+        """Warm up, then run the measured window; return the case record."""
+        body = self.body(server, case)
+        body_file = self.work / "body.bin"
+        wrk_cpu = self.wrk_cpu
+        run_wrk(server.port, body, body_file, case.connections, self.plan.warmup_s, wrk_cpu)
+        result = run_wrk(
+            server.port, body, body_file, case.connections, self.plan.duration_s, wrk_cpu
+        )
+        seconds = result["duration_us"] / 1e6
+        requests = int(result["requests"])
+        record: dict[str, Any] = {
+            "kind": "case",
+            "run_id": self.run_id,
+            "mode": self.plan.mode,
+            "round": round_no,
+            "server": server.name,
+            "workers": server.workers,
+            "server_cpus": server.cpus,
+            "wrk_cpus": wrk_cpu,
+            "model": case.model,
+            "case": case.name,
+            "protocol": case.protocol,
+            "rows_per_request": case.rows,
+            "connections": case.connections,
+            "warmup_s": self.plan.warmup_s,
+            "duration_s": seconds,
+            "requests": requests,
+            "requests_per_s": requests / seconds if seconds > 0 else 0.0,
+            "rows_per_s": requests * case.rows / seconds if seconds > 0 else 0.0,
+            "p50_ms": result["p50_us"] / 1000,
+            "p90_ms": result["p90_us"] / 1000,
+            "p99_ms": result["p99_us"] / 1000,
+            "max_ms": result["latency_max_us"] / 1000,
+            "errors": int(result["errors"]),
+            "errors_detail": {
+                k.removeprefix("errors_"): int(v)
+                for k, v in result.items()
+                if k.startswith("errors_")
+            },
+            "body_bytes": len(body.data),
+        }
+        print(
+            f"  {server.name:<10} {case.model:<13} {case.name:<16} "
+            f"{record['requests_per_s']:9.1f} req/s {record['rows_per_s']:10.1f} rows/s "
+            f"p50 {record['p50_ms']:.3f} p99 {record['p99_ms']:.3f} ms errors {record['errors']}",
+            flush=True,
+        )
+        return record
+
+    def ceiling(self, round_no: int, models: list[str]) -> list[dict[str, Any]]:
+        """Run bench.ceiling pinned to the server core for each model and batch size."""
+        records = []
+        batches = sorted({c.rows for c in self.plan.cases})
+        for model in models:
+            command = [
+                "taskset",
+                "-c",
+                self.server_cpu,
+                sys.executable,
+                "-m",
+                "bench.ceiling",
+                "--model-file",
+                str(self.versions[model] / "model.onnx"),
+                "--payload",
+                model,
+                "--payload-dir",
+                str(self.payload_dir),
+                "--seconds",
+                str(self.plan.ceiling_s),
+                "--warmup",
+                str(min(0.5, self.plan.ceiling_s)),
+            ]
+            for batch in batches:
+                command += ["--batch", str(batch)]
+            limit = 60 + len(batches) * 2 * self.plan.ceiling_s
+            done = subprocess.run(
+                command,
+                cwd=ROOT,
+                env=self._env({}),
+                capture_output=True,
+                text=True,
+                timeout=limit,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"bench.ceiling failed for {model}:\n{done.stderr}")
+            for line in done.stdout.splitlines():
+                result = json.loads(line)
+                records.append(
+                    {
+                        "kind": "ceiling",
+                        "run_id": self.run_id,
+                        "mode": self.plan.mode,
+                        "round": round_no,
+                        "model": model,
+                        "cpus": self.server_cpu,
+                        **result,
+                    }
+                )
+                print(
+                    f"  ceiling    {model:<13} batch {result['batch']:<3} "
+                    f"{result['rows_per_s']:12.1f} rows/s",
+                    flush=True,
+                )
+        return records
+
+    def server_record(self, server: Server, round_no: int) -> dict[str, Any]:
+        """Startup time and peak RSS of `server` (read before it stops)."""
+        processes = server.peak_rss()
+        return {
+            "kind": "server",
+            "run_id": self.run_id,
+            "mode": self.plan.mode,
+            "round": round_no,
+            "server": server.name,
+            "workers": server.workers,
+            "server_cpus": server.cpus,
+            "processes": len(processes),
+            "startup_s": server.startup_s,
+            "rss_peak_mb": sum(float(p["mb"]) for p in processes),
+            "rss_peak_by_process": processes,
+        }
+
+    def run_round(self, round_no: int) -> list[dict[str, Any]]:
+        """One round: ceiling, verdict and obvious interleaved per case, then 2 workers."""
+        records: list[dict[str, Any]] = []
+        target = self.args.target
+        kinds = [k for k in ("verdict", "obvious") if target in ("all", k)]
+        # Alternate who goes first within each case, so neither side always runs warmer.
+        if round_no % 2 == 0:
+            kinds.reverse()
+        models = sorted({c.model for c in self.plan.cases})
+        records += self.ceiling(round_no, models)
+        servers = {kind: self.start(kind) for kind in kinds}
+        try:
+            for case in self.plan.cases:
+                if case.group != "single":
+                    continue
+                for kind in kinds:
+                    if kind == "obvious" and case.protocol != "json":
+                        continue
+                    records.append(self.measure(servers[kind], case, round_no))
+            records += [self.server_record(s, round_no) for s in servers.values()]
+        finally:
+            for server in servers.values():
+                self.stop(server)
+        worker_cases = [c for c in self.plan.cases if c.group == "workers"]
+        if worker_cases and target in ("all", "verdict"):
+            server = self.start("verdict-2w")
+            try:
+                for case in worker_cases:
+                    records.append(self.measure(server, case, round_no))
+                records.append(self.server_record(server, round_no))
+            finally:
+                self.stop(server)
+        report.add_ratios(records)
+        # Each case also carries its server's startup time and peak RSS from this round.
+        by_server = {r["server"]: r for r in records if r["kind"] == "server"}
+        for record in records:
+            if record["kind"] == "case":
+                server_record = by_server.get(record["server"], {})
+                record["startup_s"] = server_record.get("startup_s")
+                record["rss_peak_mb"] = server_record.get("rss_peak_mb")
+        return records
+
+    def estimate_s(self) -> float:
+        """Rough wall time: every wrk window plus server starts and ceiling runs."""
+        per_case = self.plan.warmup_s + self.plan.duration_s + 0.5
+        target = self.args.target
+        windows = 0
+        for case in self.plan.cases:
+            verdict = target in ("all", "verdict")
+            obvious = target in ("all", "obvious") and case.protocol == "json"
+            windows += int(verdict) + int(obvious and case.group == "single")
+        models = len({c.model for c in self.plan.cases})
+        ceiling = models * (2 + 2 * (self.plan.ceiling_s + 0.5))
+        return self.plan.rounds * (windows * per_case + ceiling + 8)
+
+    def run(self) -> list[dict[str, Any]]:
+        """Every round; records are appended to the JSON lines file as each round ends."""
+        out_dir: Path = self.args.out
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results_path = out_dir / f"{self.run_id}.jsonl"
+        meta = {
+            "kind": "meta",
+            "run_id": self.run_id,
+            "mode": self.plan.mode,
+            "command": self.args.command_line,
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "rounds": self.plan.rounds,
+            "warmup_s": self.plan.warmup_s,
+            "duration_s": self.plan.duration_s,
+            "target": self.args.target,
+            "server_cpu": self.server_cpu,
+            "wrk_cpu": self.wrk_cpu,
+            "models": {
+                m: str(v.relative_to(self.repository.parent))
+                if v.is_relative_to(self.repository.parent)
+                else str(v)
+                for m, v in self.versions.items()
+            },
+            "python": sys.version.split()[0],
+        }
+        self.records.append(meta)
+        with results_path.open("w") as out:
+            out.write(json.dumps(meta) + "\n")
+        print(
+            f"bench: {self.plan.mode} run, {self.plan.rounds} round(s), about "
+            f"{self.estimate_s() / 60:.1f} min; results in {results_path}",
+            flush=True,
+        )
+        for round_no in range(1, self.plan.rounds + 1):
+            print(f"round {round_no}/{self.plan.rounds}", flush=True)
+            records = self.run_round(round_no)
+            self.records += records
+            with results_path.open("a") as out:
+                for record in records:
+                    out.write(json.dumps(record) + "\n")
+        self.results_path = results_path
+        return self.records
+
+
+def _check_tools(args: argparse.Namespace) -> None:
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"bench: `{tool}` is not installed (run `make sysdeps`)")
+    if args.target in ("all", "verdict"):
+        with contextlib.suppress(ModuleNotFoundError):
+            if importlib.util.find_spec(f"{args.verdict_module}.__main__") is not None:
+                return
+        raise SystemExit(
+            f"bench: `python -m {args.verdict_module}` is missing ({args.verdict_module}/"
+            "__main__.py not found); the verdict service is not built yet. "
+            "Run with --target obvious to benchmark only the obvious server."
+        )
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so the servers are stopped on the way out."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="1 round, short windows, fewer cases")
+    mode.add_argument(
+        "--smoke", action="store_true", help="one tiny case, 1 s windows; never writes docs"
+    )
+    parser.add_argument("--target", choices=TARGETS, default="all", help="which servers to run")
+    parser.add_argument("--models", help="comma-separated model names (default: both bundled)")
+    parser.add_argument("--rounds", type=int, help="override the mode's number of rounds")
+    parser.add_argument("--warmup", type=int, help="override the warm-up seconds per case")
+    parser.add_argument("--duration", type=int, help="override the measured seconds per case")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the .jsonl")
+    parser.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help="Markdown file to update")
+    docs = parser.add_mutually_exclusive_group()
+    docs.add_argument("--no-docs", action="store_true", help="do not rewrite the docs table")
+    docs.add_argument(
+        "--write-docs", action="store_true", help="rewrite the docs table even for --quick"
+    )
+    parser.add_argument("--model-repository", type=Path, default=ROOT / "models")
+    parser.add_argument("--payload-dir", type=Path, default=PAYLOAD_DIR)
+    parser.add_argument(
+        "--verdict-module", default="service", help="module run as `python -m <module>`"
+    )
+    parser.add_argument(
+        "--verdict-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the verdict server (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    args.command_line = "python -m bench.run " + shlex.join(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the summary; write the JSON lines and (full runs) the docs."""
+    args = parse_args(argv)
+    _check_tools(args)
+    plan = make_plan(args)
+    bench = Bench(args, plan)
+    started = time.perf_counter()
+    try:
+        with _interruptible():
+            records = bench.run()
+    except KeyboardInterrupt:
+        print("bench: interrupted; servers stopped", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:  # ServerError, LoadError, a failed ceiling run
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        bench.stop_all()
+        shutil.rmtree(bench.work, ignore_errors=True)
+    markdown = report.render(records)
+    print(markdown)
+    bench.results_path.with_suffix(".md").write_text(markdown)
+    write_docs = not args.smoke and not args.no_docs and (plan.mode == "full" or args.write_docs)
+    if write_docs:
+        report.write_docs(args.docs, markdown)
+        print(f"bench: updated {args.docs}")
+    errors = sum(r.get("errors", 0) for r in records if r["kind"] == "case")
+    print(f"bench: done in {time.perf_counter() - started:.0f} s; {bench.results_path}")
+    return 0 if errors == 0 else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

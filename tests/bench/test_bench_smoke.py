@@ -1,0 +1,176 @@
+"""The benchmark's --smoke mode runs end to end and writes valid JSON lines (no timing checks)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from bench import load, report
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs" / "benchmarks.md"
+CASE_NUMBERS = (
+    "requests",
+    "requests_per_s",
+    "rows_per_s",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "errors",
+    "duration_s",
+    "rows_per_request",
+    "connections",
+    "startup_s",
+    "rss_peak_mb",
+)
+
+
+def _run_smoke(out: Path, *extra: str) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    files = list(out.glob("*.jsonl"))
+    assert len(files) == 1
+    return [json.loads(line) for line in files[0].read_text().splitlines()]
+
+
+def _check_records(records: list[dict[str, Any]], servers: set[str]) -> None:
+    assert records[0]["kind"] == "meta"
+    assert records[0]["mode"] == "smoke"
+    cases = [r for r in records if r["kind"] == "case"]
+    assert {r["server"] for r in cases} == servers
+    for r in cases:
+        for field in CASE_NUMBERS:
+            assert isinstance(r[field], int | float) and r[field] >= 0, (field, r)
+        assert r["requests"] > 0
+        assert r["errors"] == 0, r
+        assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+    server_records = [r for r in records if r["kind"] == "server"]
+    assert {r["server"] for r in server_records} == servers
+    for r in server_records:
+        assert r["startup_s"] > 0
+        assert r["rss_peak_mb"] > 0
+    ceilings = [r for r in records if r["kind"] == "ceiling"]
+    assert ceilings
+    assert all(r["rows_per_s"] > 0 for r in ceilings)
+
+
+def test_smoke_run_against_verdict_and_obvious_server(tmp_path: Path) -> None:
+    docs_before = DOCS.read_bytes()
+    records = _run_smoke(tmp_path / "results")
+    _check_records(records, {"verdict", "obvious"})
+    verdict = next(r for r in records if r["kind"] == "case" and r["server"] == "verdict")
+    assert verdict["ratio_vs_obvious_requests"] > 0
+    assert DOCS.read_bytes() == docs_before, "--smoke must not rewrite docs/benchmarks.md"
+
+
+def _tiny_repository(root: Path) -> Path:
+    """A one-model repository: a 30-feature linear softmax built with the onnx helper API."""
+    weights = numpy_helper.from_array(np.full((30, 2), 0.01, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 30])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    folder = root / "breast-cancer" / "1"
+    folder.mkdir(parents=True)
+    onnx.save(model, folder / "model.onnx")
+    manifest = {
+        "name": "breast-cancer",
+        "version": 1,
+        "input": {"name": "input", "shape": [-1, 30], "dtype": "float32"},
+        "output": {"name": "probabilities", "classes": ["benign", "malignant"]},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_smoke_run_against_obvious_server_on_a_tiny_model(tmp_path: Path) -> None:
+    repository = _tiny_repository(tmp_path / "models")
+    records = _run_smoke(
+        tmp_path / "results", "--target", "obvious", "--model-repository", str(repository)
+    )
+    _check_records(records, {"obvious"})
+
+
+def test_ratios_are_taken_within_a_round() -> None:
+    def case(server: str, rps: float, rows: int = 1, conns: int = 1) -> dict[str, Any]:
+        return {
+            "kind": "case",
+            "server": server,
+            "model": "m",
+            "rows_per_request": rows,
+            "connections": conns,
+            "protocol": "json",
+            "requests_per_s": rps,
+            "rows_per_s": rps * rows,
+        }
+
+    records = [
+        case("verdict", 300.0),
+        case("obvious", 100.0),
+        case("verdict", 50.0, conns=32),
+        case("verdict-2w", 80.0, conns=32),
+        {"kind": "ceiling", "model": "m", "batch": 1, "rows_per_s": 1000.0},
+    ]
+    report.add_ratios(records)
+    assert records[0]["ratio_vs_obvious_requests"] == 3.0
+    assert records[0]["ratio_vs_ceiling"] == 0.3
+    assert records[1]["ratio_vs_obvious_requests"] is None
+    assert records[2]["ratio_vs_obvious_requests"] is None
+    assert records[3]["ratio_vs_one_worker"] == 1.6
+
+
+def test_docs_table_is_replaced_between_the_markers(tmp_path: Path) -> None:
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(f"# B\n\n{report.START_MARKER}\nold\n{report.END_MARKER}\n\nafter\n")
+    report.write_docs(docs, "new table\n")
+    report.write_docs(docs, "newer table\n")
+    text = docs.read_text()
+    assert "old" not in text and "new table" not in text
+    assert text == f"# B\n\n{report.START_MARKER}\nnewer table\n{report.END_MARKER}\n\nafter\n"
+
+
+def test_binary_v2_body_is_a_json_header_then_little_endian_float32() -> None:
+    rows = [[float(i + 30 * r) for i in range(30)] for r in range(3)]
+    body = load.build_body("v2-binary", "m", rows, [30])
+    assert body.path == "/v2/models/m/infer"
+    assert body.header_length is not None
+    header = json.loads(body.data[: body.header_length])
+    assert header["inputs"][0]["shape"] == [3, 30]
+    assert header["inputs"][0]["parameters"]["binary_data_size"] == 3 * 30 * 4
+    assert header["outputs"] == [{"name": "probabilities", "parameters": {"binary_data": True}}]
+    tensor = np.frombuffer(body.data[body.header_length :], dtype="<f4")
+    assert tensor.tolist() == [v for row in rows for v in row]
+    assert body.headers()["Inference-Header-Content-Length"] == str(body.header_length)
+
+
+def test_image_rows_go_flat_to_predict_and_shaped_to_v2() -> None:
+    rows = [[float(i) for i in range(64)]]
+    flat = json.loads(load.build_body("json", "digits", rows, [1, 8, 8]).data)
+    nested = json.loads(load.build_body("json", "digits", rows, [1, 8, 8], nested=True).data)
+    v2 = json.loads(load.build_body("v2-json", "digits", rows, [1, 8, 8]).data)
+    assert flat == {"model": "digits", "instances": rows}
+    assert np.asarray(nested["instances"]).shape == (1, 1, 8, 8)
+    assert v2["inputs"][0]["shape"] == [1, 1, 8, 8]
+    assert v2["inputs"][0]["data"] == rows[0]
