@@ -161,19 +161,19 @@ def decode_instances(instances: Any, spec: InputSpec, max_rows: int) -> np.ndarr
     if arr.shape[1:] != spec.dims:
         tail = arr.shape[1:]
         # Image rows may come flat (H*W) or without the channel axis ([H][W] for [1][H][W]).
-        if math.prod(tail) == size and _squeezed(tail) == _squeezed(spec.dims):
+        if tail == (size,) or _squeezed(tail) == _squeezed(spec.dims):
             arr = arr.reshape((n, *spec.dims))
         else:
             got = tail[0] if len(tail) == 1 else list(tail)
             raise InvalidInputError(f"{_row_shape_message(spec)}; got {got}")
-    out = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.ascontiguousarray(arr, dtype=np.float32)
     _check_finite(out, "instances")
     return out
 
 
 def _squeezed(dims: tuple[int, ...]) -> tuple[int, ...]:
-    product = math.prod(dims)
-    return (product,) if len(dims) <= 1 else tuple(d for d in dims if d != 1) or (1,)
+    return tuple(d for d in dims if d != 1)
 
 
 def _row_shape_message(spec: InputSpec) -> str:
@@ -301,7 +301,8 @@ def to_model_input(array: np.ndarray, spec: InputSpec, name: str) -> np.ndarray:
         )
     if shape[0] == 0:
         raise BadRequestError(f"input {name!r}: the batch is empty")
-    out = np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.ascontiguousarray(array, dtype=np.float32)
     _check_finite(out, f"input {name!r}")
     return out
 
