@@ -368,7 +368,13 @@ class Repository:
             for v in found:
                 if v not in wanted:
                     self._states[(name, v)] = _VersionState("UNAVAILABLE", "not in version policy")
-            for v in wanted:
+            candidates = list(wanted)
+            if self.policy.kind == "latest":
+                # Older versions stand by in case a wanted one is refused.
+                candidates += [v for v in reversed(found) if v not in wanted]
+            for v in candidates:
+                if v not in wanted and len(new) >= len(wanted):
+                    break
                 folder = self.root / name / str(v)
                 old = current.get(v)
                 if old is not None and old.fingerprint == _file_fingerprint(
@@ -388,6 +394,10 @@ class Repository:
                 new[v] = self._activate(name, v, folder, checked)
                 self._states[(name, v)] = _VersionState("READY")
                 log.info("loaded %s v%d on %s", name, v, ",".join(checked.session.providers))
+            if reasons:
+                # A refused version never replaces what serves: keep every served version.
+                for v, mv in current.items():
+                    new.setdefault(v, mv)
             if not new:
                 why = " | ".join(reasons)
                 raise ModelLoadError(f"no version of {name!r} could be loaded: {why}")
@@ -400,6 +410,9 @@ class Repository:
                     if v not in new:
                         self._states[(name, v)] = _VersionState("UNAVAILABLE", "unloaded")
                     self._retire(mv)
+            if reasons:
+                why = " | ".join(reasons)
+                raise ModelLoadError(f"{why} (still serving versions {sorted(new)})")
             return sorted(new)
 
     def _activate(self, name: str, version: int, folder: Path, c: _Checked) -> ModelVersion:
