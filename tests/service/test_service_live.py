@@ -84,7 +84,10 @@ def test_concurrent_mixed_sizes_match_unbatched(live_server: str) -> None:
         with httpx.Client(base_url=live_server, timeout=30) as http:
             r = http.post("/predict", json={"model": "bin", "instances": x.tolist()})
             assert r.status_code == 200, r.text
-            return [[p["probabilities"]["ham"], p["probabilities"]["spam"]] for p in r.json()["predictions"]]
+            return [
+                [p["probabilities"]["ham"], p["probabilities"]["spam"]]
+                for p in r.json()["predictions"]
+            ]
 
     with cf.ThreadPoolExecutor(max_workers=12) as pool:
         answers = list(pool.map(call, requests))
@@ -96,7 +99,9 @@ def test_concurrent_mixed_sizes_match_unbatched(live_server: str) -> None:
     assert 'verdict_batch_size_count{model="bin",version="1"}' in metrics
 
 
-def test_python_dash_m_service_reads_env(live_server_factory, tmp_path: Path, live_repo: Path) -> None:
+def test_python_dash_m_service_reads_env(
+    live_server_factory, tmp_path: Path, live_repo: Path
+) -> None:
     server = live_server_factory(
         {
             "VERDICT_MODEL_REPOSITORY": str(live_repo),

@@ -37,7 +37,11 @@ def test_binary_rows_as_lists_and_objects(client: TestClient) -> None:
         "/predict",
         json={
             "model": "bin",
-            "instances": [rows[0], dict(zip(["gamma", "alpha", "beta"], [3.0, 1.0, 2.0])), rows[1]],
+            "instances": [
+                rows[0],
+                dict(zip(["gamma", "alpha", "beta"], [3.0, 1.0, 2.0], strict=False)),
+                rows[1],
+            ],
         },
     )
     assert r.status_code == 200, r.text
@@ -47,7 +51,9 @@ def test_binary_rows_as_lists_and_objects(client: TestClient) -> None:
     expected = reference_probabilities(np.array([rows[0], rows[0], rows[1]], np.float32), w, b)
     ids = PredictionIds(TEST_KEY.encode())
     for pred, p in zip(body["predictions"], expected, strict=True):
-        assert pred["probabilities"] == pytest.approx(dict(zip(BIN_CLASSES, p)), abs=1e-6)
+        assert pred["probabilities"] == pytest.approx(
+            dict(zip(BIN_CLASSES, p, strict=False)), abs=1e-6
+        )
         assert pred["score"] == pytest.approx(p[1], abs=1e-6)
         positive = p[1] >= 0.3
         assert pred["decision"] == ("positive" if positive else "negative")
@@ -89,7 +95,9 @@ def test_image_rows_flat_or_nested(client: TestClient, row: list) -> None:
     p = reference_probabilities(np.linspace(0, 1, 16, dtype=np.float32)[None], w, b)[0]
     for pred in preds:
         assert pred["label"] == IMG_CLASSES[int(p.argmax())]
-        assert pred["probabilities"] == pytest.approx(dict(zip(IMG_CLASSES, p)), abs=1e-6)
+        assert pred["probabilities"] == pytest.approx(
+            dict(zip(IMG_CLASSES, p, strict=False)), abs=1e-6
+        )
         assert "score" not in pred and "decision" not in pred
 
 
@@ -112,7 +120,9 @@ def test_explicit_and_latest_versions(model_repo: Path, tmp_path: Path) -> None:
         )
 
 
-def test_model_may_be_omitted_only_when_one_is_served(model_repo: Path, tmp_path: Path, client) -> None:
+def test_model_may_be_omitted_only_when_one_is_served(
+    model_repo: Path, tmp_path: Path, client
+) -> None:
     body = _error(client.post("/predict", json={"instances": [[1, 2, 3]]}), 400, "bad_request")
     assert "bin" in body["error"] and "img" in body["error"]
     import shutil
@@ -217,7 +227,12 @@ def test_api_keys_guard_predict_and_infer_but_not_health_or_metrics(
             _error(r, 401, "unauthorized")
             assert r.headers["WWW-Authenticate"].startswith("Bearer")
             _error(c.post("/v2/models/bin/infer", json=infer, headers=headers), 401, "unauthorized")
-        assert c.post("/predict", json=payload, headers={"Authorization": "Bearer key-two"}).status_code == 200
+        assert (
+            c.post(
+                "/predict", json=payload, headers={"Authorization": "Bearer key-two"}
+            ).status_code
+            == 200
+        )
         assert c.post("/predict", json=payload, headers={"X-API-Key": "key-one"}).status_code == 200
         r = c.post("/v2/models/bin/infer", json=infer, headers={"Authorization": "Bearer key-one"})
         assert r.status_code == 200

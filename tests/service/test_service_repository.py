@@ -92,7 +92,12 @@ def test_corrupt_graph_and_graph_that_is_not_a_softmax_are_refused(tmp_path: Pat
         1,
         garbage,
         make_manifest(
-            "corrupt", 1, garbage, task="multiclass", in_dims=(3,), classes=["a", "b"],
+            "corrupt",
+            1,
+            garbage,
+            task="multiclass",
+            in_dims=(3,),
+            classes=["a", "b"],
             feature_names=["x", "y", "z"],
         ),
     )
@@ -103,7 +108,12 @@ def test_corrupt_graph_and_graph_that_is_not_a_softmax_are_refused(tmp_path: Pat
         1,
         logits,
         make_manifest(
-            "nosoftmax", 1, logits, task="multiclass", in_dims=(3,), classes=["a", "b"],
+            "nosoftmax",
+            1,
+            logits,
+            task="multiclass",
+            in_dims=(3,),
+            classes=["a", "b"],
             feature_names=["x", "y", "z"],
         ),
     )
@@ -114,7 +124,12 @@ def test_corrupt_graph_and_graph_that_is_not_a_softmax_are_refused(tmp_path: Pat
         1,
         fixed,
         make_manifest(
-            "fixed", 1, fixed, task="multiclass", in_dims=(3,), classes=["a", "b"],
+            "fixed",
+            1,
+            fixed,
+            task="multiclass",
+            in_dims=(3,),
+            classes=["a", "b"],
             feature_names=["x", "y", "z"],
         ),
     )
@@ -150,7 +165,9 @@ def test_a_refused_new_version_leaves_the_old_one_serving(model_repo: Path, tmp_
         (model_repo / "bin" / "1" / "model.onnx").write_bytes(b"broken")
         r = c.post("/v2/repository/models/bin/load", headers=ADMIN)
         assert r.status_code == 400 and "still serving versions [1]" in r.json()["error"]
-        assert c.post("/predict", json={"model": "bin", "instances": [[1, 2, 3]]}).status_code == 200
+        assert (
+            c.post("/predict", json={"model": "bin", "instances": [[1, 2, 3]]}).status_code == 200
+        )
         assert c.get("/v2/health/ready").status_code == 200
 
 
@@ -163,14 +180,20 @@ def test_a_good_new_version_takes_over_atomically(model_repo: Path, tmp_path: Pa
         write_binary(model_repo, version=2, seed=4)
         r = c.post("/v2/repository/models/bin/load", headers=ADMIN)
         assert r.json()["versions"] == ["2"]
-        assert c.post("/predict", json={"model": "bin", "instances": [[1, 2, 3]]}).json()["version"] == 2
+        assert (
+            c.post("/predict", json={"model": "bin", "instances": [[1, 2, 3]]}).json()["version"]
+            == 2
+        )
         # v1 no longer takes new traffic but still finishes the pinned request.
         assert pinned.version == 1 and pinned.retiring
         out = c.portal.call(pinned.batcher.submit, np.ones((1, 3), np.float32))
         assert out.probabilities.shape == (1, 2)
         repo.release(pinned)
         metrics = c.get("/metrics").text
-        assert 'verdict_model_info{model="bin",provider="CPUExecutionProvider",threshold="0.3",version="2"} 1.0' in metrics
+        assert (
+            'verdict_model_info{model="bin",provider="CPUExecutionProvider",'
+            'threshold="0.3",version="2"} 1.0' in metrics
+        )
 
 
 def test_version_policy_all_and_specific(model_repo: Path, tmp_path: Path) -> None:
@@ -188,7 +211,9 @@ def test_version_policy_all_and_specific(model_repo: Path, tmp_path: Path) -> No
         assert asyncio.run(main()) == expected
 
 
-def test_polling_loads_new_versions_and_unloads_removed_models(model_repo: Path, tmp_path: Path) -> None:
+def test_polling_loads_new_versions_and_unloads_removed_models(
+    model_repo: Path, tmp_path: Path
+) -> None:
     repo = _repo(model_repo, tmp_path)
 
     async def main() -> None:
@@ -231,7 +256,9 @@ def test_manifest_lookup_for_loaded_and_unloaded_versions(model_repo: Path, tmp_
     asyncio.run(main())
 
 
-def test_readiness_waits_for_every_model_and_liveness_does_not(model_repo: Path, tmp_path: Path) -> None:
+def test_readiness_waits_for_every_model_and_liveness_does_not(
+    model_repo: Path, tmp_path: Path
+) -> None:
     _edit_manifest(model_repo / "img" / "1", sha256="0" * 64)
     app = create_app(make_settings(model_repo, tmp_path))
     with TestClient(app) as c:
@@ -294,7 +321,9 @@ def test_repository_extension_is_disabled_without_an_admin_key(client: TestClien
     assert client.get("/v2/models/bin/ready").status_code == 200
 
 
-def test_startup_falls_back_to_the_newest_version_that_passes(model_repo: Path, tmp_path: Path) -> None:
+def test_startup_falls_back_to_the_newest_version_that_passes(
+    model_repo: Path, tmp_path: Path
+) -> None:
     _edit_manifest(write_binary(model_repo, version=2, seed=4), input__name="wrong")
     repo = _repo(model_repo, tmp_path)
 

@@ -91,7 +91,9 @@ def test_infer_parameters_requested_outputs_and_prediction_ids(client: TestClien
     ref = PredictionIds(TEST_KEY.encode()).parse(ids[0])
     assert ref is not None and ref.model == "bin"
     bad = _infer_body(x, outputs=[{"name": "logits"}])
-    assert "no output 'logits'" in _error(client.post("/v2/models/bin/infer", json=bad), 400, "bad_request")
+    assert "no output 'logits'" in _error(
+        client.post("/v2/models/bin/infer", json=bad), 400, "bad_request"
+    )
 
 
 def _binary_request(x: np.ndarray, datatype: str, **extra) -> tuple[bytes, dict[str, str]]:
@@ -129,7 +131,9 @@ def test_binary_tensor_data_in_and_out(client: TestClient, datatype: str) -> Non
     assert out["parameters"]["binary_data_size"] == 3 * 2 * 4 and "data" not in out
     probs = np.frombuffer(r.content[n:], dtype="<f4").reshape(3, 2)
     w, b = model_weights("bin")
-    np.testing.assert_allclose(probs, reference_probabilities(x.astype(np.float32), w, b), atol=1e-6)
+    np.testing.assert_allclose(
+        probs, reference_probabilities(x.astype(np.float32), w, b), atol=1e-6
+    )
 
 
 def test_binary_input_json_output(client: TestClient) -> None:
@@ -152,23 +156,48 @@ def test_binary_output_for_every_output_by_request_parameter(client: TestClient)
 @pytest.mark.parametrize(
     ("mutate", "status", "code", "needle"),
     [
-        (lambda b: b["inputs"][0].update(shape=[1, 4], data=[1, 2, 3, 4]), 400, "bad_request", "[-1, 3]"),
+        (
+            lambda b: b["inputs"][0].update(shape=[1, 4], data=[1, 2, 3, 4]),
+            400,
+            "bad_request",
+            "[-1, 3]",
+        ),
         (lambda b: b["inputs"][0].update(shape=[2, 3]), 400, "bad_request", "needs 6 values"),
         (lambda b: b["inputs"][0].update(datatype="BYTES"), 400, "bad_request", "FP32"),
         (lambda b: b["inputs"][0].update(datatype="BOOL"), 400, "bad_request", "datatype"),
         (lambda b: b["inputs"][0].update(name="x"), 400, "bad_request", "one input named 'input'"),
         (lambda b: b["inputs"][0].update(data=[1, None, 3]), 422, "invalid_input", "numbers"),
         (lambda b: b["inputs"][0].update(data=[1, "2", 3]), 422, "invalid_input", "numbers"),
-        (lambda b: b["inputs"][0].update(data=[1, 1e300, 3], datatype="FP64"), 422, "invalid_input", "non-finite"),
-        (lambda b: b["inputs"][0].update(data=[1.5, 2, 3], datatype="INT32"), 400, "bad_request", "integers"),
-        (lambda b: b["inputs"][0].update(data=[300, 2, 3], datatype="UINT8"), 400, "bad_request", "range"),
+        (
+            lambda b: b["inputs"][0].update(data=[1, 1e300, 3], datatype="FP64"),
+            422,
+            "invalid_input",
+            "non-finite",
+        ),
+        (
+            lambda b: b["inputs"][0].update(data=[1.5, 2, 3], datatype="INT32"),
+            400,
+            "bad_request",
+            "integers",
+        ),
+        (
+            lambda b: b["inputs"][0].update(data=[300, 2, 3], datatype="UINT8"),
+            400,
+            "bad_request",
+            "range",
+        ),
         (lambda b: b["inputs"][0].update(shape=[0, 3], data=[]), 400, "bad_request", "empty"),
         (lambda b: b["inputs"][0].update(shape="1,3"), 400, "bad_request", "shape"),
         (lambda b: b["inputs"][0].pop("data"), 400, "bad_request", "data"),
         (lambda b: b.update(inputs=[]), 400, "bad_request", "inputs"),
         (lambda b: b.update(id=5), 400, "bad_request", "id"),
         (lambda b: b.update(outputs={"name": "x"}), 400, "bad_request", "outputs"),
-        (lambda b: b.update(inputs=[b["inputs"][0], b["inputs"][0]]), 400, "bad_request", "one input"),
+        (
+            lambda b: b.update(inputs=[b["inputs"][0], b["inputs"][0]]),
+            400,
+            "bad_request",
+            "one input",
+        ),
     ],
 )
 def test_bad_infer_requests(client: TestClient, mutate, status, code, needle) -> None:
@@ -198,5 +227,9 @@ def test_bad_binary_requests(client: TestClient) -> None:
     body, headers = _binary_request(nan, "FP32")
     _error(client.post("/v2/models/bin/infer", content=body, headers=headers), 422, "invalid_input")
     _error(client.post("/v2/models/nope/infer", json=_infer_body(x)), 404, "model_not_found")
-    _error(client.post("/v2/models/bin/versions/2/infer", json=_infer_body(x)), 404, "version_not_found")
+    _error(
+        client.post("/v2/models/bin/versions/2/infer", json=_infer_body(x)),
+        404,
+        "version_not_found",
+    )
     _error(client.post("/v2/models/bin/infer", content=b"{"), 400, "bad_request")
