@@ -94,6 +94,58 @@ class HttpMetricsMiddleware:
             child.observe(perf_counter() - start)
 
 
+Handler = Callable[[Request, list[str]], Awaitable[Response]]
+
+
+class FastPathMiddleware:
+    """POST /predict and v2 infer skip the framework's routing and dependency solving.
+
+    They are the product's hot path; the routes stay registered (OpenAPI, and the fallback for
+    anything this does not match exactly). Errors map to the same error body.
+    """
+
+    def __init__(self, app: ASGIApp, routes: list[Any]) -> None:
+        self.app = app
+        by_path = {getattr(r, "path", None): r for r in routes}
+        self.predict_route = by_path["/predict"]
+        self.infer_route = by_path["/v2/models/{model}/infer"]
+        self.infer_version_route = by_path["/v2/models/{model}/versions/{version}/infer"]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path == "/predict":
+            scope["route"] = self.predict_route
+            call: Callable[[Request], Awaitable[Response]] = predict.predict
+        elif path.startswith("/v2/models/") and path.endswith("/infer"):
+            parts = path.split("/")
+            if len(parts) == 5 and parts[3]:
+                model, version = parts[3], None
+                scope["route"] = self.infer_route
+            elif len(parts) == 7 and parts[4] == "versions" and parts[3] and parts[5]:
+                model, version = parts[3], parts[5]
+                scope["route"] = self.infer_version_route
+            else:
+                await self.app(scope, receive, send)
+                return
+
+            async def call(request: Request) -> Response:
+                return await v2.infer(request, model, version)
+
+        else:
+            await self.app(scope, receive, send)
+            return
+        try:
+            response = await call(Request(scope, receive))
+        except VerdictError as exc:
+            if exc.status_code >= 500:
+                log.warning("POST %s: %s", path, exc.message)
+            response = error_response(exc.status_code, exc.message, exc.code, exc.headers)
+        await response(scope, receive, send)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load models in the background (liveness answers at once), poll, and drain at the end."""
@@ -169,6 +221,7 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     _install_error_handlers(app)
+    app.add_middleware(FastPathMiddleware, routes=[r for rt in ROUTERS for r in rt.routes])
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -18,7 +18,7 @@ from service.codecs import (
     to_model_input,
 )
 from service.errors import BadRequestError, InvalidInputError, VerdictError
-from service.inference import infer
+from service.inference import infer as run_inference
 from service.repository import ModelVersion
 from service.routes.common import json_response, read_body, require_api_key
 from service.routes.predict import ERRORS
@@ -177,16 +177,17 @@ INFER: dict[str, Any] = {
 @router.post("/v2/models/{model}/infer", summary="Infer (latest version)", **INFER)
 async def model_infer(model: str, request: Request) -> Response:
     """Open Inference Protocol inference, JSON or binary tensor data."""
-    return await _infer(request, model, None)
+    return await infer(request, model, None)
 
 
 @router.post("/v2/models/{model}/versions/{version}/infer", summary="Infer", **INFER)
 async def model_version_infer(model: str, version: str, request: Request) -> Response:
     """Inference on one version."""
-    return await _infer(request, model, version)
+    return await infer(request, model, version)
 
 
-async def _infer(request: Request, model: str, version: str | None) -> Response:
+async def infer(request: Request, model: str, version: str | None) -> Response:
+    """The infer handler (also called directly by the app's fast path)."""
     state = request.app.state
     require_api_key(request)
     body = await read_body(request, state.settings.max_body_bytes)
@@ -200,7 +201,7 @@ async def _infer(request: Request, model: str, version: str | None) -> Response:
         except (BadRequestError, InvalidInputError):
             mv.metrics.invalid.inc()
             raise
-        decided = await infer(mv, x, state.prediction_observers)
+        decided = await run_inference(mv, x, state.prediction_observers)
     finally:
         repo.release(mv)
     parameters: dict[str, Any] = {}
