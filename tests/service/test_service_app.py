@@ -121,3 +121,39 @@ def test_cors_is_off_by_default_and_on_when_configured(model_repo, tmp_path) -> 
         wait_ready(c)
         r = c.options("/predict", headers=headers)
         assert r.headers["access-control-allow-origin"] == "https://ui.example"
+
+
+def test_onnx_runtime_never_runs_on_the_event_loop_thread(client: TestClient, app) -> None:
+    import threading
+
+    loop_thread = client.portal.call(threading.get_ident)
+    seen: list[int] = []
+    for name in ("bin", "img"):
+        mv = app.state.repository.resolve(name)
+        original = mv.batcher._run
+
+        def spy(x: np.ndarray, run=original) -> np.ndarray:
+            seen.append(threading.get_ident())
+            return run(x)
+
+        mv.batcher._run = spy
+    client.post("/predict", json={"model": "bin", "instances": [[1, 2, 3]]})
+    client.post("/predict", json={"model": "img", "instances": [[0] * 16]})
+    client.post(
+        "/v2/models/bin/infer",
+        json={
+            "inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]
+        },
+    )
+    assert len(seen) == 3 and loop_thread not in seen
+
+
+def test_prediction_observers_see_inputs_and_decisions(client: TestClient, app) -> None:
+    seen = []
+    app.state.prediction_observers.append(
+        lambda mv, x, classes, scores: seen.append((mv.name, x.shape, classes.tolist()))
+    )
+    app.state.prediction_observers.append(lambda *a: 1 / 0)  # a broken observer is logged only
+    r = client.post("/predict", json={"model": "bin", "instances": [[1, 2, 3], [0, 0, 0]]})
+    assert r.status_code == 200
+    assert seen == [("bin", (2, 3), [p["class_index"] for p in r.json()["predictions"]])]
