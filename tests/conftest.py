@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # test modules import helpers from tests.conftest
+    sys.path.insert(0, str(ROOT))
 BIN_FEATURES = ["alpha", "beta", "gamma"]
 BIN_CLASSES = ["ham", "spam"]
 IMG_CLASSES = ["zero", "one", "two"]

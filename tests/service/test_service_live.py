@@ -126,3 +126,25 @@ def test_python_dash_m_service_reads_env(
     text = httpx.get(f"{server.url}/metrics").text
     assert 'verdict_inference_requests_total{model="bin",outcome="ok",version="1"} 1.0' in text
     assert any((tmp_path / "prom").iterdir())
+
+
+def test_triton_client_repository_extension(
+    live_server_factory, tmp_path: Path, live_repo: Path
+) -> None:
+    server = live_server_factory(
+        {
+            "VERDICT_MODEL_REPOSITORY": str(live_repo),
+            "VERDICT_FEEDBACK_DB": str(tmp_path / "fb.sqlite3"),
+            "VERDICT_ADMIN_API_KEY": "root-key",
+        }
+    )
+    client = _client(server.url)
+    admin = {"Authorization": "Bearer root-key"}
+    index = client.get_model_repository_index(headers=admin)
+    assert {(m["name"], m["state"]) for m in index} == {("bin", "READY"), ("img", "READY")}
+    with pytest.raises(InferenceServerException, match="admin key"):
+        client.get_model_repository_index()
+    client.unload_model("img", headers=admin)
+    assert not client.is_model_ready("img")
+    client.load_model("img", headers=admin)
+    assert client.is_model_ready("img")
