@@ -184,13 +184,7 @@ class Metrics:
         self, model: str, version: int, providers: list[str], manifest: dict[str, Any]
     ) -> None:
         """Series that carry a model version's configuration (info, objectives, costs, bins)."""
-        threshold = (manifest.get("decision") or {}).get("threshold")
-        self.model_info.labels(
-            model,
-            str(version),
-            ",".join(providers),
-            "" if threshold is None else repr(float(threshold)),
-        ).set(1)
+        self.model_info.labels(*self.model_info_labels(model, version, providers, manifest)).set(1)
         for objective, value in (manifest.get("objectives") or {}).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 self.objective_ratio.labels(model, objective).set(value)
@@ -205,11 +199,25 @@ class Metrics:
                     proportion
                 )
 
-    def clear_model_version(self, model: str, version: int, providers: list[str]) -> None:
-        """Drop the info series of a version that no longer serves."""
-        for labels in list(_label_sets(self.model_info)):
-            if labels[0] == model and labels[1] == str(version):
+    def clear_model_version(
+        self, model: str, version: int, providers: list[str], keep: set[tuple[str, ...]]
+    ) -> None:
+        """Drop the info series of a retired version, except label sets still in use."""
+        for labels in _label_sets(self.model_info):
+            if labels[:3] == (model, str(version), ",".join(providers)) and labels not in keep:
                 self.model_info.remove(*labels)
+
+    def model_info_labels(
+        self, model: str, version: int, providers: list[str], manifest: dict[str, Any]
+    ) -> tuple[str, ...]:
+        """The label values of a version's info series."""
+        threshold = (manifest.get("decision") or {}).get("threshold")
+        return (
+            model,
+            str(version),
+            ",".join(providers),
+            "" if threshold is None else repr(float(threshold)),
+        )
 
 
 def _label_sets(metric: Any) -> list[tuple[str, ...]]:

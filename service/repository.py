@@ -457,7 +457,15 @@ class Repository:
     async def _drain(self, mv: ModelVersion) -> None:
         await mv.idle.wait()
         await mv.batcher.close()
-        self.metrics.clear_model_version(mv.name, mv.version, mv.providers)
+        current = self._served.get(mv.name, {}).get(mv.version)
+        keep = set()
+        if current is not None:
+            keep.add(
+                self.metrics.model_info_labels(
+                    current.name, current.version, current.providers, current.manifest
+                )
+            )
+        self.metrics.clear_model_version(mv.name, mv.version, mv.providers, keep)
         log.info("retired %s v%d", mv.name, mv.version)
 
     async def unload_model(self, name: str) -> None:

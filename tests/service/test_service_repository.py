@@ -337,3 +337,28 @@ def test_startup_falls_back_to_the_newest_version_that_passes(
         await repo.close()
 
     asyncio.run(main())
+
+
+def test_reloading_changed_files_of_the_same_version(model_repo: Path, tmp_path: Path) -> None:
+    app = create_app(make_settings(model_repo, tmp_path, admin_api_key="admin-secret"))
+    with TestClient(app) as c:
+        wait_ready(c)
+        x = {"model": "bin", "instances": [[1, 2, 3]]}
+        before = c.post("/predict", json=x).json()["predictions"][0]["score"]
+        write_binary(model_repo, version=1, seed=8)  # new weights, same version number
+        assert c.post("/v2/repository/models/bin/load", headers=ADMIN).status_code == 200
+        after = c.post("/predict", json=x).json()["predictions"][0]["score"]
+        assert after != before
+        # Let the retired session drain, then the info series must still be there.
+        c.portal.call(asyncio.sleep, 0.05)
+        get = app.state.registry.get_sample_value
+        labels = {
+            "model": "bin",
+            "version": "1",
+            "provider": "CPUExecutionProvider",
+            "threshold": "0.3",
+        }
+        assert get("verdict_model_info", labels) == 1
+        c.post("/v2/repository/models/bin/unload", headers=ADMIN)
+        c.portal.call(asyncio.sleep, 0.05)
+        assert get("verdict_model_info", labels) is None
