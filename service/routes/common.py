@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import zlib
 from typing import Any
 
 from fastapi import Request, Response
@@ -17,6 +18,8 @@ from service.errors import (
 )
 
 JSON = "application/json"
+# zlib window bits: gzip header, or the zlib stream that "deflate" means in HTTP.
+WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 def json_response(
@@ -73,10 +76,21 @@ def require_json(request: Request) -> None:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it exceeds `limit` bytes (header or stream)."""
+    """The body, refused with 413 as soon as it exceeds `limit` bytes (header or stream).
+
+    gzip and deflate request bodies (as the Triton client can send) are inflated, and the
+    inflated size counts against the same limit.
+    """
     encoding = request.headers.get("content-encoding")
-    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
-        raise UnsupportedMediaTypeError(f"content encoding {encoding!r} is not supported")
+    inflate = None
+    if encoding is not None:
+        enc = encoding.strip().lower()
+        if enc in ("gzip", "deflate"):
+            inflate = zlib.decompressobj(WBITS[enc])
+        elif enc not in ("", "identity"):
+            raise UnsupportedMediaTypeError(
+                f"content encoding {encoding!r} is not supported; use gzip, deflate or none"
+            )
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -88,8 +102,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     total = 0
     async for chunk in request.stream():
+        if inflate is not None and chunk:
+            try:
+                chunk = inflate.decompress(chunk, limit + 1 - total)
+            except zlib.error:
+                raise BadRequestError(f"the body is not valid {encoding} data") from None
+            if inflate.unconsumed_tail:
+                raise PayloadTooLargeError(f"the inflated body is over the limit of {limit} bytes")
         total += len(chunk)
         if total > limit:
             raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes")
         chunks.append(chunk)
+    if inflate is not None and not inflate.eof:
+        raise BadRequestError(f"the {encoding} body is truncated")
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)

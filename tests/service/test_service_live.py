@@ -43,7 +43,13 @@ def test_triton_client_infer(live_server: str, binary: bool, datatype: str) -> N
     inp = triton.InferInput("input", list(x.shape), datatype)
     inp.set_data_from_numpy(x, binary_data=binary)
     out = triton.InferRequestedOutput("probabilities", binary_data=binary)
-    result = client.infer("bin", [inp], outputs=[out], request_id="req-7")
+    result = client.infer(
+        "bin",
+        [inp],
+        outputs=[out],
+        request_id="req-7",
+        request_compression_algorithm="gzip" if binary else None,
+    )
     got = result.as_numpy("probabilities")
     w, b = model_weights("bin")
     np.testing.assert_allclose(got, reference_probabilities(x.astype(np.float32), w, b), atol=1e-5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -180,8 +182,30 @@ def test_malformed_bodies(client: TestClient) -> None:
     _error(r, 415, "unsupported_media_type")
     r = client.post("/predict", content=b"{}", headers={"content-encoding": "br"})
     _error(r, 415, "unsupported_media_type")
+    r = client.post("/predict", content=b"not gzip", headers={"content-encoding": "gzip"})
+    _error(r, 400, "bad_request")
+    truncated = gzip.compress(b'{"model": "bin", "instances": [[1, 2, 3]]}')[:-12]
+    r = client.post("/predict", content=truncated, headers={"content-encoding": "gzip"})
+    _error(r, 400, "bad_request")
     _error(client.get("/predict"), 405, "method_not_allowed")
     _error(client.get("/no/such/route"), 404, "not_found")
+
+
+def test_gzip_and_deflate_bodies(client: TestClient) -> None:
+    raw = orjson.dumps({"model": "bin", "instances": [[1, 2, 3]]})
+    for name, packed in (("gzip", gzip.compress(raw)), ("deflate", zlib.compress(raw))):
+        r = client.post("/predict", content=packed, headers={"content-encoding": name})
+        assert r.status_code == 200, r.text
+
+
+def test_zip_bomb_is_413(model_repo: Path, tmp_path: Path) -> None:
+    app = create_app(make_settings(model_repo, tmp_path, max_body_bytes=1000))
+    bomb = gzip.compress(b" " * 100_000)
+    assert len(bomb) < 1000
+    with TestClient(app) as c:
+        wait_ready(c)
+        r = c.post("/predict", content=bomb, headers={"content-encoding": "gzip"})
+        _error(r, 413, "payload_too_large")
 
 
 def test_too_many_rows(model_repo: Path, tmp_path: Path) -> None:
