@@ -218,6 +218,7 @@ def create_app(
     state.ids = PredictionIds(load_prediction_key(settings))
     state.api_keys = [k.get_secret_value() for k in settings.api_keys if k.get_secret_value()]
     state.prediction_observers = []
+    state.before_metrics = []
     for router in ROUTERS:
         app.include_router(router)
     _install_error_handlers(app)

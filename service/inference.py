@@ -50,6 +50,7 @@ async def infer(mv: ModelVersion, x: np.ndarray, observers: list[Observer]) -> D
         class_index = probs.argmax(axis=1)
         score = probs.max(axis=1)
     m.ok.inc()
+    mv.issued += len(class_index)
     if len(class_index) == 1:
         m.predictions[int(class_index[0])].inc()
     else:

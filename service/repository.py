@@ -7,6 +7,8 @@ import hashlib
 import logging
 import math
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ WARMUP_ROWS = (1, 8)
 PROBABILITY_TOLERANCE = 1e-3
 
 Fingerprint = tuple[tuple[int, int, int, int], ...]
+Listener = Callable[["ModelVersion"], None]
 
 
 @dataclass(eq=False)
@@ -55,6 +58,8 @@ class ModelVersion:
     batcher: Batcher
     metrics: VersionMetrics
     fingerprint: tuple[int, int, int, int]
+    loaded_at: float = field(default_factory=time.time)
+    issued: int = 0  # rows predicted by this process on this version
     active: int = 0
     retiring: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -306,6 +311,25 @@ class Repository:
         self._retiring: set[asyncio.Task[None]] = set()
         self._manifests: dict[tuple[str, int], tuple[int, dict[str, Any]]] = {}
         self.started = False
+        self._on_load: list[Listener] = []
+        self._on_unload: list[Listener] = []
+
+    def add_listener(
+        self, on_load: Listener | None = None, on_unload: Listener | None = None
+    ) -> None:
+        """Call `on_load(version)` before a version takes traffic, `on_unload(version)` after
+        a retired version finished its last request (e.g. drift register / unregister)."""
+        if on_load is not None:
+            self._on_load.append(on_load)
+        if on_unload is not None:
+            self._on_unload.append(on_unload)
+
+    def _notify(self, listeners: list[Listener], mv: ModelVersion) -> None:
+        for listener in listeners:
+            try:
+                listener(mv)
+            except Exception:
+                log.exception("repository listener failed for %s v%d", mv.name, mv.version)
 
     # -- discovery -------------------------------------------------------------------------
     def scan(self) -> dict[str, list[int]]:
@@ -429,7 +453,7 @@ class Repository:
         )
         batcher.start()
         self.metrics.set_model_config(name, version, c.session.providers, c.manifest)
-        return ModelVersion(
+        mv = ModelVersion(
             name=name,
             version=version,
             path=folder,
@@ -445,6 +469,8 @@ class Repository:
             metrics=vm,
             fingerprint=c.fingerprint,
         )
+        self._notify(self._on_load, mv)
+        return mv
 
     def _retire(self, mv: ModelVersion) -> None:
         mv.retiring = True
@@ -466,6 +492,7 @@ class Repository:
                 )
             )
         self.metrics.clear_model_version(mv.name, mv.version, mv.providers, keep)
+        self._notify(self._on_unload, mv)
         log.info("retired %s v%d", mv.name, mv.version)
 
     async def unload_model(self, name: str) -> None:
@@ -556,6 +583,11 @@ class Repository:
     def versions(self, name: str) -> list[int]:
         """Served versions of a model."""
         return sorted(self._served.get(name, {}))
+
+    def predictions_issued(self, model: str, version: int) -> tuple[float, float] | None:
+        """(rows this process predicted on a served version, since when), or None."""
+        mv = self._served.get(model, {}).get(version)
+        return None if mv is None else (float(mv.issued), mv.loaded_at)
 
     @property
     def ready(self) -> bool:

@@ -83,5 +83,7 @@ async def unload(model: str, request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """Prometheus text format (every worker's values in multiprocess mode)."""
     state = request.app.state
+    for hook in state.before_metrics:  # e.g. flush buffered drift counts
+        hook()
     body, content_type = render(state.registry, state.multiproc_dir)
     return Response(body, media_type=content_type)

@@ -362,3 +362,31 @@ def test_reloading_changed_files_of_the_same_version(model_repo: Path, tmp_path:
         c.post("/v2/repository/models/bin/unload", headers=ADMIN)
         c.portal.call(asyncio.sleep, 0.05)
         assert get("verdict_model_info", labels) is None
+
+
+def test_listeners_hear_loads_and_unloads_and_counts_are_kept(
+    model_repo: Path, tmp_path: Path
+) -> None:
+    app = create_app(make_settings(model_repo, tmp_path, admin_api_key="admin-secret"))
+    events: list[tuple[str, str, int]] = []
+    repo = app.state.repository
+    repo.add_listener(
+        on_load=lambda mv: events.append(("load", mv.name, mv.version)),
+        on_unload=lambda mv: events.append(("unload", mv.name, mv.version)),
+    )
+    repo.add_listener(on_load=lambda mv: 1 / 0)  # a failing listener is logged only
+    flushed: list[int] = []
+    app.state.before_metrics.append(lambda: flushed.append(1))
+    with TestClient(app) as c:
+        wait_ready(c)
+        assert sorted(events) == [("load", "bin", 1), ("load", "img", 1)]
+        assert repo.predictions_issued("bin", 1)[0] == 0
+        c.post("/predict", json={"model": "bin", "instances": [[1, 2, 3], [3, 2, 1]]})
+        issued, since = repo.predictions_issued("bin", 1)
+        assert issued == 2 and since > 0
+        assert repo.predictions_issued("bin", 2) is None
+        c.post("/v2/repository/models/bin/unload", headers=ADMIN)
+        c.portal.call(asyncio.sleep, 0.05)
+        assert ("unload", "bin", 1) in events
+        c.get("/metrics")
+        assert flushed == [1]
