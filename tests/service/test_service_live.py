@@ -95,8 +95,15 @@ def test_concurrent_mixed_sizes_match_unbatched(live_server: str) -> None:
                 for p in r.json()["predictions"]
             ]
 
+    def bad(i: int) -> int:  # invalid neighbours: refused before they join a batch
+        rows = [[1.0, 2.0]] if i % 2 else [[1.0, 1e39, 2.0]]
+        with httpx.Client(base_url=live_server, timeout=30) as http:
+            return http.post("/predict", json={"model": "bin", "instances": rows}).status_code
+
     with cf.ThreadPoolExecutor(max_workers=12) as pool:
+        bad_codes = pool.map(bad, range(20))
         answers = list(pool.map(call, requests))
+    assert set(bad_codes) == {422}
     for x, got in zip(requests, answers, strict=True):
         np.testing.assert_allclose(
             np.array(got), reference_probabilities(x.astype(np.float32), w, b), atol=1e-5
