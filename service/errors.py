@@ -63,6 +63,9 @@ class ModelNotReadyError(VerdictError):
     status_code = 503
     code = "model_not_ready"
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message, {"Retry-After": "1"})
+
 
 class ModelLoadError(VerdictError):
     """A model version was refused at load (manifest, graph or checksum mismatch)."""

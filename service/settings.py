@@ -92,7 +92,9 @@ class Settings(BaseSettings):
         default_factory=list, description="Models (comma-separated) for which batching is off."
     )
     version_policy: str = Field(
-        default="latest", description="Versions to serve: latest, latest:N, all, or specific:1,3."
+        default="all",
+        description="Versions to load: all (requests without a version get the latest), "
+        "latest, latest:N, or specific:1,3.",
     )
     poll_interval_s: float = Field(
         default=0.0, ge=0, description="Re-scan the model repository every N seconds (0 = off)."

@@ -105,7 +105,7 @@ def test_image_rows_flat_or_nested(client: TestClient, row: list) -> None:
 
 def test_explicit_and_latest_versions(model_repo: Path, tmp_path: Path) -> None:
     write_binary(model_repo, version=2, seed=9)
-    app = create_app(make_settings(model_repo, tmp_path, version_policy="all"))
+    app = create_app(make_settings(model_repo, tmp_path))  # default policy: all versions
     with TestClient(app) as c:
         wait_ready(c)
         x = [[1.0, 2.0, 3.0]]

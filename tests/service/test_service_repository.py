@@ -172,7 +172,9 @@ def test_a_refused_new_version_leaves_the_old_one_serving(model_repo: Path, tmp_
 
 
 def test_a_good_new_version_takes_over_atomically(model_repo: Path, tmp_path: Path) -> None:
-    app = create_app(make_settings(model_repo, tmp_path, admin_api_key="admin-secret"))
+    app = create_app(
+        make_settings(model_repo, tmp_path, admin_api_key="admin-secret", version_policy="latest")
+    )
     with TestClient(app) as c:
         wait_ready(c)
         repo = app.state.repository
@@ -240,7 +242,7 @@ def test_polling_loads_new_versions_and_unloads_removed_models(
 
 def test_manifest_lookup_for_loaded_and_unloaded_versions(model_repo: Path, tmp_path: Path) -> None:
     write_binary(model_repo, version=2, seed=4)
-    repo = _repo(model_repo, tmp_path)
+    repo = _repo(model_repo, tmp_path, version_policy="latest")
 
     async def main() -> None:
         await repo.start()
@@ -273,7 +275,9 @@ def test_readiness_waits_for_every_model_and_liveness_does_not(
         assert r.status_code == 503 and r.json()["ready"] is False and "img" in r.json()["error"]
         assert c.get("/v2/models/img/ready").status_code == 503
         assert c.get("/v2/models/bin/ready").status_code == 200
-        assert c.post("/predict", json={"model": "img", "instances": [[0] * 16]}).status_code == 503
+        r = c.post("/predict", json={"model": "img", "instances": [[0] * 16]})
+        assert r.status_code == 503 and r.json()["code"] == "model_not_ready"
+        assert r.headers["Retry-After"] == "1"
         # Fix the model and load it through the admin API: ready.
         folder = model_repo / "img" / "1"
         digest = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
@@ -325,7 +329,7 @@ def test_startup_falls_back_to_the_newest_version_that_passes(
     model_repo: Path, tmp_path: Path
 ) -> None:
     _edit_manifest(write_binary(model_repo, version=2, seed=4), input__name="wrong")
-    repo = _repo(model_repo, tmp_path)
+    repo = _repo(model_repo, tmp_path, version_policy="latest")
 
     async def main() -> None:
         await repo.start()

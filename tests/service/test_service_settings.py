@@ -34,6 +34,7 @@ def test_defaults() -> None:
     assert (s.intra_op_threads, s.inter_op_threads) == (1, 1)
     assert s.admin_api_key is None and s.api_keys == [] and s.cors_origins == []
     assert s.feedback_db == "var/feedback.sqlite3"
+    assert s.policy == VersionPolicy("all")
 
 
 def test_batching_off_per_model() -> None:
