@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +38,53 @@ class _Pending:
         self.rows = len(x)
         self.future = future
         self.enqueued = perf_counter()
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class OrtThread:
+    """One dedicated thread that runs ONNX Runtime calls handed over from the event loop.
+
+    Lighter than `loop.run_in_executor`: a SimpleQueue in, one `call_soon_threadsafe` out.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run fn(*args) on the thread; the answer comes back as a future of the running loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put((loop, future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            loop, future, fn, args = item
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                error = exc
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_resolve, future, result, error)
+
+    def shutdown(self) -> None:
+        """Let the thread finish what it holds, then stop."""
+        self._queue.put(None)
 
 
 class Batcher:
@@ -65,7 +115,7 @@ class Batcher:
         self.max_queue_rows = max_queue_rows
         self.enabled = enabled
         self._metrics = metrics
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
+        self._thread = OrtThread(f"ort-{name}")
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._busy = False
@@ -128,7 +178,7 @@ class Batcher:
             self._busy = True
             enqueued = perf_counter()
             try:
-                result = await loop.run_in_executor(self._executor, self._timed, x, enqueued)
+                result = await self._thread.submit(self._timed, x, enqueued)
             except Exception as exc:
                 raise _as_inference_error(self.name, exc) from exc
             finally:
@@ -174,7 +224,6 @@ class Batcher:
         return out, start, perf_counter() - start
 
     async def _dispatch_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._queue or self._busy:
                 if self._closed and not self._queue:
@@ -198,8 +247,8 @@ class Batcher:
             rows = sum(p.rows for p in batch)
             self._busy = True
             try:
-                out, start, compute_s = await loop.run_in_executor(
-                    self._executor, self._run_batch, [p.x for p in batch]
+                out, start, compute_s = await self._thread.submit(
+                    self._run_batch, [p.x for p in batch]
                 )
             except Exception as exc:
                 log.exception("batch of %d rows failed on %s", rows, self.name)
@@ -232,7 +281,7 @@ class Batcher:
             await self._task
         while self._busy:
             await asyncio.sleep(0.001)
-        self._executor.shutdown(wait=False)
+        self._thread.shutdown()
 
 
 def _as_inference_error(name: str, exc: Exception) -> Exception:
