@@ -260,18 +260,28 @@ class LiveServer:
     """`python -m service` in a subprocess on 127.0.0.1."""
 
     def __init__(self, env: dict[str, str], args: list[str] | None = None) -> None:
+        import tempfile
+
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("VERDICT_")}
         full_env.update(env)
         full_env["PYTHONPATH"] = str(ROOT)
+        # A file, not a pipe: a pipe nobody reads would block a chatty server.
+        self.log = tempfile.NamedTemporaryFile(prefix="verdict-live-", suffix=".log")  # noqa: SIM115
+        self.final_output: str | None = None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service", "--port", str(self.port), *(args or [])],
             cwd=ROOT,
             env=full_env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
         )
+
+    def output(self) -> str:
+        """What the server logged so far."""
+        with open(self.log.name, errors="replace") as fh:
+            return fh.read()
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         import httpx
@@ -279,18 +289,19 @@ class LiveServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise AssertionError(f"the server exited: {err[-2000:]}")
+                raise AssertionError(f"the server exited: {self.output()[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        self.stop()
-        raise AssertionError("the live server did not become ready")
+        log = self.stop()
+        raise AssertionError(f"the live server did not become ready: {log[-2000:]}")
 
     def stop(self) -> str:
+        if self.final_output is not None:
+            return self.final_output
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -298,7 +309,9 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        return self.proc.stderr.read().decode() if self.proc.stderr else ""
+        self.final_output = self.output()
+        self.log.close()
+        return self.final_output
 
 
 @pytest.fixture(scope="module")

@@ -161,3 +161,23 @@ def test_triton_client_repository_extension(
     assert not client.is_model_ready("img")
     client.load_model("img", headers=admin)
     assert client.is_model_ready("img")
+
+
+def test_two_workers_add_up_their_metrics(
+    live_server_factory, tmp_path: Path, live_repo: Path
+) -> None:
+    server = live_server_factory(
+        {
+            "VERDICT_MODEL_REPOSITORY": str(live_repo),
+            "VERDICT_FEEDBACK_DB": str(tmp_path / "fb.sqlite3"),
+            "VERDICT_METRICS_MULTIPROC_DIR": str(tmp_path / "prom"),
+        },
+        ["--workers", "2"],
+    )
+    for _ in range(12):  # fresh connections, so both workers are likely to answer some
+        with httpx.Client(base_url=server.url) as http:
+            r = http.post("/predict", json={"model": "bin", "instances": [[1, 2, 3]]})
+            assert r.status_code == 200
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'verdict_inference_requests_total{model="bin",outcome="ok",version="1"} 12.0' in text
+    assert "verdict_model_info" in text
