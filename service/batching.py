@@ -117,6 +117,7 @@ class Batcher:
         self._metrics = metrics
         self._thread = OrtThread(f"ort-{name}")
         self._queue: deque[_Pending] = deque()
+        self._in_flight: list[_Pending] = []
         self._queued_rows = 0
         self._busy = False
         self._last_batch_requests = 1
@@ -224,6 +225,25 @@ class Batcher:
         return out, start, perf_counter() - start
 
     async def _dispatch_loop(self) -> None:
+        """Run the dispatcher; should it ever fail, fail every waiting request, never hang one."""
+        while True:
+            try:
+                await self._dispatch()
+                return
+            except Exception:
+                log.exception("the batcher of %s failed; failing its waiting requests", self.name)
+                error = InferenceError(f"inference failed on {self.name}: batcher error")
+                waiting = self._in_flight + list(self._queue)
+                self._queue.clear()
+                self._in_flight = []
+                self._busy = False
+                self._queued_rows = 0
+                self._release(0)
+                for p in waiting:
+                    if not p.future.done():
+                        p.future.set_exception(error)
+
+    async def _dispatch(self) -> None:
         while True:
             if not self._queue or self._busy:
                 if self._closed and not self._queue:
@@ -244,6 +264,7 @@ class Batcher:
                 if self._busy:
                     continue
             batch = self._take()
+            self._in_flight = batch
             rows = sum(p.rows for p in batch)
             self._busy = True
             try:
@@ -256,6 +277,7 @@ class Batcher:
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(error)
+                self._in_flight = []
                 continue
             finally:
                 self._busy = False
@@ -270,6 +292,7 @@ class Batcher:
                 results.append(result)
                 if not p.future.done():
                     p.future.set_result(result)
+            self._in_flight = []
             self._observe(rows, results)
 
     async def close(self) -> None:

@@ -156,3 +156,35 @@ def test_closed_batcher_finishes_queued_work_and_refuses_new() -> None:
         return done
 
     assert len(asyncio.run(main())) == 3
+
+
+def test_a_broken_dispatcher_fails_waiters_instead_of_hanging() -> None:
+    calls: list[int] = []
+    run, _ = _model(calls)
+
+    async def main():
+        b = _batcher(run)
+        b.start()
+
+        def broken_take():
+            raise RuntimeError("bug")
+
+        b._take = broken_take  # type: ignore[method-assign]
+        results = await asyncio.wait_for(
+            asyncio.gather(
+                *(b.submit(np.ones((1, 3), np.float32)) for _ in range(4)),
+                return_exceptions=True,
+            ),
+            timeout=5,
+        )
+        del b._take  # the dispatcher keeps running with the real method again
+        after = await asyncio.wait_for(
+            asyncio.gather(*(b.submit(np.ones((1, 3), np.float32)) for _ in range(3))), 5
+        )
+        await b.close()
+        return results, after
+
+    results, after = asyncio.run(main())
+    # The first request ran at once on the idle path; the queued ones got the error.
+    assert sum(isinstance(r, InferenceError) for r in results) == 3
+    assert len(after) == 3
