@@ -18,6 +18,8 @@ from service.errors import (
 )
 
 JSON = "application/json"
+BINARY = "application/octet-stream"
+INFER_TYPES = (JSON, BINARY, "")
 # zlib window bits: gzip header, or the zlib stream that "deflate" means in HTTP.
 WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
@@ -73,6 +75,15 @@ def require_json(request: Request) -> None:
     ctype = request.headers.get("content-type")
     if ctype is not None and ctype.split(";", 1)[0].strip().lower() != JSON:
         raise UnsupportedMediaTypeError(f"content type {ctype!r} is not supported; send {JSON}")
+
+
+def require_infer_type(request: Request) -> None:
+    """OIP bodies are JSON, or JSON + binary tensors as octet-stream (or no type at all)."""
+    ctype = request.headers.get("content-type")
+    if ctype is not None and ctype.split(";", 1)[0].strip().lower() not in INFER_TYPES:
+        raise UnsupportedMediaTypeError(
+            f"content type {ctype!r} is not supported; send {JSON} or {BINARY}"
+        )
 
 
 async def read_body(request: Request, limit: int) -> bytes:

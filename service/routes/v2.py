@@ -20,7 +20,12 @@ from service.codecs import (
 from service.errors import BadRequestError, InvalidInputError, VerdictError
 from service.inference import infer as run_inference
 from service.repository import ModelVersion
-from service.routes.common import json_response, read_body, require_api_key
+from service.routes.common import (
+    json_response,
+    read_body,
+    require_api_key,
+    require_infer_type,
+)
 from service.routes.predict import ERRORS
 from service.schemas import (
     InferRequestBody,
@@ -190,6 +195,7 @@ async def infer(request: Request, model: str, version: str | None) -> Response:
     """The infer handler (also called directly by the app's fast path)."""
     state = request.app.state
     require_api_key(request)
+    require_infer_type(request)
     body = await read_body(request, state.settings.max_body_bytes)
     req = decode_infer_request(body, request.headers.get(HEADER_LENGTH))
     repo = state.repository

@@ -233,3 +233,9 @@ def test_bad_binary_requests(client: TestClient) -> None:
         "version_not_found",
     )
     _error(client.post("/v2/models/bin/infer", content=b"{"), 400, "bad_request")
+    r = client.post(
+        "/v2/models/bin/infer",
+        content=orjson.dumps(_infer_body(x)),
+        headers={"content-type": "text/csv"},
+    )
+    _error(r, 415, "unsupported_media_type")
