@@ -50,7 +50,10 @@ async def index_post(request: Request) -> Response:
 @router.post(
     "/v2/repository/models/{model}/load",
     summary="Load or reload a model",
-    responses=ADMIN_ERRORS,
+    responses={
+        200: {"content": {"application/json": {"example": {"name": "digits", "versions": ["1"]}}}},
+        **ADMIN_ERRORS,
+    },
 )
 async def load(model: str, request: Request) -> Response:
     """(Re)load a model from disk; new versions are checked and warmed up before they take
@@ -64,7 +67,10 @@ async def load(model: str, request: Request) -> Response:
 @router.post(
     "/v2/repository/models/{model}/unload",
     summary="Unload a model",
-    responses=ADMIN_ERRORS,
+    responses={
+        200: {"content": {"application/json": {"example": {"name": "digits"}}}},
+        **ADMIN_ERRORS,
+    },
 )
 async def unload(model: str, request: Request) -> Response:
     """Stop serving a model; requests in flight finish first."""

@@ -133,6 +133,62 @@ async def model_version_metadata(model: str, version: str, request: Request) -> 
     return json_response(_metadata(repo, repo.resolve(model, version)))
 
 
+def _config(mv: ModelVersion) -> dict[str, Any]:
+    inp, out = mv.manifest["input"], mv.manifest["output"]
+    return {
+        "name": mv.name,
+        "platform": PLATFORM,
+        "backend": "onnxruntime",
+        # Shapes below include the batch axis (-1), as Triton writes them for max_batch_size 0.
+        "max_batch_size": 0,
+        "input": [{"name": inp["name"], "data_type": "TYPE_FP32", "dims": inp["shape"]}],
+        "output": [{"name": out["name"], "data_type": "TYPE_FP32", "dims": out["shape"]}],
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": int(mv.batcher.max_queue_delay_s * 1e6)
+        }
+        if mv.batcher.enabled
+        else None,
+        "parameters": {"providers": {"string_value": ",".join(mv.providers)}},
+    }
+
+
+CONFIG_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Triton-style model configuration (for tools such as perf_analyzer).",
+        "content": {
+            "application/json": {
+                "example": {
+                    "name": "breast-cancer",
+                    "platform": "onnxruntime_onnx",
+                    "max_batch_size": 0,
+                    "input": [{"name": "input", "data_type": "TYPE_FP32", "dims": [-1, 30]}],
+                    "output": [
+                        {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [-1, 2]}
+                    ],
+                }
+            }
+        },
+    },
+    404: ERRORS[404],
+}
+
+
+@router.get("/v2/models/{model}/config", summary="Model configuration", responses=CONFIG_RESPONSES)
+async def model_config(model: str, request: Request) -> Response:
+    """The Triton model configuration of the latest version."""
+    return json_response(_config(request.app.state.repository.resolve(model)))
+
+
+@router.get(
+    "/v2/models/{model}/versions/{version}/config",
+    summary="Model configuration of a version",
+    responses=CONFIG_RESPONSES,
+)
+async def model_version_config(model: str, version: str, request: Request) -> Response:
+    """The Triton model configuration of one version."""
+    return json_response(_config(request.app.state.repository.resolve(model, version)))
+
+
 def _model_ready(request: Request, model: str, version: str | None) -> Response:
     repo = request.app.state.repository
     try:

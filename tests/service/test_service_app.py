@@ -16,6 +16,8 @@ PATHS = {
     "/v2/models/{model}/versions/{version}": {"get"},
     "/v2/models/{model}/ready": {"get"},
     "/v2/models/{model}/versions/{version}/ready": {"get"},
+    "/v2/models/{model}/config": {"get"},
+    "/v2/models/{model}/versions/{version}/config": {"get"},
     "/v2/models/{model}/infer": {"post"},
     "/v2/models/{model}/versions/{version}/infer": {"post"},
     "/v2/repository/index": {"get", "post"},

@@ -31,6 +31,9 @@ def test_triton_client_health_and_metadata(live_server: str) -> None:
     model = client.get_model_metadata("img", "1")
     assert model["inputs"][0] == {"name": "input", "datatype": "FP32", "shape": [-1, *IMG_SHAPE]}
     assert model["parameters"]["providers"] == ["CPUExecutionProvider"]
+    config = client.get_model_config("bin")
+    assert config["input"][0] == {"name": "input", "data_type": "TYPE_FP32", "dims": [-1, 3]}
+    assert config["output"][0]["dims"] == [-1, 2]
 
 
 @pytest.mark.parametrize("binary", [False, True])

@@ -49,6 +49,10 @@ def test_model_metadata_and_ready_with_and_without_version(client: TestClient) -
     _error(client.get("/v2/models/bin/versions/9"), 404, "version_not_found")
     _error(client.get("/v2/models/bin/versions/9/ready"), 404, "version_not_found")
     _error(client.get("/v2/models/nope/ready"), 404, "model_not_found")
+    config = client.get("/v2/models/img/versions/1/config").json()
+    assert config["input"][0]["dims"] == [-1, 1, 4, 4]
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 1000
+    _error(client.get("/v2/models/nope/config"), 404, "model_not_found")
 
 
 @pytest.mark.parametrize("datatype", sorted(NUMERIC_DATATYPES))
