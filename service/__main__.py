@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 from pathlib import Path
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
         host=settings.host,
         port=settings.port,
         workers=args.workers,
-        timeout_graceful_shutdown=int(settings.drain_seconds) or None,
+        # uvicorn takes whole seconds; never None here, which would wait forever.
+        timeout_graceful_shutdown=math.ceil(settings.drain_seconds),
         log_config=configure_logging(settings.log_json),
         access_log=False,
         server_header=False,

@@ -74,3 +74,29 @@ def test_configured_key_wins(tmp_path: Path) -> None:
     s = Settings(feedback_db=str(tmp_path / "f.sqlite3"), prediction_id_key="secret")
     assert load_prediction_key(s) == b"secret"
     assert not (tmp_path / "prediction-id.key").exists()
+
+
+def test_main_prepares_multiprocess_metrics_and_runs_the_factory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import uvicorn
+
+    from service.__main__ import main
+
+    prom = tmp_path / "prom"
+    prom.mkdir()
+    (prom / "counter_1.db").write_bytes(b"stale")
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "VERDICT_METRICS_MULTIPROC_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("VERDICT_METRICS_MULTIPROC_DIR", str(prom))
+    monkeypatch.setenv("VERDICT_DRAIN_SECONDS", "2.5")
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+    main(["--host", "127.0.0.2", "--port", "1234", "--workers", "2"])
+    assert seen["app"] == "service.app:create_app" and seen["factory"] is True
+    assert (seen["host"], seen["port"], seen["workers"]) == ("127.0.0.2", 1234, 2)
+    assert seen["timeout_graceful_shutdown"] == 3
+    assert list(prom.iterdir()) == []  # wiped before the workers start
+    import os
+
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(prom)
