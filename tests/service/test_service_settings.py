@@ -86,8 +86,8 @@ def test_main_prepares_multiprocess_metrics_and_runs_the_factory(
     prom = tmp_path / "prom"
     prom.mkdir()
     (prom / "counter_1.db").write_bytes(b"stale")
-    for name in ("PROMETHEUS_MULTIPROC_DIR", "VERDICT_METRICS_MULTIPROC_DIR"):
-        monkeypatch.delenv(name, raising=False)
+    # setenv records the previous state, so what main() exports is undone afterwards.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "elsewhere"))
     monkeypatch.setenv("VERDICT_METRICS_MULTIPROC_DIR", str(prom))
     monkeypatch.setenv("VERDICT_DRAIN_SECONDS", "2.5")
     seen: dict = {}
