@@ -128,6 +128,7 @@ def test_cors_is_off_by_default_and_on_when_configured(model_repo, tmp_path) -> 
 def test_onnx_runtime_never_runs_on_the_event_loop_thread(client: TestClient, app) -> None:
     import threading
 
+    assert client.portal is not None
     loop_thread = client.portal.call(threading.get_ident)
     seen: list[int] = []
     for name in ("bin", "img"):

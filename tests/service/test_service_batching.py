@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ def _model(calls: list[int]):
 
 
 def _batcher(run, **kw) -> Batcher:
-    opts = {"max_batch_rows": 16, "max_queue_delay_ms": 5.0, "max_queue_rows": 1000}
+    opts: dict[str, Any] = {"max_batch_rows": 16, "max_queue_delay_ms": 5.0, "max_queue_rows": 1000}
     opts.update(kw)
     return Batcher(run, name="t-1", **opts)
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,6 +29,12 @@ from tests.conftest import (
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
 
+def _sleep(client: TestClient, seconds: float) -> None:
+    """Let the app's event loop run (retired versions drain there)."""
+    assert client.portal is not None
+    client.portal.call(asyncio.sleep, seconds)
+
+
 def _edit_manifest(folder: Path, **changes) -> None:
     path = folder / "manifest.json"
     doc = json.loads(path.read_text())
@@ -44,7 +51,7 @@ def _repo(root: Path, tmp: Path, **kw) -> Repository:
     return Repository(make_settings(root, tmp, **kw), Metrics(CollectorRegistry()))
 
 
-BAD_MANIFESTS = {
+BAD_MANIFESTS: dict[str, dict[str, Any]] = {
     "sha256": {"sha256": "0" * 64},
     "input name": {"input__name": "features"},
     "input dims": {"input__shape": [-1, 4], "input__feature_names": ["a", "b", "c", "d"]},
@@ -188,6 +195,7 @@ def test_a_good_new_version_takes_over_atomically(model_repo: Path, tmp_path: Pa
         )
         # v1 no longer takes new traffic but still finishes the pinned request.
         assert pinned.version == 1 and pinned.retiring
+        assert c.portal is not None
         out = c.portal.call(pinned.batcher.submit, np.ones((1, 3), np.float32))
         assert out.probabilities.shape == (1, 2)
         repo.release(pinned)
@@ -247,7 +255,8 @@ def test_manifest_lookup_for_loaded_and_unloaded_versions(model_repo: Path, tmp_
     async def main() -> None:
         await repo.start()
         assert repo.versions("bin") == [2]
-        assert repo.manifest("bin", 2)["version"] == 2
+        current = repo.manifest("bin", 2)
+        assert current is not None and current["version"] == 2
         old = repo.manifest("bin", 1)  # not loaded, read from disk
         assert old is not None and old["output"]["classes"] == ["ham", "spam"]
         assert repo.manifest("bin", 7) is None
@@ -354,7 +363,7 @@ def test_reloading_changed_files_of_the_same_version(model_repo: Path, tmp_path:
         after = c.post("/predict", json=x).json()["predictions"][0]["score"]
         assert after != before
         # Let the retired session drain, then the info series must still be there.
-        c.portal.call(asyncio.sleep, 0.05)
+        _sleep(c, 0.05)
         get = app.state.registry.get_sample_value
         labels = {
             "model": "bin",
@@ -364,7 +373,7 @@ def test_reloading_changed_files_of_the_same_version(model_repo: Path, tmp_path:
         }
         assert get("verdict_model_info", labels) == 1
         c.post("/v2/repository/models/bin/unload", headers=ADMIN)
-        c.portal.call(asyncio.sleep, 0.05)
+        _sleep(c, 0.05)
         assert get("verdict_model_info", labels) is None
 
 
@@ -390,7 +399,7 @@ def test_listeners_hear_loads_and_unloads_and_counts_are_kept(
         assert issued == 2 and since > 0
         assert repo.predictions_issued("bin", 2) is None
         c.post("/v2/repository/models/bin/unload", headers=ADMIN)
-        c.portal.call(asyncio.sleep, 0.05)
+        _sleep(c, 0.05)
         assert ("unload", "bin", 1) in events
         c.get("/metrics")
         assert flushed == [1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from service.keys import load_prediction_key
 from service.settings import Settings, VersionPolicy
@@ -28,7 +28,7 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_defaults() -> None:
-    s = Settings(_env_file=None)
+    s = Settings()
     assert (s.host, s.port, s.model_repository) == ("127.0.0.1", 8000, "models")
     assert s.providers == ["auto"]
     assert (s.intra_op_threads, s.inter_op_threads) == (1, 1)
@@ -71,7 +71,7 @@ def test_generated_key_is_persisted_with_mode_0600(tmp_path: Path) -> None:
 
 
 def test_configured_key_wins(tmp_path: Path) -> None:
-    s = Settings(feedback_db=str(tmp_path / "f.sqlite3"), prediction_id_key="secret")
+    s = Settings(feedback_db=str(tmp_path / "f.sqlite3"), prediction_id_key=SecretStr("secret"))
     assert load_prediction_key(s) == b"secret"
     assert not (tmp_path / "prediction-id.key").exists()
 
