@@ -1,1 +1,1 @@
-"""HTTP routes: thin adapters from requests to the logic layer."""
+"""HTTP routes: thin adapters from requests to the logic layer; each module exposes `router`."""

@@ -1,0 +1,313 @@
+"""Dynamic batching: per model version, queued requests merge into one session.run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+
+from service.errors import InferenceError, OverloadedError, ShuttingDownError
+from service.metrics import VersionMetrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """The rows of one request, and how long they queued and computed."""
+
+    probabilities: np.ndarray
+    queue_s: float
+    compute_s: float
+
+
+class _Pending:
+    __slots__ = ("enqueued", "future", "rows", "x")
+
+    def __init__(self, x: np.ndarray, future: asyncio.Future[BatchResult]) -> None:
+        self.x = x
+        self.rows = len(x)
+        self.future = future
+        self.enqueued = perf_counter()
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class OrtThread:
+    """One dedicated thread that runs ONNX Runtime calls handed over from the event loop.
+
+    Lighter than `loop.run_in_executor`: a SimpleQueue in, one `call_soon_threadsafe` out.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run fn(*args) on the thread; the answer comes back as a future of the running loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put((loop, future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            loop, future, fn, args = item
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                error = exc
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_resolve, future, result, error)
+
+    def shutdown(self) -> None:
+        """Let the thread finish what it holds, then stop."""
+        self._queue.put(None)
+
+
+class Batcher:
+    """Merges requests for one model version; ONNX Runtime runs on one dedicated thread.
+
+    A request that finds the model idle and nothing queued runs at once (batching would add
+    only latency). Requests that arrive while a run is in progress wait in the queue and go
+    together in the next run, up to `max_batch_rows`. When several requests are queued (or
+    the last run merged several), the batcher waits up to `max_queue_delay_ms` after the
+    oldest arrived to fill the batch further.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        *,
+        name: str,
+        max_batch_rows: int,
+        max_queue_delay_ms: float,
+        max_queue_rows: int,
+        enabled: bool = True,
+        metrics: VersionMetrics | None = None,
+    ) -> None:
+        self._run = run
+        self.name = name
+        self.max_batch_rows = max_batch_rows
+        self.max_queue_delay_s = max_queue_delay_ms / 1000.0
+        self.max_queue_rows = max_queue_rows
+        self.enabled = enabled
+        self._metrics = metrics
+        self._thread = OrtThread(f"ort-{name}")
+        self._queue: deque[_Pending] = deque()
+        self._in_flight: list[_Pending] = []
+        self._queued_rows = 0
+        self._busy = False
+        self._last_batch_requests = 1
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.batches_run = 0
+
+    def start(self) -> None:
+        """Start the dispatch task on the running loop."""
+        self._wakeup = asyncio.Event()
+        if self.enabled:
+            self._task = asyncio.get_running_loop().create_task(self._dispatch_loop())
+
+    def run_sync(self, x: np.ndarray) -> np.ndarray:
+        """Run directly on the calling thread (warm-up, before traffic)."""
+        return self._run(x)
+
+    def _admit(self, rows: int) -> None:
+        if self._closed:
+            raise ShuttingDownError(f"model {self.name} is being unloaded")
+        if self._queued_rows and self._queued_rows + rows > self.max_queue_rows:
+            if self._metrics is not None:
+                self._metrics.overloaded.inc()
+            raise OverloadedError(
+                f"model {self.name} is overloaded: {self._queued_rows} rows already waiting "
+                f"(max_queue_rows {self.max_queue_rows})"
+            )
+        self._queued_rows += rows
+        if self._metrics is not None:
+            self._metrics.queue_depth.set(self._queued_rows)
+
+    def _release(self, rows: int) -> None:
+        self._queued_rows -= rows
+        if self._metrics is not None:
+            self._metrics.queue_depth.set(self._queued_rows)
+
+    def _timed(self, x: np.ndarray, enqueued: float) -> BatchResult:
+        start = perf_counter()
+        out = self._run(x)
+        return BatchResult(out, start - enqueued, perf_counter() - start)
+
+    def _observe(self, rows: int, results: list[BatchResult]) -> None:
+        m = self._metrics
+        if m is None:
+            return
+        m.batch_size.observe(rows)
+        for r in results:
+            m.queue.observe(r.queue_s)
+            m.compute.observe(r.compute_s)
+
+    async def submit(self, x: np.ndarray) -> BatchResult:
+        """Probabilities for a validated float32 batch; raises OverloadedError when full."""
+        rows = len(x)
+        self._admit(rows)
+        loop = asyncio.get_running_loop()
+        if not self.enabled or (not self._busy and not self._queue):
+            # Idle (or batching off): run now, no queueing.
+            self._busy = True
+            enqueued = perf_counter()
+            try:
+                result = await self._thread.submit(self._timed, x, enqueued)
+            except Exception as exc:
+                raise _as_inference_error(self.name, exc) from exc
+            finally:
+                self._busy = False
+                self._release(rows)
+                self._last_batch_requests = 1
+                if self._queue and self._wakeup is not None:
+                    self._wakeup.set()
+            self.batches_run += 1
+            self._observe(rows, [result])
+            return result
+        future: asyncio.Future[BatchResult] = loop.create_future()
+        self._queue.append(_Pending(x, future))
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await future
+
+    async def _wait(self, timeout: float | None = None) -> bool:
+        assert self._wakeup is not None
+        self._wakeup.clear()
+        if timeout is None:
+            await self._wakeup.wait()
+            return True
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _take(self) -> list[_Pending]:
+        batch = [self._queue.popleft()]
+        rows = batch[0].rows
+        while self._queue and rows + self._queue[0].rows <= self.max_batch_rows:
+            item = self._queue.popleft()
+            rows += item.rows
+            batch.append(item)
+        return batch
+
+    def _run_batch(self, xs: list[np.ndarray]) -> tuple[np.ndarray, float, float]:
+        start = perf_counter()
+        x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+        out = self._run(x)
+        return out, start, perf_counter() - start
+
+    async def _dispatch_loop(self) -> None:
+        """Run the dispatcher; should it ever fail, fail every waiting request, never hang one."""
+        while True:
+            try:
+                await self._dispatch()
+                return
+            except Exception:
+                log.exception("the batcher of %s failed; failing its waiting requests", self.name)
+                error = InferenceError(f"inference failed on {self.name}: batcher error")
+                waiting = self._in_flight + list(self._queue)
+                self._queue.clear()
+                self._in_flight = []
+                self._busy = False
+                self._queued_rows = 0
+                self._release(0)
+                for p in waiting:
+                    if not p.future.done():
+                        p.future.set_exception(error)
+
+    async def _dispatch(self) -> None:
+        while True:
+            if not self._queue or self._busy:
+                if self._closed and not self._queue:
+                    return
+                await self._wait()
+                continue
+            if (
+                self.max_queue_delay_s > 0
+                and self._queued_rows < self.max_batch_rows
+                and (len(self._queue) > 1 or self._last_batch_requests > 1)
+                and not self._closed
+            ):
+                deadline = self._queue[0].enqueued + self.max_queue_delay_s
+                while self._queued_rows < self.max_batch_rows:
+                    remaining = deadline - perf_counter()
+                    if remaining <= 0 or not await self._wait(remaining):
+                        break
+                if self._busy:
+                    continue
+            batch = self._take()
+            self._in_flight = batch
+            rows = sum(p.rows for p in batch)
+            self._busy = True
+            try:
+                out, start, compute_s = await self._thread.submit(
+                    self._run_batch, [p.x for p in batch]
+                )
+            except Exception as exc:
+                log.exception("batch of %d rows failed on %s", rows, self.name)
+                error = _as_inference_error(self.name, exc)
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(error)
+                self._in_flight = []
+                continue
+            finally:
+                self._busy = False
+                self._release(rows)
+            self._last_batch_requests = len(batch)
+            self.batches_run += 1
+            results = []
+            offset = 0
+            for p in batch:
+                result = BatchResult(out[offset : offset + p.rows], start - p.enqueued, compute_s)
+                offset += p.rows
+                results.append(result)
+                if not p.future.done():
+                    p.future.set_result(result)
+            self._in_flight = []
+            self._observe(rows, results)
+
+    async def close(self) -> None:
+        """Take no new requests, finish the queued ones, stop the thread."""
+        self._closed = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        while self._busy:
+            await asyncio.sleep(0.001)
+        self._thread.shutdown()
+
+
+def _as_inference_error(name: str, exc: Exception) -> Exception:
+    if isinstance(exc, InferenceError | OverloadedError | ShuttingDownError):
+        return exc
+    return InferenceError(f"inference failed on {name}: {type(exc).__name__}")

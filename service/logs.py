@@ -1,0 +1,49 @@
+"""Logging set-up: plain text, or one JSON object per line."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import orjson
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc).decode()
+
+
+def configure_logging(json_lines: bool, level: int = logging.INFO) -> dict:
+    """A logging dict config for uvicorn (and the service's own loggers)."""
+    formatter = (
+        {"()": f"{__name__}.JsonFormatter"}
+        if json_lines
+        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    )
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {
+            "": {"handlers": ["default"], "level": level},
+            "uvicorn.access": {"level": logging.WARNING},
+        },
+    }

@@ -1,0 +1,260 @@
+"""Every Prometheus metric of the service, owned by one object built on a given registry."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prom_multiprocess
+
+LATENCY_BUCKETS = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+SCORE_BUCKETS = (*(round(0.05 * i, 2) for i in range(1, 20)), 1.0)
+MINUTE, HOUR, DAY, WEEK = 60.0, 3600.0, 86400.0, 604800.0
+LABEL_DELAY_BUCKETS = (
+    1.0,
+    10.0,
+    MINUTE,
+    10 * MINUTE,
+    HOUR,
+    6 * HOUR,
+    DAY,
+    3 * DAY,
+    WEEK,
+    2 * WEEK,
+    4 * WEEK,
+)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+class Metrics:
+    """The metrics of DESIGN.md; one instance per app, on its own registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.http_duration = Histogram(
+            "verdict_http_request_duration_seconds",
+            "HTTP request duration by route template, method and status code.",
+            ["route", "method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "verdict_inference_duration_seconds",
+            "Time a request spends queued for a batch, and computing in ONNX Runtime.",
+            ["model", "version", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "verdict_batch_size",
+            "Rows per session.run.",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "verdict_queue_depth",
+            "Rows waiting for a batch.",
+            ["model", "version"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.inference_requests = Counter(
+            "verdict_inference_requests",
+            "Inference requests by outcome (ok, invalid, overloaded, error).",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "verdict_model_info",
+            "Served model versions (value 1) with the providers in use and the threshold.",
+            ["model", "version", "provider", "threshold"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.predictions = Counter(
+            "verdict_predictions",
+            "Predicted rows by label.",
+            ["model", "version", "label"],
+            registry=r,
+        )
+        self.prediction_score = Histogram(
+            "verdict_prediction_score",
+            "Score (probability of the positive class) of binary predictions.",
+            ["model", "version"],
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.feedback_items = Counter(
+            "verdict_feedback_items",
+            "Feedback items by result (accepted, duplicate, conflict, unknown, invalid).",
+            ["model", "result"],
+            registry=r,
+        )
+        self.labeled_predictions = Counter(
+            "verdict_labeled_predictions",
+            "Predictions whose ground truth arrived, by predicted and actual label.",
+            ["model", "version", "predicted", "actual"],
+            registry=r,
+        )
+        self.outcomes = Counter(
+            "verdict_outcomes",
+            "Binary outcomes of labelled predictions (tp, fp, tn, fn).",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.label_delay = Histogram(
+            "verdict_label_delay_seconds",
+            "Time from prediction to its ground truth.",
+            ["model"],
+            buckets=LABEL_DELAY_BUCKETS,
+            registry=r,
+        )
+        self.objective_ratio = Gauge(
+            "verdict_objective_ratio",
+            "Business targets from the manifest (max_fnr, max_fpr).",
+            ["model", "objective"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.outcome_cost = Gauge(
+            "verdict_outcome_cost",
+            "Cost of one outcome from the manifest (fp, fn).",
+            ["model", "outcome"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.feature_bin = Counter(
+            "verdict_feature_bin",
+            "Served rows per input feature reference bin (drift).",
+            ["model", "feature", "bin"],
+            registry=r,
+        )
+        self.reference_bin_ratio = Gauge(
+            "verdict_reference_bin_ratio",
+            "Reference proportion of each feature bin from the manifest (drift).",
+            ["model", "version", "feature", "bin"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+
+    def version_metrics(self, model: str, version: int, classes: list[str]) -> VersionMetrics:
+        """Labelled children for one model version, resolved once (no .labels() per request)."""
+        v = str(version)
+        return VersionMetrics(
+            queue=self.inference_duration.labels(model, v, "queue"),
+            compute=self.inference_duration.labels(model, v, "compute"),
+            batch_size=self.batch_size.labels(model, v),
+            queue_depth=self.queue_depth.labels(model, v),
+            ok=self.inference_requests.labels(model, v, "ok"),
+            invalid=self.inference_requests.labels(model, v, "invalid"),
+            overloaded=self.inference_requests.labels(model, v, "overloaded"),
+            error=self.inference_requests.labels(model, v, "error"),
+            predictions=[self.predictions.labels(model, v, c) for c in classes],
+            score=self.prediction_score.labels(model, v),
+        )
+
+    def set_model_config(
+        self, model: str, version: int, providers: list[str], manifest: dict[str, Any]
+    ) -> None:
+        """Series that carry a model version's configuration (info, objectives, costs, bins)."""
+        self.model_info.labels(*self.model_info_labels(model, version, providers, manifest)).set(1)
+        for objective, value in (manifest.get("objectives") or {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                self.objective_ratio.labels(model, objective).set(value)
+        for key, value in (manifest.get("costs") or {}).items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                outcome = key.removeprefix("cost_")
+                self.outcome_cost.labels(model, outcome).set(value)
+        features = ((manifest.get("reference") or {}).get("features")) or {}
+        for feature, ref in features.items():
+            for i, proportion in enumerate((ref or {}).get("proportions") or []):
+                self.reference_bin_ratio.labels(model, str(version), feature, str(i)).set(
+                    proportion
+                )
+
+    def clear_model_version(
+        self, model: str, version: int, providers: list[str], keep: set[tuple[str, ...]]
+    ) -> None:
+        """Drop the info series of a retired version, except label sets still in use."""
+        for labels in _label_sets(self.model_info):
+            if labels[:3] == (model, str(version), ",".join(providers)) and labels not in keep:
+                self.model_info.remove(*labels)
+
+    def model_info_labels(
+        self, model: str, version: int, providers: list[str], manifest: dict[str, Any]
+    ) -> tuple[str, ...]:
+        """The label values of a version's info series."""
+        threshold = (manifest.get("decision") or {}).get("threshold")
+        return (
+            model,
+            str(version),
+            ",".join(providers),
+            "" if threshold is None else repr(float(threshold)),
+        )
+
+
+def _label_sets(metric: Any) -> list[tuple[str, ...]]:
+    return list(metric._metrics.keys())
+
+
+@dataclass(slots=True)
+class VersionMetrics:
+    """Cached labelled children for one model version."""
+
+    queue: Any
+    compute: Any
+    batch_size: Any
+    queue_depth: Any
+    ok: Any
+    invalid: Any
+    overloaded: Any
+    error: Any
+    predictions: list[Any]
+    score: Any
+
+
+def multiproc_dir(configured: str | None) -> str | None:
+    """The multiprocess folder in use: the setting, else PROMETHEUS_MULTIPROC_DIR."""
+    return configured or os.environ.get(MULTIPROC_ENV) or None
+
+
+def render(registry: CollectorRegistry, multiproc: str | None) -> tuple[bytes, str]:
+    """The /metrics body: this registry, or every process's values in multiprocess mode."""
+    if multiproc:
+        collected = CollectorRegistry()
+        prom_multiprocess.MultiProcessCollector(collected, path=multiproc)
+        return generate_latest(collected), CONTENT_TYPE_LATEST
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(multiproc: str | None) -> None:
+    """Forget this process's live gauges when it exits (multiprocess mode)."""
+    if multiproc:
+        prom_multiprocess.mark_process_dead(os.getpid(), multiproc)

@@ -1,0 +1,272 @@
+"""Pydantic request/response types: they document the API (OpenAPI); the hot path uses orjson."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"error": "unknown model 'x'", "code": "model_not_found"}]}
+    )
+    error: str = Field(description="What went wrong, and what was expected.")
+    code: str = Field(description="A stable machine-readable code.")
+
+
+class PredictRequest(BaseModel):
+    """POST /predict body."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "breast-cancer", "instances": [[17.99, 10.38, 122.8, "... 30 values"]]},
+                {
+                    "model": "iris-like",
+                    "version": 1,
+                    "instances": [{"f0": 1.0, "f1": 2.0, "f2": 3.0}],
+                },
+            ]
+        }
+    )
+    model: str | None = Field(None, description="Model name; optional when one model is served.")
+    version: int | None = Field(None, description="Model version; the latest when omitted.")
+    instances: list[list[Any] | dict[str, float]] = Field(
+        description="Rows: lists of numbers in feature order, or objects keyed by feature name. "
+        "Image models take H*W values flat or nested as [1][H][W] or [H][W]."
+    )
+
+
+class Prediction(BaseModel):
+    """The answer for one row."""
+
+    prediction_id: str = Field(description="Signed id to quote in POST /feedback.")
+    label: str = Field(description="Predicted label (binary: the decision at the threshold).")
+    class_index: int = Field(description="Index of the label in the model's classes.")
+    probabilities: dict[str, float] = Field(description="Probability of each label.")
+    score: float | None = Field(None, description="Binary: probability of the positive class.")
+    decision: str | None = Field(
+        None, description="Binary: `positive` when score >= threshold, else `negative`."
+    )
+
+
+class PredictResponse(BaseModel):
+    """POST /predict answer."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "breast-cancer",
+                    "version": 1,
+                    "threshold": 0.12,
+                    "predictions": [
+                        {
+                            "prediction_id": "p1.AAAAAQABP...",
+                            "label": "malignant",
+                            "class_index": 1,
+                            "probabilities": {"benign": 0.03, "malignant": 0.97},
+                            "score": 0.97,
+                            "decision": "positive",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    model: str
+    version: int
+    threshold: float | None = None
+    predictions: list[Prediction]
+
+
+class InferTensor(BaseModel):
+    """An OIP input tensor (JSON, or binary with parameters.binary_data_size)."""
+
+    name: str
+    shape: list[int]
+    datatype: str = Field(description="FP32, FP64, FP16, INT8..INT64 or UINT8..UINT64.")
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = Field(None, description="Flat or nested, row-major.")
+
+
+class RequestedOutputSpec(BaseModel):
+    """An output the client asks for (parameters.binary_data for binary)."""
+
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequestBody(BaseModel):
+    """OIP inference request."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "42",
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "shape": [1, 3],
+                            "datatype": "FP32",
+                            "data": [0.1, 0.2, 0.3],
+                        }
+                    ],
+                    "outputs": [{"name": "probabilities"}],
+                }
+            ]
+        }
+    )
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferTensor]
+    outputs: list[RequestedOutputSpec] | None = None
+
+
+class OutputTensor(BaseModel):
+    """An OIP output tensor."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferResponseBody(BaseModel):
+    """OIP inference response."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_name": "breast-cancer",
+                    "model_version": "1",
+                    "id": "42",
+                    "outputs": [
+                        {
+                            "name": "probabilities",
+                            "datatype": "FP32",
+                            "shape": [1, 2],
+                            "data": [0.97, 0.03],
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[OutputTensor]
+
+
+class ServerMetadataResponse(BaseModel):
+    """GET /v2."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "verdict",
+                    "version": "0.1.0",
+                    "extensions": ["binary_tensor_data", "model_repository"],
+                }
+            ]
+        }
+    )
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadata(BaseModel):
+    """Name, datatype and shape of a model input or output."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadataResponse(BaseModel):
+    """GET /v2/models/{m}[/versions/{v}]."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "breast-cancer",
+                    "versions": ["1"],
+                    "platform": "onnxruntime_onnx",
+                    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 30]}],
+                    "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}],
+                    "parameters": {
+                        "version": "1",
+                        "providers": ["CPUExecutionProvider"],
+                        "task": "binary",
+                        "classes": ["benign", "malignant"],
+                        "threshold": 0.12,
+                    },
+                }
+            ]
+        }
+    )
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, Any]
+
+
+class ReadyResponse(BaseModel):
+    """Liveness / readiness."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"live": True}, {"ready": True}]})
+    live: bool | None = None
+    ready: bool | None = None
+    name: str | None = None
+
+
+class RepositoryIndexRequest(BaseModel):
+    """POST /v2/repository/index body (optional)."""
+
+    ready: bool | None = Field(None, description="Only versions that are ready.")
+
+
+class RepositoryIndexEntry(BaseModel):
+    """One row of the repository index."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"name": "breast-cancer", "version": "1", "state": "READY"}]
+        }
+    )
+    name: str
+    version: str
+    state: str
+    reason: str | None = None
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON schema of a model with its $defs inlined (for openapi_extra request bodies)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.rsplit("/", 1)[1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
