@@ -19,18 +19,21 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.codecs import encode_json
+from service.drift import DriftMonitor
 from service.errors import VerdictError
+from service.feedback import FeedbackService
 from service.ids import PredictionIds
 from service.keys import load_prediction_key
 from service.metrics import Metrics, mark_process_dead, multiproc_dir
 from service.repository import Repository
-from service.routes import admin, predict, v2
+from service.routes import admin, feedback, predict, v2
 from service.settings import Settings
+from service.store import FeedbackStore, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
 # Routers in the order they are mounted; add a module with a `router` here.
-ROUTERS = [predict.router, v2.router, admin.router]
+ROUTERS = [predict.router, v2.router, admin.router, feedback.router]
 HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
@@ -152,6 +155,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load models in the background (liveness answers at once), poll, and drain at the end."""
     state = app.state
     repo: Repository = state.repository
+    fb: FeedbackService = state.feedback
+    try:
+        await fb.open()
+    except StoreUnavailableError as exc:  # feedback answers 503 until the store works
+        log.warning("feedback store unavailable at start: %s", exc.message)
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(repo.start())]
     if state.settings.poll_interval_s > 0:
         tasks.append(asyncio.create_task(repo.poll_forever(state.settings.poll_interval_s)))
@@ -164,6 +172,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await repo.close()
+        state.drift.flush()
+        with contextlib.suppress(Exception):
+            await fb.close()  # commits are per request; this closes the file cleanly
         mark_process_dead(state.multiproc_dir)
 
 
@@ -205,6 +216,37 @@ def _no_telemetry() -> dict[str, Any]:
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
 
 
+def _wire_feedback_and_drift(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """Ground truth (the SQLite store) and drift counting hang off the repository's hooks."""
+    state = app.state
+    repo: Repository = state.repository
+    state.feedback = FeedbackService(
+        FeedbackStore(settings.feedback_db, busy_timeout_s=settings.feedback_busy_timeout_s),
+        state.ids,
+        repo.manifest,
+        metrics,
+        max_items=settings.feedback_max_items,
+        versions_of=repo.versions,
+        predictions_issued=repo.predictions_issued,
+    )
+    drift = DriftMonitor(metrics, max_features=settings.monitored_features_max)
+    state.drift = drift
+
+    def on_load(mv: Any) -> None:
+        drift.register(mv.name, mv.version, mv.manifest)
+
+    def on_unload(mv: Any) -> None:
+        drift.unregister(mv.name, mv.version)
+
+    repo.add_listener(on_load=on_load, on_unload=on_unload)
+
+    def observe(mv: Any, x: Any, class_index: Any, score: Any) -> None:
+        drift.observe(mv.name, mv.version, x, score if mv.binary else None)
+
+    state.prediction_observers.append(observe)
+    state.before_metrics.append(drift.flush)
+
+
 def create_app(
     settings: Settings | None = None, registry: CollectorRegistry | None = None
 ) -> FastAPI:
@@ -229,6 +271,7 @@ def create_app(
     state.api_keys = [k.get_secret_value() for k in settings.api_keys if k.get_secret_value()]
     state.prediction_observers = []
     state.before_metrics = []
+    _wire_feedback_and_drift(app, settings, metrics)
     for router in ROUTERS:
         app.include_router(router)
     _install_error_handlers(app)

@@ -192,6 +192,10 @@ class Metrics:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 outcome = key.removeprefix("cost_")
                 self.outcome_cost.labels(model, outcome).set(value)
+        if manifest.get("task") == "binary":
+            # Start the outcome counters at 0 so the first labels show up as an increase.
+            for outcome in ("tp", "fp", "tn", "fn"):
+                self.outcomes.labels(model, str(version), outcome)
         features = ((manifest.get("reference") or {}).get("features")) or {}
         for feature, ref in features.items():
             for i, proportion in enumerate((ref or {}).get("proportions") or []):

@@ -112,6 +112,12 @@ class Settings(BaseSettings):
     feedback_db: str = Field(
         default="var/feedback.sqlite3", description="SQLite file for feedback."
     )
+    feedback_max_items: int = Field(
+        default=1000, ge=1, description="Most items in one POST /feedback."
+    )
+    feedback_busy_timeout_s: float = Field(
+        default=5.0, ge=0, description="How long a feedback write waits for a locked store."
+    )
     prediction_id_key: SecretStr | None = Field(
         default=None,
         description="Key that signs prediction ids (share it across replicas); unset = generated "

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from service.errors import VerdictError
+
 # Ordered migrations: entry i takes the schema from user_version i to i + 1. Append, never edit.
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -44,15 +46,14 @@ TIME_COLUMNS = {"received": "received_at", "observed": "observed_at", "issued": 
 RecordResult = Literal["accepted", "duplicate", "conflict"]
 
 
-class FeedbackError(Exception):
+class FeedbackError(VerdictError):
     """Base of the feedback domain errors; carries the HTTP status and a stable code."""
 
     status_code: int = 500
     code: str = "feedback_error"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, headers)
 
 
 class StoreUnavailableError(FeedbackError):
@@ -62,7 +63,7 @@ class StoreUnavailableError(FeedbackError):
     code = "store_unavailable"
 
     def __init__(self, message: str, retry_after_s: int = 5) -> None:
-        super().__init__(message)
+        super().__init__(message, {"Retry-After": str(retry_after_s)})
         self.retry_after_s = retry_after_s
 
 

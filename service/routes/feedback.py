@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from service.feedback import FeedbackService, parse_body, tally
+from service.routes.common import read_body, require_api_key, require_json
 from service.store import FeedbackError, StoreUnavailableError
 
 router = APIRouter(tags=["feedback"])
@@ -100,14 +101,20 @@ def _service(request: Request) -> FeedbackService:
     openapi_extra={"requestBody": _BODY},
     responses={
         400: {"description": "body is not JSON", **_ERROR},
+        401: {"description": "an API key is required", **_ERROR},
+        413: {"description": "body larger than max_body_bytes", **_ERROR},
+        415: {"description": "content type is not JSON", **_ERROR},
         422: {"description": "body is not a list of items, or too many items", **_ERROR},
         503: {"description": "the feedback store is unavailable; retry", **_ERROR},
     },
 )
 async def post_feedback(request: Request) -> Any:
     service = _service(request)
+    require_api_key(request)
+    require_json(request)
+    body = await read_body(request, request.app.state.settings.max_body_bytes)
     try:
-        items = parse_body(await request.body())
+        items = parse_body(body)
         answers = await service.submit(items)
     except FeedbackError as exc:
         return _error(exc)

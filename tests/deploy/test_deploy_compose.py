@@ -133,6 +133,7 @@ def test_healthcheck_and_probe_routes_are_served(monkeypatch: pytest.MonkeyPatch
     """The routes the health checks, probes, Prometheus and Locust call are the app's routes."""
     monkeypatch.setenv("VERDICT_MODEL_REPOSITORY", str(ROOT / "models"))
     from fastapi.testclient import TestClient
+
     from service.app import create_app
 
     # Without the lifespan nothing is loaded; routing alone answers: a path the app serves

@@ -19,12 +19,15 @@ from feedback_support import KEY, Metrics, manifest_of  # noqa: E402
 from service.feedback import FeedbackService  # noqa: E402
 from service.ids import PredictionIds  # noqa: E402
 from service.routes.feedback import router  # noqa: E402
+from service.settings import Settings  # noqa: E402
 from service.store import FeedbackStore  # noqa: E402
 
 
 def main() -> None:
     port, db_path = int(sys.argv[1]), sys.argv[2]
     app = FastAPI()
+    app.state.settings = Settings(feedback_max_items=1000)
+    app.state.api_keys = []
     app.include_router(router)
     app.state.feedback = FeedbackService(
         FeedbackStore(db_path),

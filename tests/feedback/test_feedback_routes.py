@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from service.feedback import FeedbackService
 from service.ids import PredictionIds
 from service.routes.feedback import router
+from service.settings import Settings
 from service.store import FeedbackStore
 
 
@@ -30,6 +31,8 @@ def client(db_path: str, ids: PredictionIds, registry: CollectorRegistry) -> Ite
         versions_of=lambda model: [1] if model == "bc" else [],
     )
     app = FastAPI()
+    app.state.settings = Settings(feedback_max_items=1000)
+    app.state.api_keys = []
     app.include_router(router)
     app.state.feedback = service
     with TestClient(app) as test_client:

@@ -14,12 +14,15 @@ from schemathesis.core.result import Ok
 from service.feedback import FeedbackService
 from service.ids import PredictionIds
 from service.routes.feedback import router
+from service.settings import Settings
 from service.store import FeedbackStore
 
 
 def test_feedback_api_conforms_to_its_schema(tmp_path: Path) -> None:
     store = FeedbackStore(str(tmp_path / "feedback.db"))
     app = FastAPI()
+    app.state.settings = Settings(feedback_max_items=1000)
+    app.state.api_keys = []
     app.include_router(router)
     app.state.feedback = FeedbackService(
         store,
