@@ -207,13 +207,7 @@ class VerdictUser(FastHttpUser):
 
 def _feedback_results(body: Any) -> list[str]:
     """The per-item result words of a /feedback answer."""
-    items = body.get("items") if isinstance(body, dict) else None
+    items = body.get("results") if isinstance(body, dict) else None
     if not isinstance(items, list):
-        raise ValueError("no items list in the /feedback answer")
-    results = []
-    for item in items:
-        if isinstance(item, dict):
-            results.append(str(item.get("result") or item.get("status")))
-        else:
-            results.append(str(item))
-    return results
+        raise ValueError("no results list in the /feedback answer")
+    return [str(item.get("result")) if isinstance(item, dict) else str(item) for item in items]

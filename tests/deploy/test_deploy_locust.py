@@ -61,7 +61,7 @@ class _Stub(BaseHTTPRequestHandler):
             }
             self._send(200, {"model_name": "breast-cancer", "outputs": [out]})
         elif route == "/feedback":
-            self._send(200, {"items": [{"result": "accepted"} for _ in body["items"]]})
+            self._send(200, {"results": [{"result": "accepted"} for _ in body["items"]]})
         else:
             self._send(404, {"error": "not found", "code": "not_found"})
 

@@ -103,8 +103,7 @@ def start(tmp_path: Path) -> Iterator[Any]:
 
 
 def _feedback_results(body: Any) -> list[str]:
-    items = body["items"]
-    return [str(item.get("result") or item.get("status")) for item in items]
+    return [str(item["result"]) for item in body["results"]]
 
 
 class Client(threading.Thread):
