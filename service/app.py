@@ -20,11 +20,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.codecs import encode_json
 from service.drift import DriftMonitor
-from service.errors import VerdictError
+from service.errors import VerdictError, scrub_paths
 from service.feedback import FeedbackService
 from service.ids import PredictionIds
 from service.keys import load_prediction_key
 from service.metrics import Metrics, mark_process_dead, multiproc_dir
+from service.middleware import AdmissionMiddleware, RequestContextMiddleware
 from service.repository import Repository
 from service.routes import admin, feedback, predict, v2
 from service.settings import Settings
@@ -55,9 +56,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 def error_response(
     status: int, message: str, code: str, headers: Mapping[str, str] | None = None
 ) -> Response:
-    """The one error shape."""
+    """The one error shape; never shows a filesystem path of the server."""
     return Response(
-        encode_json({"error": message, "code": code}),
+        encode_json({"error": scrub_paths(message), "code": code}),
         status,
         headers=headers,
         media_type="application/json",
@@ -276,6 +277,7 @@ def create_app(
         app.include_router(router)
     _install_error_handlers(app)
     app.add_middleware(FastPathMiddleware, routes=[r for rt in ROUTERS for r in rt.routes])
+    app.add_middleware(AdmissionMiddleware, limit=settings.max_inflight_requests)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -284,4 +286,5 @@ def create_app(
             allow_headers=["*"],
         )
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
     return app

@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
+# An absolute filesystem path of two or more parts (a file, a folder, a source file in a
+# library's message); error answers never show where things live on the server.
+_PATH = re.compile(
+    r"(?<![\w.~-])/(?!v2/|predict\b|feedback\b|metrics\b)(?:[^/\s'\"]+/)+[^/\s'\",;)]*"
+)
+
+
+def scrub_paths(message: str) -> str:
+    """The message with absolute filesystem paths replaced by `<path>`."""
+    if "/" not in message:
+        return message
+    return _PATH.sub("<path>", message)
+
 
 class VerdictError(Exception):
     """Base of every error the service answers with `{"error": message, "code": code}`."""
@@ -116,3 +131,13 @@ class ShuttingDownError(VerdictError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, {"Retry-After": "1"})
+
+
+class RequestTimeoutError(VerdictError):
+    """The body did not arrive in full within body_timeout_s."""
+
+    status_code = 408
+    code = "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, {"Connection": "close"})

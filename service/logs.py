@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import logging
 import time
+from contextvars import ContextVar
 
 import orjson
+
+# The id of the request being handled (set by service.middleware), "-" outside requests.
+REQUEST_ID: ContextVar[str] = ContextVar("verdict_request_id", default="-")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,6 +30,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", "-"),
         }
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
@@ -29,16 +42,18 @@ def configure_logging(json_lines: bool, level: int = logging.INFO) -> dict:
     formatter = (
         {"()": f"{__name__}.JsonFormatter"}
         if json_lines
-        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+        else {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"}
     )
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": formatter},
+        "filters": {"request_id": {"()": f"{__name__}.RequestIdFilter"}},
         "handlers": {
             "default": {
                 "class": "logging.StreamHandler",
                 "formatter": "default",
+                "filters": ["request_id"],
                 "stream": "ext://sys.stderr",
             }
         },

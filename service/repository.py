@@ -24,6 +24,7 @@ from service.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
     VersionNotFoundError,
+    scrub_paths,
 )
 from service.metrics import Metrics, VersionMetrics
 from service.runtime import ModelSession, RuntimeOptions, create_session
@@ -99,15 +100,21 @@ def _file_fingerprint(folder: Path, model_file: str = "model.onnx") -> tuple[int
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest of a version folder; raises ModelLoadError when absent or not an object."""
+    """The manifest of a version folder; raises ModelLoadError when absent or not an object.
+
+    Messages name the folder relative to the repository (`name/version`), never the full path.
+    """
+    where = f"{folder.parent.name}/{folder.name}"
     try:
         doc = orjson.loads((folder / MANIFEST).read_bytes())
     except FileNotFoundError:
-        raise ModelLoadError(f"{folder}: no {MANIFEST}") from None
-    except (OSError, orjson.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{folder}: {MANIFEST} is unreadable: {exc}") from None
+        raise ModelLoadError(f"{where}: no {MANIFEST}") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{where}: {MANIFEST} is unreadable: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ModelLoadError(f"{where}: {MANIFEST} is unreadable: {exc}") from None
     if not isinstance(doc, dict):
-        raise ModelLoadError(f"{folder}: {MANIFEST} is not a JSON object")
+        raise ModelLoadError(f"{where}: {MANIFEST} is not a JSON object")
     return doc
 
 
@@ -228,7 +235,7 @@ def _warm_up(session: ModelSession, spec: InputSpec, n_classes: int) -> list[str
         try:
             y = session.run(x)
         except Exception as exc:
-            return [f"warm-up run on {rows} rows failed: {exc}"]
+            return [f"warm-up run on {rows} rows failed: {scrub_paths(str(exc))}"]
         if y.shape != (rows, n_classes):
             expected = [rows, n_classes]
             return [f"warm-up on {rows} rows gave shape {list(y.shape)}; expected {expected}"]
@@ -250,7 +257,7 @@ def load_version(folder: Path, name: str, version: int, options: RuntimeOptions)
     try:
         raw = (folder / model_file).read_bytes()
     except OSError as exc:
-        reason = f"{name} v{version} refused: cannot read {model_file}: {exc}"
+        reason = f"{name} v{version} refused: cannot read {model_file}: {exc.strerror}"
         raise ModelLoadError(reason) from None
     digest = hashlib.sha256(raw).hexdigest()
     if digest != manifest["sha256"].lower():
@@ -262,7 +269,8 @@ def load_version(folder: Path, name: str, version: int, options: RuntimeOptions)
         session, providers = create_session(raw, options)
     except Exception as exc:
         raise ModelLoadError(
-            f"{name} v{version} refused: onnxruntime cannot load {model_file}: {exc}"
+            f"{name} v{version} refused: onnxruntime cannot load {model_file}: "
+            + scrub_paths(str(exc))
         ) from None
     inp, out = manifest["input"], manifest["output"]
     ms = ModelSession(session, providers, inp["name"], out["name"])
@@ -383,7 +391,7 @@ class Repository:
         async with lock:
             found = self.scan().get(name)
             if not found:
-                raise ModelNotFoundError(f"no model {name!r} in the repository {self.root}")
+                raise ModelNotFoundError(f"no model {name!r} in the model repository")
             self._seen[name] = self._fingerprint(name)
             wanted = self.policy.select(found)
             current = self._served.get(name, {})

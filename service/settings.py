@@ -101,6 +101,18 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1, description="Largest request body.")
     max_rows_per_request: int = Field(default=10_000, ge=1, description="Most rows in one request.")
+    body_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest time to receive a whole request body; slower bodies get 408.",
+    )
+    max_inflight_requests: int = Field(
+        default=256,
+        ge=0,
+        description="Most POST requests handled at once (bodies being read or waiting for a "
+        "model); beyond it the answer is 503 with Retry-After before the body is read "
+        "(0 = no limit).",
+    )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated API keys; when set, /predict, infer and /feedback need one.",
@@ -130,7 +142,15 @@ class Settings(BaseSettings):
         default=None,
         description="prometheus-client multiprocess folder (several worker processes).",
     )
+    metrics_require_key: bool = Field(
+        default=False,
+        description="When true and API keys are set, GET /metrics needs one of them too.",
+    )
     log_json: bool = Field(default=False, description="Log one JSON object per line.")
+    access_log: bool = Field(
+        default=False,
+        description="Log one line per request (method, route, status, duration, request id).",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Allowed CORS origins (comma-separated); empty = off."
     )

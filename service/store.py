@@ -119,7 +119,9 @@ class FeedbackStore:
             try:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise StoreUnavailableError(f"feedback store folder cannot be made: {exc}") from exc
+                raise StoreUnavailableError(
+                    f"feedback store folder cannot be made: {exc.strerror}"
+                ) from exc
         # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
         db = sqlite3.connect(
             self.path,

@@ -9,7 +9,12 @@ from fastapi import APIRouter, Request, Response
 from service.codecs import decode_json
 from service.errors import BadRequestError
 from service.metrics import render
-from service.routes.common import json_response, read_body, require_admin
+from service.routes.common import (
+    json_response,
+    read_body,
+    require_admin,
+    require_metrics_key,
+)
 from service.routes.predict import ERRORS
 from service.schemas import ErrorResponse, RepositoryIndexEntry
 
@@ -84,10 +89,17 @@ async def unload(model: str, request: Request) -> Response:
     "/metrics",
     summary="Prometheus metrics",
     tags=["metrics"],
-    responses={200: {"content": {"text/plain": {"example": "verdict_model_info{...} 1.0"}}}},
+    responses={
+        200: {"content": {"text/plain": {"example": "verdict_model_info{...} 1.0"}}},
+        401: {
+            "model": ErrorResponse,
+            "description": "API key missing or wrong (only with VERDICT_METRICS_REQUIRE_KEY).",
+        },
+    },
 )
 async def metrics(request: Request) -> Response:
     """Prometheus text format (every worker's values in multiprocess mode)."""
+    require_metrics_key(request)
     state = request.app.state
     for hook in state.before_metrics:  # e.g. flush buffered drift counts
         hook()

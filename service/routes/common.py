@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import zlib
 from typing import Any
@@ -13,6 +14,7 @@ from service.errors import (
     AdminDisabledError,
     BadRequestError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     UnauthorizedError,
     UnsupportedMediaTypeError,
 )
@@ -59,6 +61,12 @@ def require_api_key(request: Request) -> None:
         raise UnauthorizedError("a valid API key is required (Authorization: Bearer <key>)")
 
 
+def require_metrics_key(request: Request) -> None:
+    """GET /metrics needs an API key only when VERDICT_METRICS_REQUIRE_KEY is true."""
+    if request.app.state.settings.metrics_require_key:
+        require_api_key(request)
+
+
 def require_admin(request: Request) -> None:
     """The repository extension needs the admin key; without one configured it is off."""
     admin = request.app.state.settings.admin_api_key
@@ -90,7 +98,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 as soon as it exceeds `limit` bytes (header or stream).
 
     gzip and deflate request bodies (as the Triton client can send) are inflated, and the
-    inflated size counts against the same limit.
+    inflated size counts against the same limit. A body that does not arrive in full within
+    `body_timeout_s` gets 408, so a slow or stalled client cannot hold the request forever.
     """
     encoding = request.headers.get("content-encoding")
     inflate = None
@@ -112,18 +121,27 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLargeError(f"the body is {size} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        if inflate is not None and chunk:
-            try:
-                chunk = inflate.decompress(chunk, limit + 1 - total)
-            except zlib.error:
-                raise BadRequestError(f"the body is not valid {encoding} data") from None
-            if inflate.unconsumed_tail:
-                raise PayloadTooLargeError(f"the inflated body is over the limit of {limit} bytes")
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    timeout_s: float = request.app.state.settings.body_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                if inflate is not None and chunk:
+                    try:
+                        chunk = inflate.decompress(chunk, limit + 1 - total)
+                    except zlib.error:
+                        raise BadRequestError(f"the body is not valid {encoding} data") from None
+                    if inflate.unconsumed_tail:
+                        raise PayloadTooLargeError(
+                            f"the inflated body is over the limit of {limit} bytes"
+                        )
+                total += len(chunk)
+                if total > limit:
+                    raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"the request body did not arrive within {timeout_s:g} s"
+        ) from None
     if inflate is not None and not inflate.eof:
         raise BadRequestError(f"the {encoding} body is truncated")
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)

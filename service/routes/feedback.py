@@ -8,6 +8,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from service.errors import scrub_paths
 from service.feedback import FeedbackService, parse_body, tally
 from service.routes.common import read_body, require_api_key, require_json
 from service.store import FeedbackError, StoreUnavailableError
@@ -80,7 +81,8 @@ def _error(exc: FeedbackError) -> Response:
     headers = {}
     if isinstance(exc, StoreUnavailableError):
         headers["Retry-After"] = str(exc.retry_after_s)
-    return _json({"error": exc.message, "code": exc.code}, exc.status_code, headers)
+    message = scrub_paths(exc.message)
+    return _json({"error": message, "code": exc.code}, exc.status_code, headers)
 
 
 def _service(request: Request) -> FeedbackService:
