@@ -141,3 +141,10 @@ class RequestTimeoutError(VerdictError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, {"Connection": "close"})
+
+
+class ClientDisconnectedError(VerdictError):
+    """The client went away before its body arrived in full (nobody reads the answer)."""
+
+    status_code = 400
+    code = "client_disconnected"

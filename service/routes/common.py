@@ -8,11 +8,13 @@ import zlib
 from typing import Any
 
 from fastapi import Request, Response
+from starlette.requests import ClientDisconnect
 
 from service.codecs import encode_json
 from service.errors import (
     AdminDisabledError,
     BadRequestError,
+    ClientDisconnectedError,
     PayloadTooLargeError,
     RequestTimeoutError,
     UnauthorizedError,
@@ -138,6 +140,8 @@ async def read_body(request: Request, limit: int) -> bytes:
                 if total > limit:
                     raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes")
                 chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientDisconnectedError("the client closed the connection mid-body") from None
     except TimeoutError:
         raise RequestTimeoutError(
             f"the request body did not arrive within {timeout_s:g} s"
