@@ -128,6 +128,8 @@ def check_manifest(manifest: dict[str, Any], name: str, version: int) -> list[st
     model_file = manifest.get("model_file", "model.onnx")
     if not isinstance(model_file, str) or "/" in model_file or model_file.startswith("."):
         problems.append("model_file must be a file name inside the version folder")
+    elif not model_file.endswith(".onnx"):
+        problems.append(f"model_file must be an ONNX file (*.onnx); got {model_file!r}")
     if not isinstance(manifest.get("sha256"), str):
         problems.append("sha256 is missing")
     inp = manifest.get("input")
