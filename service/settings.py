@@ -107,7 +107,7 @@ class Settings(BaseSettings):
         description="Longest time to receive a whole request body; slower bodies get 408.",
     )
     max_inflight_requests: int = Field(
-        default=256,
+        default=64,
         ge=0,
         description="Most POST requests handled at once (bodies being read or waiting for a "
         "model); beyond it the answer is 503 with Retry-After before the body is read "
