@@ -87,24 +87,17 @@ def is_error_shape(doc: Any) -> bool:
 
 def spawn_server(env: dict[str, str], fsize_limit: int | None = None) -> Any:
     """A LiveServer; with `fsize_limit` its process may write no file past that many bytes
-    (RLIMIT_FSIZE: the disk is "full" for it; Python ignores SIGXFSZ, so writes fail EFBIG)."""
+    (RLIMIT_FSIZE, inherited from this process for the moment of the fork: the disk is "full"
+    for it; Python ignores SIGXFSZ, so its writes fail with EFBIG)."""
     import resource
-    import subprocess
 
     from tests.conftest import LiveServer
 
     if fsize_limit is None:
         return LiveServer(env)
-    real_popen = subprocess.Popen
-
-    def limited(*args: Any, **kwargs: Any) -> Any:
-        def limit() -> None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
-
-        return real_popen(*args, preexec_fn=limit, **kwargs)
-
-    subprocess.Popen = limited  # type: ignore[misc]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, hard))
     try:
         return LiveServer(env)
     finally:
-        subprocess.Popen = real_popen  # type: ignore[misc]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))

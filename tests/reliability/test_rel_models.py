@@ -8,6 +8,7 @@ import pickle
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,10 @@ def _corrupt_drops(repo: Path) -> list[tuple[str, Callable[[], None]]]:
     ]
 
 
+def _logged(server: LiveServer, text: str) -> bool:
+    return text in server.output()
+
+
 def test_corrupt_or_mismatched_models_are_refused_under_load(
     start_server: Callable[..., LiveServer], rel_repo: Path
 ) -> None:
@@ -156,7 +161,7 @@ def test_corrupt_or_mismatched_models_are_refused_under_load(
     with Load(server.url, check_ready=True) as load:
         for reason, drop in _corrupt_drops(rel_repo):
             drop()
-            wait_until(lambda r=reason: r in server.output(), 30, f"the log line {reason!r}")
+            wait_until(partial(_logged, server, reason), 30, f"the log line {reason!r}")
         _run_for(0.3)
     assert load.answers and not load.failures(), load.failures()[:5]
     assert load.not_ready == 0, "readiness dropped while bad models were refused"
