@@ -172,10 +172,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await repo.close()
-        state.drift.flush()
-        with contextlib.suppress(Exception):
+        try:
+            await repo.close()
+            state.drift.flush()
+        except Exception:  # the store below is closed whatever happened here
+            log.exception("draining the models at shutdown failed")
+        try:
             await fb.close()  # commits are per request; this closes the file cleanly
+        except Exception:
+            log.exception("closing the feedback store at shutdown failed")
         mark_process_dead(state.multiproc_dir)
 
 

@@ -112,3 +112,25 @@ def test_sigterm_under_load_drains_refuses_new_connections_and_exits_0(
         assert again.proc.wait(timeout=DRAIN_SECONDS + 10) == 0
     finally:
         again.stop()
+
+
+def test_the_store_is_closed_at_shutdown_even_when_draining_fails(
+    rel_repo: Path, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from tests.conftest import make_settings, wait_ready
+
+    app = create_app(make_settings(rel_repo, tmp_path))
+    with TestClient(app) as c:
+        wait_ready(c)
+        store = app.state.feedback.store
+        assert c.get("/models/bin/quality").status_code == 200
+        assert store._db is not None  # opened by the lifespan
+
+        async def broken_close() -> None:
+            raise RuntimeError("drain failed")
+
+        app.state.repository.close = broken_close
+    assert store._db is None, "the feedback store was left open"
