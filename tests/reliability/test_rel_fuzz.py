@@ -26,6 +26,7 @@ MIN_REQUESTS = 2000
 EXAMPLES = {GenerationMode.POSITIVE: 900, GenerationMode.NEGATIVE: 1150}
 BASE = "http://testserver"
 API_KEY = "fuzz-key"
+ADMIN_KEY = "fuzz-admin-key"
 TRANSPORT_KEYS = ("method", "url", "headers", "params", "cookies", "json", "content")
 
 
@@ -55,11 +56,12 @@ def _is_error_shape(body: bytes) -> bool:
 def test_schema_fuzzing_finds_no_5xx_and_only_the_error_shape(
     model_repo: Path, tmp_path: Path
 ) -> None:
-    # API keys on: the fuzzer sends what it likes in headers, so 401 paths are exercised too,
-    # and one fixed valid key on half of the cases lets bodies reach the decoders.
+    # Keys on: the fuzzer sends what it likes in headers, so 401 paths are exercised too, and
+    # a valid key (the admin key on the repository extension) on half of the cases lets
+    # bodies reach the decoders and the repository.
     from service.app import create_app
 
-    app = create_app(make_settings(model_repo, tmp_path, api_keys=API_KEY))
+    app = create_app(make_settings(model_repo, tmp_path, api_keys=API_KEY, admin_api_key=ADMIN_KEY))
     schema = schemathesis.openapi.from_dict(app.openapi())
     statuses: Counter[int] = Counter()
     problems: list[str] = []
@@ -79,7 +81,8 @@ def test_schema_fuzzing_finds_no_5xx_and_only_the_error_shape(
             @given(case=schema.as_strategy(mode))
             def fuzz(case: Any) -> None:
                 if sum(statuses.values()) % 2 == 0:
-                    case.headers = {**(case.headers or {}), "Authorization": f"Bearer {API_KEY}"}
+                    key = ADMIN_KEY if case.path.startswith("/v2/repository") else API_KEY
+                    case.headers = {**(case.headers or {}), "Authorization": f"Bearer {key}"}
                 response = _send(client, case)
                 statuses[response.status_code] += 1
                 label = f"{case.method} {case.formatted_path} -> {response.status_code}"
@@ -90,8 +93,12 @@ def test_schema_fuzzing_finds_no_5xx_and_only_the_error_shape(
 
             fuzz()
 
-        # Still healthy: ready, and a good prediction goes through.
+        # Still healthy: ready, and (once both models are loaded again, should the fuzzer
+        # have unloaded one) a good prediction goes through.
         assert client.get("/v2/health/ready").status_code == 200
+        admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+        for model in ("bin", "img"):
+            assert client.post(f"/v2/repository/models/{model}/load", headers=admin).is_success
         ok = client.post(
             "/predict",
             json={"model": "bin", "instances": [[0.1, 0.2, 0.3]]},
@@ -104,3 +111,4 @@ def test_schema_fuzzing_finds_no_5xx_and_only_the_error_shape(
     assert total >= MIN_REQUESTS, f"only {total} generated requests: {dict(statuses)}"
     # The run reached the models, not only the front door.
     assert statuses[200] > 0 and statuses[401] > 0, dict(statuses)
+    print(f"{total} generated requests by status: {dict(sorted(statuses.items()))}")
