@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import sqlite3
 import threading
@@ -211,6 +212,8 @@ def test_a_full_disk_answers_503_and_loses_no_acknowledged_label(
             r = _post(full.url, _items(ids, chunk))
             if r.status_code == 503:
                 _assert_store_refused(r)
+                # SQLite's own words for a write the file system refused
+                assert re.search(r"disk|I/O|full", r.json()["error"]), r.text
                 refused += 1
                 _predictions_work(full.url)
                 if refused >= 3:
