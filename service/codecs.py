@@ -237,7 +237,7 @@ def _decode_tensor(tensor: Any, i: int, binary: bytes, offset: int) -> tuple[np.
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise BadRequestError(f"input {name!r}: shape must be a list of non-negative integers")
-    if datatype not in NUMERIC_DATATYPES:
+    if not isinstance(datatype, str) or datatype not in NUMERIC_DATATYPES:
         raise BadRequestError(
             f"input {name!r}: datatype {datatype!r} is not supported; expected one of "
             f"{sorted(NUMERIC_DATATYPES)}"

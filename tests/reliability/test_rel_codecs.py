@@ -199,3 +199,20 @@ def test_huge_json_numbers_are_refused_not_crashed_on(client: TestClient, digits
     text = json.dumps(body).replace("[1, 2]", f"[{huge}, 1, 2]")
     r = client.post("/v2/models/bin/infer", content=text, headers=JSON_TYPE)
     assert r.status_code in (400, 422) and _code(r)[1] in ("bad_request", "invalid_input")
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=6,
+)
+
+
+@FIXTURE
+@given(datatype=json_values)
+def test_a_datatype_of_any_json_type_gets_400(client: TestClient, datatype: Any) -> None:
+    # Found by the schema fuzzing: a list as datatype was looked up in a dict (500).
+    assume(datatype not in DATATYPES)
+    body = {"inputs": [{"name": "input", "shape": [1, 3], "datatype": datatype, "data": [1, 2, 3]}]}
+    r = client.post("/v2/models/bin/infer", json=body)
+    assert _code(r) == (400, "bad_request"), r.text
