@@ -102,7 +102,10 @@ def parse_time(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past float range
+            return None
     elif isinstance(value, str) and 0 < len(value) <= 64:
         try:
             moment = datetime.fromisoformat(value)

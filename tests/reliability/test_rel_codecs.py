@@ -216,3 +216,10 @@ def test_a_datatype_of_any_json_type_gets_400(client: TestClient, datatype: Any)
     body = {"inputs": [{"name": "input", "shape": [1, 3], "datatype": datatype, "data": [1, 2, 3]}]}
     r = client.post("/v2/models/bin/infer", json=body)
     assert _code(r) == (400, "bad_request"), r.text
+
+
+def test_observed_at_past_float_range_is_invalid_not_a_crash() -> None:
+    from service.feedback import parse_time
+
+    assert parse_time(10**400) is None
+    assert parse_time(-(10**400)) is None
