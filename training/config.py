@@ -157,6 +157,15 @@ class ExportConfig(_Strict):
     reference_bins: int = Field(default=10, ge=2, le=100)
 
 
+class TensorBoardConfig(_Strict):
+    """TensorBoard event logs of the final fit (the PNG plots are written either way)."""
+
+    enabled: bool = False
+    log_dir: Path = Field(
+        default=Path("runs"), description="event logs go to <log_dir>/<name>/<timestamp>"
+    )
+
+
 class Config(_Strict):
     """One training run."""
 
@@ -170,6 +179,10 @@ class Config(_Strict):
     cv: CVConfig = Field(default_factory=CVConfig)
     decision: DecisionConfig = Field(default_factory=DecisionConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    tensorboard: TensorBoardConfig = Field(default_factory=TensorBoardConfig)
+    search: dict[str, Any] | None = Field(
+        default=None, description="sweep ranges and budget; read by `training sweep` only"
+    )
 
 
 def _read(path: Path) -> dict[str, Any]:

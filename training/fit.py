@@ -6,6 +6,7 @@ import copy
 import math
 import random
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -122,9 +123,7 @@ def evaluate_loss(
 
 
 @torch.no_grad()
-def predict_proba(
-    net: nn.Module, x: np.ndarray, image_shape: tuple[int, int] | None
-) -> np.ndarray:
+def predict_proba(net: nn.Module, x: np.ndarray, image_shape: tuple[int, int] | None) -> np.ndarray:
     """Softmax probabilities in eval mode."""
     net.eval()
     return torch.softmax(net(as_input(x, image_shape)), dim=-1).numpy().astype(np.float64)
@@ -148,8 +147,12 @@ def fit(
     seed: int = 0,
     progress: str | None = None,
     label: str = "",
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> History:
-    """Train `net` in place on scaled rows; always ends holding the best-validation weights."""
+    """Train `net` in place on scaled rows; always ends holding the best-validation weights.
+
+    `on_epoch(epoch, values)` (e.g. TensorBoard) gets the losses, accuracies and learning rate.
+    """
     gen = torch.Generator().manual_seed(seed)
     xt, xv = as_input(x_train, image_shape), as_input(x_val, image_shape)
     yt = as_target(y_train, n_classes, cfg.targets)
@@ -185,6 +188,18 @@ def fit(
             )
         elif bar is not None:
             bar.set_postfix(train_loss=f"{tl:.4f}", val_loss=f"{vl:.4f}", val_acc=f"{va:.3f}")
+        if on_epoch is not None:
+            lr = float(opt.param_groups[0]["lr"])
+            on_epoch(
+                epoch,
+                {
+                    "train_loss": tl,
+                    "val_loss": vl,
+                    "train_accuracy": ta,
+                    "val_accuracy": va,
+                    "lr": lr,
+                },
+            )
         return vl
 
     hist.best_val_loss = record(0)
@@ -248,6 +263,7 @@ def train_model(
     seed: int,
     progress: str | None = None,
     label: str = "",
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainedModel:
     """Fit the scaler on the training rows, build the configured net and train it."""
     seed_everything(seed, cfg.train.threads)
@@ -266,5 +282,6 @@ def train_model(
         seed=seed,
         progress=progress,
         label=label,
+        on_epoch=on_epoch,
     )
     return TrainedModel(net, scaler, hist, image_shape)

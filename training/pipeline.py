@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import export, report
+from . import card, export, report
 from .config import Config
 from .data import Dataset, load_dataset, split_dataset
 from .evaluate import (
@@ -24,6 +24,7 @@ from .evaluate import (
     holdout_report,
 )
 from .fit import train_model
+from .tb import open_log
 
 
 def _log(msg: str) -> None:
@@ -77,13 +78,21 @@ def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> R
             f"macro_f1 {s['macro_f1_mean']:.4f} ± {s['macro_f1_std']:.4f}"
         )
 
-    model = train_model(cfg, ds, split.train, split.val, cfg.seed, label=cfg.name)
+    tb_log = open_log(cfg)
+    on_epoch = tb_log.on_epoch if tb_log is not None else None
+    model = train_model(
+        cfg, ds, split.train, split.val, cfg.seed, label=cfg.name, on_epoch=on_epoch
+    )
+    if tb_log is not None:
+        tb_log.finish(cfg, model, ds.x[split.train[:8]])
+        log(f"tensorboard: {tb_log.path} (tensorboard --logdir {cfg.tensorboard.log_dir})")
     hist = model.history
     diag = diagnose(hist.epochs, hist.train_loss, hist.val_loss)
     log(f"fit: {diag.message}")
 
     choice: ThresholdChoice | None = None
     threshold: float | None = None
+    selection: dict[str, Any] | None = None
     if pos is not None:
         d = cfg.decision
         use_oof = cv is not None and d.scores in ("auto", "oof")
@@ -92,11 +101,16 @@ def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> R
         if use_oof and cv is not None:
             y_s, p_s, source = ds.y[dev], cv.oof_proba[:, pos], "out-of-fold"
         else:
-            y_s, p_s, source = ds.y[split.val], model.predict_proba(ds.x[split.val])[:, pos], (
-                "validation"
+            y_s, p_s, source = (
+                ds.y[split.val],
+                model.predict_proba(ds.x[split.val])[:, pos],
+                ("validation"),
             )
-        choice = choose_threshold(y_s == pos, p_s, d.cost_fp, d.cost_fn, d.max_fnr, d.max_fpr, source)
+        choice = choose_threshold(
+            y_s == pos, p_s, d.cost_fp, d.cost_fn, d.max_fnr, d.max_fpr, source
+        )
         threshold = choice.threshold
+        selection = {"source": source, "y_pos": (y_s == pos).tolist(), "scores": p_s.tolist()}
         log(
             f"threshold {threshold:.4f}: {choice.reason}; expected FPR {choice.expected_fpr:.4f} "
             f"FNR {choice.expected_fnr:.4f}"
@@ -104,6 +118,19 @@ def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> R
 
     test_proba = model.predict_proba(ds.x[split.test])
     holdout = holdout_report(ds.y[split.test], test_proba, pos, threshold)
+    card_data = card.holdout_record(
+        classes=ds.classes,
+        feature_names=ds.feature_names,
+        test_rows=split.test,
+        y_test=ds.y[split.test],
+        proba=test_proba,
+        x_test=ds.x[split.test],
+        mean=model.scaler.mean,
+        scale=model.scaler.scale,
+        positive=pos,
+        threshold=threshold,
+        selection=selection,
+    )
     log(
         f"held-out: accuracy {holdout['accuracy']:.4f}"
         + (f", FPR {holdout['fpr']:.4f}, FNR {holdout['fnr']:.4f}" if pos is not None else "")
@@ -213,6 +240,8 @@ def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> R
         if choice is not None:
             export.write_json(tmp / "threshold.json", {**decision, "curve": choice.curve})
             report.plot_cost_curve(choice, tmp / "cost_curve.png", cfg.name, d.max_fnr, d.max_fpr)
+        export.write_json(tmp / card.HOLDOUT_FILE, card_data)
+        card.write_card(tmp)
 
     path, version = export.write_version(out, fill)
     log(f"wrote {path} in {time.monotonic() - t0:.1f}s")
