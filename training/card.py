@@ -101,7 +101,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     out = ["| " + " | ".join(_cell(h) for h in header) + " |"]
     out.append("|" + "---|" * len(header))
     out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return out + [""]
+    return [*out, ""]
 
 
 def _read_json(path: Path) -> Any:

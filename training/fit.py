@@ -123,7 +123,9 @@ def evaluate_loss(
 
 
 @torch.no_grad()
-def predict_proba(net: nn.Module, x: np.ndarray, image_shape: tuple[int, int] | None) -> np.ndarray:
+def predict_proba(
+    net: nn.Module, x: np.ndarray, image_shape: tuple[int, int] | None
+) -> np.ndarray:
     """Softmax probabilities in eval mode."""
     net.eval()
     return torch.softmax(net(as_input(x, image_shape)), dim=-1).numpy().astype(np.float64)
