@@ -1,4 +1,4 @@
-"""Command line: `python -m training train CONFIG --out models/NAME` and `... compare`."""
+"""Command line: `python -m training train CONFIG --out models/NAME`, `compare`, `sweep`, `card`."""
 
 from __future__ import annotations
 
@@ -29,6 +29,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("configs", type=Path, nargs="+")
     c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument("--doc", type=Path, default=None, help="write the tables into this markdown")
+    s = sub.add_parser("sweep", help="search the config's search: ranges with Optuna")
+    s.add_argument("config", type=Path, help="a training config with a search: section")
+    s.add_argument("--trials", type=int, default=None, help="trials to run (this session)")
+    s.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    s.add_argument(
+        "--out", type=Path, default=None, help="sweep folder (default: sweeps/NAME); resumable"
+    )
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    k = sub.add_parser("card", help="(re)write MODEL_CARD.md for trained model versions")
+    k.add_argument("versions", type=Path, nargs="+", help="models/NAME/VERSION folders")
     return p
 
 
@@ -42,6 +52,20 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, args.overrides)
             result = run_training(cfg, args.out)
             print(result.path)
+        elif args.command == "sweep":
+            from .sweep import run_sweep
+
+            cfg = load_config(args.config, args.overrides)
+            if args.trials is not None and args.trials < 1:
+                raise ConfigError("--trials must be at least 1")
+            out = args.out or Path("sweeps") / cfg.name
+            result = run_sweep(cfg, out, args.trials, args.timeout)
+            print(result.out)
+        elif args.command == "card":
+            from .card import write_card
+
+            for folder in args.versions:
+                print(write_card(folder))
         else:
             from .compare import run_compare
 
