@@ -1,4 +1,4 @@
-"""Hyperparameter sweeps with Optuna: the config's `search:` ranges, scored by repeated k-fold CV."""
+"""Hyperparameter sweeps with Optuna over the config's `search:` ranges, scored by repeated CV."""
 
 from __future__ import annotations
 
