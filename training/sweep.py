@@ -270,8 +270,12 @@ def run_sweep(
     timeout_s: float | None = None,
     log: Callable[[str], None] = _log,
     progress_bar: bool | None = None,
+    enqueue: list[dict[str, Any]] | None = None,
 ) -> SweepResult:
-    """Run (or resume) the sweep in `out/`; write the trials table, best config and plots."""
+    """Run (or resume) the sweep in `out/`; write the trials table, best config and plots.
+
+    `enqueue` lists parameter sets ({path: value}) to try first, before the sampler's own.
+    """
     import optuna
 
     from .pipeline import positive_index
@@ -349,6 +353,8 @@ def run_sweep(
         else:
             log(f"{head}: {trial.state.name.lower()} [{shown}]")
 
+    for params in enqueue or []:
+        study.enqueue_trial({k: _encode(v) for k, v in params.items()})
     bar = sys.stderr.isatty() if progress_bar is None else progress_bar
     study.optimize(
         objective,
