@@ -149,8 +149,7 @@ def _inline(text: str, image_src: ImageSrc) -> str:
         if url is None:
             return keep(html.escape(alt))
         return keep(
-            f'<img src="{html.escape(url, quote=True)}" alt="{html.escape(alt, quote=True)}" '
-            'loading="lazy">'
+            f'<img src="{html.escape(url, quote=True)}" alt="{html.escape(alt, quote=True)}">'
         )
 
     def link(m: re.Match[str]) -> str:

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from service.card import (
-    ASSET_RE,
     CONTENT_SECURITY_POLICY,
     CardError,
     asset_path,
@@ -54,7 +53,9 @@ def model_card(request: Request, name: str, version: str | None = None) -> Respo
     def image_src(src: str) -> str | None:
         # Only PNGs that lie in this version's folder; they are served by the route below,
         # relative to this page so a proxy's path prefix keeps working.
-        if not ASSET_RE.fullmatch(src) or not (folder / src).is_file():
+        try:
+            asset_path(folder, src)
+        except CardError:
             return None
         return f"card/assets/{quote(src)}?version={v}"
 

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
+import uvicorn
 
 from training.__main__ import main
 from training.card import CARD_FILE, COST_SCENARIOS, HOLDOUT_FILE, tradeoff_rows
@@ -221,3 +227,71 @@ def test_card_subcommand_regenerates_the_card(
     (tmp_path / "manifest.json").write_text((binary / "manifest.json").read_text())
     assert main(["card", str(tmp_path)]) == 1
     assert "no holdout.json" in capsys.readouterr().err
+
+
+def test_card_page_renders_in_a_real_browser(binary: Path, tmp_path: Path) -> None:
+    # The card of a real trained model, served by the card router on a real uvicorn, opened
+    # by headless chromium: the DOM holds the rendered tables and every PNG was fetched.
+    from fastapi import FastAPI, Request, Response
+
+    from service.routes.card import router
+
+    app = FastAPI()
+    app.state.settings = SimpleNamespace(model_repository=str(binary.parent.parent))
+    app.include_router(router)
+    seen: list[tuple[str, int]] = []
+
+    @app.middleware("http")
+    async def record(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        seen.append((request.url.path, response.status_code))
+        return response
+
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        assert server.started
+        port = server.servers[0].sockets[0].getsockname()[1]
+        url = f"http://127.0.0.1:{port}/models/bc/card"
+        profile = tmp_path / "chromium-profile"
+        proc = subprocess.run(
+            [
+                shutil.which("chromium") or "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    manifest = json.loads((binary / "manifest.json").read_text())
+    assert "<title>Model card: bc, version 1</title>" in dom
+    assert dom.count("<table>") >= 6
+    assert '<h2 id="what-to-monitor-after-launch">What to monitor after launch</h2>' in dom
+    assert f"threshold {manifest['decision']['threshold']:.4f}" in dom
+    assert "<script" not in dom.split("<body>", 1)[1]
+    images = re.findall(r'<img src="card/assets/([^"?]+)\?version=1"', dom)
+    assert sorted(images) == ["confusion_matrix.png", "cost_curve.png", "loss_curve.png"]
+    for name in images:
+        assert (f"/models/bc/card/assets/{name}", 200) in seen, seen
