@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.trials is not None and args.trials < 1:
                 raise ConfigError("--trials must be at least 1")
             out = args.out or Path("sweeps") / cfg.name
-            result = run_sweep(cfg, out, args.trials, args.timeout)
-            print(result.out)
+            print(run_sweep(cfg, out, args.trials, args.timeout).out)
         elif args.command == "card":
             from .card import write_card
 

@@ -187,7 +187,9 @@ def _check_space(cfg: Config, search: SearchConfig) -> None:
             list(space.values or [])
             if space.type == "choice"
             else [
-                int(v) if space.type in ("int", "log_int") else v for v in (space.low, space.high)
+                int(v) if space.type in ("int", "log_int") else v
+                for v in (space.low, space.high)
+                if v is not None
             ]
         )
         for value in candidates:
@@ -294,7 +296,9 @@ def run_sweep(
     split = split_dataset(ds.y, cfg.data, cfg.seed)
     # The held-out rows stay out of the sweep: they judge the final model, not its settings.
     dev = np.sort(np.concatenate([split.train, split.val]))
-    direction = "minimize" if search.metric in MINIMISED else "maximize"
+    direction: Literal["minimize", "maximize"] = (
+        "minimize" if search.metric in MINIMISED else "maximize"
+    )
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
