@@ -44,18 +44,21 @@ def holdout_record(
     y_test: np.ndarray,
     proba: np.ndarray,
     x_test: np.ndarray,
-    mean: np.ndarray,
-    scale: np.ndarray,
+    x_train: np.ndarray,
     positive: int | None,
     threshold: float | None,
     selection: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What the card needs from training: held-out labels and scores, the wrong rows' features.
 
-    `mean`/`scale` are the training rows' scaler, so the card can say how far (in standard
-    deviations) a wrong row's features sit from what the model was trained on. `selection`
+    Per-feature mean and spread of the training rows (whatever the model's own scaling) let
+    the card say how far, in standard deviations, a wrong row's features sit from what the
+    model was trained on. `selection`
     holds the labels and scores the threshold was chosen on, to replay other costs.
     """
+    x64 = np.asarray(x_train, dtype=np.float64)
+    mean, std = x64.mean(axis=0), x64.std(axis=0)
+    scale = np.where(std > 1e-12, std, 1.0)  # a constant feature: distance in its own units
     if positive is not None and threshold is not None:
         pred = np.where(proba[:, positive] >= threshold, positive, 1 - positive)
     else:
@@ -72,8 +75,8 @@ def holdout_record(
         "rows": [int(r) for r in test_rows],
         "y": [int(v) for v in y_test],
         "pred": [int(v) for v in pred],
-        "proba": [[round(float(p), 6) for p in row] for row in proba],
-        "scaler": {"mean": [float(v) for v in mean], "scale": [float(v) for v in scale]},
+        "proba": [[float(p) for p in row] for row in proba],
+        "train_stats": {"mean": [float(v) for v in mean], "scale": [float(v) for v in scale]},
         "wrong": [
             {"position": int(i), "row": int(test_rows[i]), "x": [float(v) for v in x_test[i]]}
             for i in wrong
@@ -223,7 +226,8 @@ def tradeoff_rows(
     y_pos: np.ndarray, scores: np.ndarray, chosen: float, cfp: float, cfn: float
 ) -> list[dict[str, Any]]:
     """Threshold -> FPR, FNR, expected cost per 1,000 predictions, share flagged."""
-    ts = sorted({*TRADEOFF_THRESHOLDS, round(chosen, 6)})
+    # The chosen threshold exactly as the manifest has it, so its row matches the manifest.
+    ts = sorted({*(t for t in TRADEOFF_THRESHOLDS if abs(t - chosen) > 1e-9), chosen})
     out = []
     for t in ts:
         fpr, fnr, cost, flagged = _rates(y_pos, scores, t, cfp, cfn)
@@ -234,7 +238,7 @@ def tradeoff_rows(
                 "fnr": fnr,
                 "cost_per_1000": cost,
                 "flagged": flagged,
-                "chosen": abs(t - chosen) < 1e-9 or t == round(chosen, 6),
+                "chosen": t == chosen,
             }
         )
     return out
@@ -359,8 +363,8 @@ def _failures(hold: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
     pos = hold.get("positive")
     wrong = hold.get("wrong", [])
     names = hold.get("feature_names") or []
-    mean = np.asarray(hold["scaler"]["mean"])
-    scale = np.asarray(hold["scaler"]["scale"])
+    mean = np.asarray(hold["train_stats"]["mean"])
+    scale = np.asarray(hold["train_stats"]["scale"])
     n_wrong = int(sum(1 for y, p in zip(hold["y"], hold["pred"], strict=True) if y != p))
     lines = [
         "## How the model fails",
