@@ -302,7 +302,6 @@ def run_sweep(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
-    previous = len([s for s in optuna.get_all_study_summaries(storage) if s.study_name == cfg.name])
     try:
         study = optuna.create_study(
             storage=storage,
@@ -316,10 +315,14 @@ def run_sweep(
         )
     except ValueError as exc:
         raise SweepError(f"cannot open the study in {out / STUDY_FILE}: {exc}") from exc
-    if previous and study.direction.name.lower() != direction:
+    # Scores of different metrics (or folds and seeds) do not compare; refuse to mix them.
+    scoring = {"metric": search.metric, "folds": search.folds, "seeds": search.seeds}
+    if "scoring" not in study.user_attrs:
+        study.set_user_attr("scoring", scoring)
+    elif study.user_attrs["scoring"] != scoring:
         raise SweepError(
-            f"the study in {out / STUDY_FILE} was run with another metric direction; "
-            "use a new output folder"
+            f"the study in {out / STUDY_FILE} was scored with {study.user_attrs['scoring']}, "
+            f"not {scoring}; use another output folder"
         )
     done_before = len(study.trials)
     # A resumed TPE sampler with the same seed would replay its first guesses; move it on.

@@ -11,7 +11,7 @@ import yaml
 
 from training.__main__ import main
 from training.config import load_config, validate_config
-from training.sweep import parse_search, run_sweep
+from training.sweep import SweepError, parse_search, run_sweep
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -156,3 +156,11 @@ def test_shipped_sweep_configs_validate() -> None:
     for name in ("sweep-breast-cancer.yaml", "sweep-digits.yaml"):
         cfg = load_config(root / name)
         assert len(parse_search(cfg).params) >= 5
+
+
+def test_resume_refuses_another_scoring(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    run_sweep(validate_config(_raw(seeds=[0])), out, trials=1, log=lambda m: None)
+    with pytest.raises(SweepError, match="was scored with"):
+        run_sweep(validate_config(_raw(seeds=[0], metric="accuracy")), out, trials=1)
+    assert len(_rows(out / "trials.csv")) == 1
