@@ -675,7 +675,13 @@ def render_card(folder: Path) -> str:
 def write_card(folder: str | Path) -> Path:
     """Write MODEL_CARD.md (and confusion_matrix.png) into an artifact folder; return its path."""
     folder = Path(folder)
-    text = render_card(folder)
+    try:
+        text = render_card(folder)
+    except (KeyError, IndexError, TypeError) as exc:
+        raise CardError(
+            f"{folder}: manifest.json or {HOLDOUT_FILE} lacks what the card needs ({exc!r}); "
+            "retrain this version to regenerate them"
+        ) from exc
     path = folder / CARD_FILE
     path.write_text(text, encoding="utf-8")
     return path

@@ -295,3 +295,15 @@ def test_card_page_renders_in_a_real_browser(binary: Path, tmp_path: Path) -> No
     assert sorted(images) == ["confusion_matrix.png", "cost_curve.png", "loss_curve.png"]
     for name in images:
         assert (f"/models/bc/card/assets/{name}", 200) in seen, seen
+
+
+def test_card_subcommand_explains_an_incomplete_holdout_record(
+    binary: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "manifest.json").write_text((binary / "manifest.json").read_text())
+    hold = json.loads((binary / HOLDOUT_FILE).read_text())
+    del hold["train_stats"]
+    (tmp_path / HOLDOUT_FILE).write_text(json.dumps(hold))
+    assert main(["card", str(tmp_path)]) == 1
+    assert "lacks what the card needs" in capsys.readouterr().err
+    assert not (tmp_path / CARD_FILE).exists()
