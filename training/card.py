@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,22 @@ def _pct(v: float | None) -> str:
 
 def _f4(v: float | None) -> str:
     return "–" if v is None else f"{v:.4f}"
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n (sound for small n and k near 0 or n)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _interval(k: int, n: int) -> str:
+    lo, hi = wilson(k, n)
+    return f"{100 * lo:.1f}–{100 * hi:.1f}% ({k} of {n})"
 
 
 def _cell(text: Any) -> str:
@@ -222,6 +239,27 @@ def _rates(y_pos: np.ndarray, scores: np.ndarray, t: float, cfp: float, cfn: flo
     return [fpr, fnr, cost, flagged]
 
 
+def _target_check(
+    ev: dict[str, Any], obj: dict[str, Any], n_pos: int, n_neg: int, pos_name: str
+) -> list[str]:
+    """A warning line per target the held-out cases already miss, with what one case weighs."""
+    out = []
+    for key, rate, n, what in (
+        ("max_fnr", ev.get("fnr"), n_pos, f"{pos_name} cases"),
+        ("max_fpr", ev.get("fpr"), n_neg, "other cases"),
+    ):
+        target = obj.get(key)
+        if target is None or rate is None or rate <= target:
+            continue
+        step = f"; with {n} {what} held out, one case moves it by {_pct(1 / n)}" if n else ""
+        out.append(
+            f"- **Warning**: the held-out {key[4:].upper()} {_pct(rate)} is above the target "
+            f"{_pct(target)}{step}. Expect `Verdict{key[4:].upper()}AboveTarget` to fire in "
+            "production unless more data or a lower-risk threshold closes the gap."
+        )
+    return out
+
+
 def tradeoff_rows(
     y_pos: np.ndarray, scores: np.ndarray, chosen: float, cfp: float, cfn: float
 ) -> list[dict[str, Any]]:
@@ -280,6 +318,7 @@ def _operating_point(
         + ".",
         f"- **Measured on the held-out cases** ({ev['n']}): FPR {_pct(ev['fpr'])} "
         f"(FPR {_f4(ev['fpr'])}), FNR {_pct(ev['fnr'])} (FNR {_f4(ev['fnr'])}).",
+        *_target_check(ev, obj, int(y_pos.sum()), int((~y_pos).sum()), pos_name),
         "",
         "FPR (false positive rate): the share of cases that are *not* "
         f"{pos_name} which the model flags anyway. FNR (false negative rate): the share of "
@@ -635,16 +674,32 @@ def render_card(folder: Path) -> str:
         lines += _table(["metric", "mean ± std"], metric_rows)
     else:
         lines += ["Cross-validation was off for this run; only the held-out check below.", ""]
+    correct = int(np.trace(cm))
     held = [
-        ["accuracy" + (" at the threshold" if binary else ""), _f4(ho["accuracy"])],
-        ["macro F1", _f4(ho.get("macro_f1"))],
+        [
+            "accuracy" + (" at the threshold" if binary else ""),
+            _f4(ho["accuracy"]),
+            _interval(correct, int(cm.sum())),
+        ],
+        ["macro F1", _f4(ho.get("macro_f1")), ""],
     ]
     if ho.get("roc_auc") is not None:
-        held.append(["ROC AUC", _f4(ho["roc_auc"])])
+        held.append(["ROC AUC", _f4(ho["roc_auc"]), ""])
     if binary:
-        held += [["FPR at the threshold", _f4(ho["fpr"])], ["FNR at the threshold", _f4(ho["fnr"])]]
-    lines += [f"**Held-out check** ({ho['n']} cases never used in training):", ""]
-    lines += _table(["metric", "value"], held)
+        pos_i = classes.index(manifest["output"]["positive_class"])
+        neg = 1 - pos_i
+        fp, tn = int(cm[neg, pos_i]), int(cm[neg, neg])
+        fn, tp = int(cm[pos_i, neg]), int(cm[pos_i, pos_i])
+        held += [
+            ["FPR at the threshold", _f4(ho["fpr"]), _interval(fp, fp + tn)],
+            ["FNR at the threshold", _f4(ho["fnr"]), _interval(fn, fn + tp)],
+        ]
+    lines += [
+        f"**Held-out check** ({ho['n']} cases never used in training; the interval is where "
+        "the true rate lies with 95% confidence, given how few cases there are):",
+        "",
+    ]
+    lines += _table(["metric", "value", "95% interval"], held)
     lines += ["**Confusion matrix** (held-out; rows: actual, columns: predicted):", ""]
     lines += _table(
         ["actual \\ predicted", *classes],

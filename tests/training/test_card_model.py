@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 
 from training.__main__ import main
-from training.card import CARD_FILE, COST_SCENARIOS, HOLDOUT_FILE, tradeoff_rows
+from training.card import CARD_FILE, COST_SCENARIOS, HOLDOUT_FILE, tradeoff_rows, wilson
 from training.config import validate_config
 from training.pipeline import run_training
 
@@ -123,6 +123,10 @@ def test_binary_card_numbers_agree_with_the_manifest(binary: Path) -> None:
     assert f"| accuracy | {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f} |" in quality
     assert f"| ROC AUC | {cv['roc_auc_mean']:.4f} ± {cv['roc_auc_std']:.4f} |" in quality
     assert f"| FPR at the threshold | {ev['fpr']:.4f} |" in quality
+    fn, tp = int(ev["confusion_matrix"][1][0]), int(ev["confusion_matrix"][1][1])
+    lo, hi = wilson(fn, fn + tp)
+    fnr_row = f"| FNR at the threshold | {ev['fnr']:.4f} | {100 * lo:.1f}–{100 * hi:.1f}% "
+    assert fnr_row + f"({fn} of {fn + tp}) |" in quality
     assert f"| FNR at the threshold | {ev['fnr']:.4f} |" in quality
     assert f"| accuracy at the threshold | {ev['accuracy']:.4f} |" in quality
     cm = np.asarray(ev["confusion_matrix"])
@@ -138,6 +142,7 @@ def test_binary_card_numbers_agree_with_the_manifest(binary: Path) -> None:
     assert dec["reason"] in op
     assert "costs 1, a missed malignant case (false negative) costs 10" in op
     assert "miss at most 10.0% of malignant cases" in op
+    assert ("Warning**: the held-out FNR" in op) == (ev["fnr"] > 0.1)
     chosen = _table_rows(op, f"**{t:.4f} (chosen)**")
     assert len(chosen) == 1
     assert chosen[0][1] == f"{100 * ev['fpr']:.1f}%"
@@ -307,3 +312,9 @@ def test_card_subcommand_explains_an_incomplete_holdout_record(
     assert main(["card", str(tmp_path)]) == 1
     assert "lacks what the card needs" in capsys.readouterr().err
     assert not (tmp_path / CARD_FILE).exists()
+
+
+def test_wilson_interval_known_values() -> None:
+    assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson(0, 0) == (0.0, 1.0)
