@@ -88,6 +88,16 @@ class SearchConfig(_Strict):
     startup_trials: int = Field(
         default=3, ge=0, description="trials that always run to the end before pruning"
     )
+    warmup_folds: int = Field(
+        default=1, ge=0, description="fits a trial always completes before it can be pruned"
+    )
+    keep_percentile: float = Field(
+        default=75.0,
+        gt=0.0,
+        lt=100.0,
+        description="prune a trial whose running score falls outside the best this-many "
+        "percent of earlier trials at the same fold (50 = median rule)",
+    )
     params: dict[str, ParamSpace] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -309,8 +319,10 @@ def run_sweep(
             direction=direction,
             load_if_exists=True,
             sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-            pruner=optuna.pruners.MedianPruner(
-                n_startup_trials=search.startup_trials, n_warmup_steps=0
+            pruner=optuna.pruners.PercentilePruner(
+                search.keep_percentile,
+                n_startup_trials=search.startup_trials,
+                n_warmup_steps=search.warmup_folds,
             ),
         )
     except ValueError as exc:
@@ -401,6 +413,8 @@ def write_outputs(
                 search.metric,
                 f"{search.metric}_std",
                 "fits",
+                "pruned_after_fits",
+                "running_mean_when_pruned",
                 "epochs_run_mean",
                 "best_epoch_mean",
                 "duration_s",
@@ -414,9 +428,11 @@ def write_outputs(
                 [
                     t.number,
                     t.state.name.lower(),
-                    "" if t.value is None else f"{t.value:.6f}",
+                    f"{t.value:.6f}" if t.state == states.COMPLETE else "",
                     "" if "score_std" not in a else f"{a['score_std']:.6f}",
                     a.get("fits", ""),
+                    a.get("pruned_after_folds", ""),
+                    f"{t.value:.6f}" if t.state == states.PRUNED and t.value is not None else "",
                     a.get("epochs_run_mean", ""),
                     a.get("best_epoch_mean", ""),
                     a.get("duration_s", ""),

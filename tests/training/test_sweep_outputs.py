@@ -96,11 +96,11 @@ def test_sweep_resumes_from_its_sqlite_study(tmp_path: Path) -> None:
 
 def test_hopeless_trial_is_pruned(tmp_path: Path) -> None:
     # Trial 0 learns; trial 1 cannot (a learning rate of 1e-7 leaves the loss where it began)
-    # and is stopped after its first fold by the median rule.
+    # and is stopped after its first fold: it is outside the best 75% of earlier trials there.
     good = {"train.lr": 0.05, "train.epochs": 3, "model.hidden": [16, 8]}
     good |= {"model.activation": "relu", "model.dropout": 0.0}
     bad = {**good, "train.lr": 1e-7, "train.epochs": 1}
-    spec = _raw(startup_trials=1, seeds=[0])
+    spec = _raw(startup_trials=1, seeds=[0], warmup_folds=0)
     spec["search"]["params"]["train.lr"]["low"] = 1e-8
     cfg = validate_config(spec)
     result = run_sweep(
@@ -108,6 +108,10 @@ def test_hopeless_trial_is_pruned(tmp_path: Path) -> None:
     )
     rows = _rows(tmp_path / "s" / "trials.csv")
     assert [r["state"] for r in rows] == ["complete", "pruned"]
+    assert rows[1]["pruned_after_fits"] == "1"
+    assert rows[1]["log_loss"] == "" and float(rows[1]["running_mean_when_pruned"]) > float(
+        rows[0]["log_loss"]
+    )
     assert result.trials_pruned == 1
     assert (tmp_path / "s" / "score_vs_lr.png").read_bytes().startswith(PNG)
 
