@@ -93,6 +93,9 @@ def classification_metrics(
 ) -> dict[str, float | None]:
     """Accuracy, macro-F1, log-loss, and ROC AUC of the positive class for binary tasks."""
     n_classes = proba.shape[1]
+    # float32 softmax rows sum to 1 only within rounding; log_loss wants them exact.
+    proba = np.clip(np.asarray(proba, dtype=np.float64), 1e-15, 1.0)
+    proba = proba / proba.sum(axis=1, keepdims=True)
     pred = proba.argmax(axis=1)
     auc: float | None = None
     if positive is not None and len(np.unique(y)) == 2:
@@ -100,7 +103,7 @@ def classification_metrics(
     return {
         "accuracy": float(accuracy_score(y, pred)),
         "macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(n_classes)))),
-        "log_loss": float(log_loss(y, np.clip(proba, 1e-15, 1.0), labels=list(range(n_classes)))),
+        "log_loss": float(log_loss(y, proba, labels=list(range(n_classes)))),
         "roc_auc": auc,
     }
 
@@ -295,6 +298,8 @@ def holdout_report(
 ) -> dict[str, Any]:
     """Held-out accuracy and confusion matrix; FPR and FNR at the threshold for binary tasks."""
     n_classes = proba.shape[1]
+    fpr: float | None = None
+    fnr: float | None = None
     if positive is not None and threshold is not None:
         scores = proba[:, positive]
         pred = np.where(scores >= threshold, positive, 1 - positive)
@@ -303,7 +308,6 @@ def holdout_report(
         fnr = c["fn"] / (c["fn"] + c["tp"]) if c["fn"] + c["tp"] else 0.0
     else:
         pred = proba.argmax(axis=1)
-        fpr = fnr = None  # type: ignore[assignment]
     cm = np.zeros((n_classes, n_classes), dtype=int)
     for t, p in zip(y, pred, strict=True):
         cm[t, p] += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import shutil
@@ -28,6 +29,7 @@ OUTPUT_NAME = "probabilities"
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
+_QUIET_LOGGERS = ("torch.onnx", "torch.onnx._internal.exporter._registration")
 
 
 class ExportError(RuntimeError):
@@ -88,6 +90,11 @@ def export_onnx(model: TrainedModel, n_features: int, opset: int) -> onnx.ModelP
     module = wrap(model)
     shape = input_shape(model, n_features)
     example = torch.zeros([3, *shape[1:]], dtype=torch.float32)
+    # The exporter logs about optional torchvision ops at WARNING; keep the terminal clean.
+    quiet = [logging.getLogger(n) for n in _QUIET_LOGGERS]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -101,6 +108,8 @@ def export_onnx(model: TrainedModel, n_features: int, opset: int) -> onnx.ModelP
             optimize=True,
             verbose=False,
         )
+    for q, lv in zip(quiet, levels, strict=True):
+        q.setLevel(lv)
     if program is None:
         raise ExportError("the exporter returned no program")
     proto = program.model_proto
@@ -231,6 +240,7 @@ def write_version(
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the service may run as another user
         for _ in range(attempts):
             version = next_version(root)
             fill(tmp, version)
