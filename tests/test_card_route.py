@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from service.card import markdown_to_html
-from service.routes.card import router
+from service.routes.card import include_card_routes, router
 
 CARD = """# Model card: demo, version {v}
 
@@ -87,7 +87,7 @@ def repo(tmp_path: Path) -> Path:
 def client(repo: Path) -> TestClient:
     app = FastAPI()
     app.state.settings = SimpleNamespace(model_repository=str(repo))
-    app.include_router(router)
+    include_card_routes(app)
     return TestClient(app)
 
 
@@ -181,3 +181,12 @@ def test_renderer_handles_odd_input() -> None:
     assert "<pre><code>unclosed</code></pre>" in html
     assert markdown_to_html("\x00<b>\x00", lambda s: None) == "<p>&lt;b&gt;</p>"
     assert markdown_to_html("", lambda s: None) == ""
+
+
+def test_routes_are_in_the_openapi_schema(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/models/{name}/card", "/models/{name}/card/assets/{file}"} <= set(paths)
+    assert [getattr(r, "path", None) for r in router.routes] == [
+        "/models/{name}/card",
+        "/models/{name}/card/assets/{file}",
+    ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from service.card import (
@@ -78,3 +78,8 @@ def model_card_asset(
     except CardError as exc:
         return _error(exc)
     return FileResponse(path, media_type="image/png", headers=_HEADERS)
+
+
+def include_card_routes(app: FastAPI) -> None:
+    """Wire the card pages into an app whose `app.state.settings.model_repository` is set."""
+    app.include_router(router)
