@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -190,3 +192,22 @@ def test_routes_are_in_the_openapi_schema(client: TestClient) -> None:
         "/models/{name}/card",
         "/models/{name}/card/assets/{file}",
     ]
+
+
+def test_card_routes_import_neither_torch_nor_training() -> None:
+    code = (
+        "import sys, service.routes.card, service.card; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'onnx')]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
