@@ -375,15 +375,19 @@ def run_sweep(
     for params in enqueue or []:
         study.enqueue_trial({k: _encode(v) for k, v in params.items()})
     bar = sys.stderr.isatty() if progress_bar is None else progress_bar
-    study.optimize(
-        objective,
-        n_trials=n_trials,
-        timeout=timeout,
-        callbacks=[report],
-        catch=(ConfigError,),
-        show_progress_bar=bar,
-        gc_after_trial=False,
-    )
+    try:
+        study.optimize(
+            objective,
+            n_trials=n_trials,
+            timeout=timeout,
+            callbacks=[report],
+            catch=(ConfigError,),
+            show_progress_bar=bar,
+            gc_after_trial=False,
+        )
+    except KeyboardInterrupt:
+        # Optuna has marked the running trial failed; keep what is done, resume later.
+        log(f"interrupted: the same command resumes the study in {out / STUDY_FILE}")
     return write_outputs(study, cfg, search, out, log)
 
 

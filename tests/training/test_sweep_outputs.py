@@ -168,3 +168,32 @@ def test_resume_refuses_another_scoring(tmp_path: Path) -> None:
     with pytest.raises(SweepError, match="was scored with"):
         run_sweep(validate_config(_raw(seeds=[0], metric="accuracy")), out, trials=1)
     assert len(_rows(out / "trials.csv")) == 1
+
+
+def test_interrupted_sweep_keeps_its_trials_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C inside a trial: raised from the second trial's first fit.
+    import training.sweep as sweep_mod
+
+    cfg = validate_config(_raw(seeds=[0]))
+    out = tmp_path / "s"
+    calls = {"n": 0}
+    real = sweep_mod.train_model
+
+    def interrupting(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:  # trial 0 makes 2 fits; the first fit of trial 1 is interrupted
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    lines: list[str] = []
+    monkeypatch.setattr(sweep_mod, "train_model", interrupting)
+    result = run_sweep(cfg, out, trials=3, log=lines.append, progress_bar=False)
+    monkeypatch.undo()
+    assert any(line.startswith("interrupted") for line in lines)
+    assert [r["state"] for r in _rows(out / "trials.csv")] == ["complete", "fail"]
+    assert result.trials_complete == 1
+    assert (out / "best.yaml").is_file()
+    result = run_sweep(cfg, out, trials=1, log=lambda m: None, progress_bar=False)
+    assert [r["state"] for r in _rows(out / "trials.csv")] == ["complete", "fail", "complete"]
