@@ -104,6 +104,9 @@ class TrainConfig(_Strict):
 
     optimizer: Literal["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"] = "adam"
     lr: float = Field(default=1e-3, gt=0.0, le=10.0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        default="constant", description="cosine: anneal the learning rate to 0 over the epochs"
+    )
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="for optimizer: momentum")
     epochs: int = Field(default=100, ge=1, le=100_000)
     batch_size: int = Field(default=64, ge=1)
@@ -183,6 +186,14 @@ class Config(_Strict):
     search: dict[str, Any] | None = Field(
         default=None, description="sweep ranges and budget; read by `training sweep` only"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model_type(cls, raw: Any) -> Any:
+        # `model: {hidden: [..]}` means an MLP; the discriminator needs the tag spelled out.
+        if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+            raw = {**raw, "model": {"type": "mlp", **raw["model"]}}
+        return raw
 
 
 def _read(path: Path) -> dict[str, Any]:

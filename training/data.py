@@ -121,7 +121,7 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
     if cfg.source == "sklearn":
         assert cfg.name is not None
         x, labels, order, features = _load_sklearn(cfg.name)
-        name = cfg.name
+        name: str = cfg.name
     else:
         assert cfg.path is not None
         x, labels, features = _load_csv(cfg.path, cfg.label_column)

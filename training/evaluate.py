@@ -165,7 +165,9 @@ def cross_validate(
         oof[te] = proba
         m = classification_metrics(y_dev[te], proba, positive)
         m.update(
-            fold=i, rows=len(te), best_epoch=model.history.best_epoch,
+            fold=i,
+            rows=len(te),
+            best_epoch=model.history.best_epoch,
             epochs_run=model.history.epochs[-1],
         )
         folds.append(m)
@@ -313,7 +315,7 @@ def holdout_report(
         cm[t, p] += 1
     metrics = classification_metrics(y, proba, positive)
     return {
-        "n": int(len(y)),
+        "n": len(y),
         "accuracy": float((pred == y).mean()),
         "accuracy_argmax": metrics["accuracy"],
         "macro_f1": metrics["macro_f1"],

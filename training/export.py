@@ -79,7 +79,7 @@ def strip_metadata(proto: onnx.ModelProto) -> None:
 
 def _has_stack_traces(proto: onnx.ModelProto) -> bool:
     return any(
-        "stack_trace" in p.key or "File \"" in p.value
+        "stack_trace" in p.key or 'File "' in p.value
         for node in proto.graph.node
         for p in node.metadata_props
     )
@@ -123,7 +123,10 @@ def export_onnx(model: TrainedModel, n_features: int, opset: int) -> onnx.ModelP
 
 def check_graph(proto: onnx.ModelProto, shape: list[int], n_classes: int) -> None:
     """Structure the service relies on: names, dtypes, dynamic batch, no Dropout, one file."""
-    onnx.checker.check_model(proto)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the ONNX checker refuses the graph: {exc}") from exc
     g = proto.graph
     if [i.name for i in g.input] != [INPUT_NAME] or [o.name for o in g.output] != [OUTPUT_NAME]:
         raise ExportError(

@@ -123,9 +123,7 @@ def evaluate_loss(
 
 
 @torch.no_grad()
-def predict_proba(
-    net: nn.Module, x: np.ndarray, image_shape: tuple[int, int] | None
-) -> np.ndarray:
+def predict_proba(net: nn.Module, x: np.ndarray, image_shape: tuple[int, int] | None) -> np.ndarray:
     """Softmax probabilities in eval mode."""
     net.eval()
     return torch.softmax(net(as_input(x, image_shape)), dim=-1).numpy().astype(np.float64)
@@ -160,6 +158,11 @@ def fit(
     yt = as_target(y_train, n_classes, cfg.targets)
     yv = as_target(y_val, n_classes, cfg.targets)
     opt = make_optimizer(net.parameters(), cfg)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+        if cfg.lr_schedule == "cosine"
+        else None
+    )
     hist = History()
     es = cfg.early_stopping
     best_state = copy.deepcopy(net.state_dict())
@@ -220,6 +223,8 @@ def fit(
                 loss = loss_fn(net(xb), yt[idx])
                 loss.backward()
                 opt.step()
+            if sched is not None:
+                sched.step()
             vl = record(epoch)
             if bar is not None:
                 bar.update(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 from torch import nn
@@ -20,7 +22,9 @@ def _activation(name: str) -> nn.Module:
 
 
 def _init_weights(module: nn.Module, init: str, activation: str) -> None:
-    nonlinearity = "leaky_relu" if activation == "leaky_relu" else "relu"
+    nonlinearity: Literal["leaky_relu", "relu"] = (
+        "leaky_relu" if activation == "leaky_relu" else "relu"
+    )
     for m in module.modules():
         if isinstance(m, nn.Linear | nn.Conv2d):
             if init == "kaiming":
@@ -130,6 +134,9 @@ class Exported(nn.Module):
         shape = (1, *image_shape) if image_shape is not None else (len(mean),)
         self.register_buffer("mean", torch.from_numpy(mean.astype(np.float32)).reshape(shape))
         self.register_buffer("scale", torch.from_numpy(scale.astype(np.float32)).reshape(shape))
+
+    mean: torch.Tensor
+    scale: torch.Tensor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.net((x - self.mean) / self.scale), dim=-1)

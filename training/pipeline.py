@@ -101,10 +101,14 @@ def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> R
         if use_oof and cv is not None:
             y_s, p_s, source = ds.y[dev], cv.oof_proba[:, pos], "out-of-fold"
         else:
-            y_s, p_s, source = ds.y[split.val], model.predict_proba(ds.x[split.val])[:, pos], (
-                "validation"
+            y_s, p_s, source = (
+                ds.y[split.val],
+                model.predict_proba(ds.x[split.val])[:, pos],
+                ("validation"),
             )
-        choice = choose_threshold(y_s == pos, p_s, d.cost_fp, d.cost_fn, d.max_fnr, d.max_fpr, source)
+        choice = choose_threshold(
+            y_s == pos, p_s, d.cost_fp, d.cost_fn, d.max_fnr, d.max_fpr, source
+        )
         threshold = choice.threshold
         selection = {"source": source, "y_pos": (y_s == pos).tolist(), "scores": p_s.tolist()}
         log(

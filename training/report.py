@@ -9,10 +9,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from .evaluate import Diagnosis, ThresholdChoice  # noqa: E402
-from .fit import History  # noqa: E402
+from .evaluate import Diagnosis, ThresholdChoice
+from .fit import History
 
 _PNG_META = {"Software": None}  # keep the PNG bytes free of version strings
 
