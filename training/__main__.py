@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     k = sub.add_parser("card", help="(re)write MODEL_CARD.md for trained model versions")
     k.add_argument("versions", type=Path, nargs="+", help="models/NAME/VERSION folders")
+    k.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="first recreate holdout.json by retraining (checked against the manifest's sha256)",
+    )
     return p
 
 
@@ -64,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             from .card import write_card
 
             for folder in args.versions:
+                if args.rebuild:
+                    from .card import rebuild_holdout
+
+                    rebuild_holdout(folder, lambda m: print(m, file=sys.stderr, flush=True))
                 print(write_card(folder))
         else:
             from .compare import run_compare

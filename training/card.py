@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -725,6 +728,41 @@ def render_card(folder: Path) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def rebuild_holdout(folder: str | Path, log: Callable[[str], None] | None = None) -> Path:
+    """Recreate a version's holdout.json by retraining from its manifest's config.
+
+    For versions trained before the pipeline saved held-out records. Training is seeded and
+    deterministic, so the retrained graph must have the manifest's sha256; if it does not,
+    the record would describe another model and nothing is written.
+    """
+    from .config import TensorBoardConfig, validate_config
+    from .pipeline import run_training
+
+    folder = Path(folder)
+    manifest = _read_json(folder / "manifest.json")
+    if manifest is None:
+        raise CardError(f"{folder} has no manifest.json")
+    try:
+        raw = manifest["training"]["config"]
+        want = manifest["sha256"]
+    except (KeyError, TypeError) as exc:
+        raise CardError(f"{folder}/manifest.json has no training config or sha256") from exc
+    cfg = validate_config(raw, source=f"{folder}/manifest.json training.config")
+    cfg = cfg.model_copy(update={"tensorboard": TensorBoardConfig()})
+    with tempfile.TemporaryDirectory(prefix="verdict-card-") as tmp:
+        result = run_training(cfg, Path(tmp), log=log or (lambda m: None))
+        got = result.manifest["sha256"]
+        if got != want:
+            raise CardError(
+                f"{folder}: retraining its config gave another graph (sha256 {got[:12]}… not "
+                f"{want[:12]}…), so a held-out record would describe another model; retrain "
+                "the model instead (make models)"
+            )
+        target = folder / HOLDOUT_FILE
+        shutil.copyfile(result.path / HOLDOUT_FILE, target)
+    return target
 
 
 def write_card(folder: str | Path) -> Path:

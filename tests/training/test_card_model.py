@@ -318,3 +318,33 @@ def test_wilson_interval_known_values() -> None:
     assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
     assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_card_rebuild_recreates_the_holdout_record_of_an_older_version(
+    binary: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A version trained before held-out records were saved: no holdout.json, no card.
+    old = tmp_path / "bc" / "1"
+    shutil.copytree(binary, old)
+    (old / HOLDOUT_FILE).unlink()
+    (old / CARD_FILE).unlink()
+    assert main(["card", str(old)]) == 1
+    assert "no holdout.json" in capsys.readouterr().err
+
+    assert main(["card", "--rebuild", str(old)]) == 0
+    assert json.loads((old / HOLDOUT_FILE).read_text()) == json.loads(
+        (binary / HOLDOUT_FILE).read_text()
+    )
+    assert (old / CARD_FILE).is_file()
+    assert (old / "model.onnx").read_bytes() == (binary / "model.onnx").read_bytes()
+
+    # A manifest whose graph the config does not reproduce gets no record.
+    other = tmp_path / "other" / "1"
+    shutil.copytree(binary, other)
+    (other / HOLDOUT_FILE).unlink()
+    m = json.loads((other / "manifest.json").read_text())
+    m["sha256"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(m))
+    assert main(["card", "--rebuild", str(other)]) == 1
+    assert "gave another graph" in capsys.readouterr().err
+    assert not (other / HOLDOUT_FILE).exists()
