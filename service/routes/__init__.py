@@ -1,1 +1,1 @@
-"""HTTP routes; each module exposes `router`."""
+"""HTTP routes: thin adapters from requests to the logic layer; each module exposes `router`."""
