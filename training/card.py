@@ -454,8 +454,8 @@ def _monitoring(manifest: dict[str, Any]) -> list[str]:
         "## What to monitor after launch",
         "",
         "The service exports Prometheus metrics; the rules and alerts shipped in "
-        "`deploy/prometheus/` watch this model against the targets above once true labels "
-        "come back through `POST /feedback`.",
+        "`deploy/prometheus/` (see `docs/monitoring.md`) watch this model against the targets "
+        "above once true labels come back through `POST /feedback`.",
         "",
     ]
     rows: list[list[Any]] = []
