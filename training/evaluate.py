@@ -131,6 +131,7 @@ class CVResult:
     folds: list[dict[str, Any]]
     summary: dict[str, Any]
     oof_proba: np.ndarray
+    fold_ids: np.ndarray
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,6 +154,7 @@ def cross_validate(
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     y_dev = ds.y[dev_idx]
     oof = np.zeros((len(dev_idx), len(ds.classes)))
+    fold_ids = np.zeros(len(dev_idx), dtype=np.int64)
     folds: list[dict[str, Any]] = []
     for i, (tr, te) in enumerate(cv_folds(y_dev, cfg.cv.folds, cfg.seed), start=1):
         fit_pos, val_pos = train_test_split(
@@ -163,6 +165,7 @@ def cross_validate(
         )
         proba = model.predict_proba(ds.x[dev_idx[te]])
         oof[te] = proba
+        fold_ids[te] = i
         m = classification_metrics(y_dev[te], proba, positive)
         m.update(
             fold=i,
@@ -177,7 +180,7 @@ def cross_validate(
             f"macro_f1 {m['macro_f1']:.4f} log_loss {m['log_loss']:.4f}{auc} "
             f"(best epoch {m['best_epoch']})"
         )
-    return CVResult(folds, summarise(folds), oof)
+    return CVResult(folds, summarise(folds), oof, fold_ids)
 
 
 @dataclass
@@ -324,4 +327,38 @@ def holdout_report(
         "fpr": fpr,
         "fnr": fnr,
         "confusion_matrix": cm.tolist(),
+    }
+
+
+def cross_fitted_rates(
+    y_pos: np.ndarray,
+    scores: np.ndarray,
+    fold_ids: np.ndarray,
+    cost_fp: float,
+    cost_fn: float,
+    max_fnr: float | None = None,
+    max_fpr: float | None = None,
+) -> dict[str, Any]:
+    """FPR and FNR of the threshold *procedure* on rows it did not see.
+
+    For each fold, the threshold is chosen on the other folds' out-of-fold scores and applied
+    to this fold's; the counts add up over folds. The in-sample FNR at the chosen threshold
+    meets max_fnr by construction; this one shows how well that carries over to new rows.
+    """
+    y_pos = np.asarray(y_pos).astype(bool)
+    total = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
+    thresholds = []
+    for k in np.unique(fold_ids):
+        rest, this = fold_ids != k, fold_ids == k
+        c = choose_threshold(y_pos[rest], scores[rest], cost_fp, cost_fn, max_fnr, max_fpr)
+        thresholds.append(c.threshold)
+        for key, v in confusion_at(y_pos[this], scores[this], c.threshold).items():
+            total[key] += v
+    neg, pos = total["fp"] + total["tn"], total["fn"] + total["tp"]
+    return {
+        "fpr": total["fp"] / neg if neg else 0.0,
+        "fnr": total["fn"] / pos if pos else 0.0,
+        "cost_per_row": (cost_fp * total["fp"] + cost_fn * total["fn"]) / len(scores),
+        "confusion": total,
+        "thresholds": thresholds,
     }

@@ -19,6 +19,7 @@ from .evaluate import (
     CVResult,
     ThresholdChoice,
     choose_threshold,
+    cross_fitted_rates,
     cross_validate,
     diagnose,
     holdout_report,
@@ -91,6 +92,7 @@ def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> R
     log(f"fit: {diag.message}")
 
     choice: ThresholdChoice | None = None
+    threshold_check: dict[str, Any] | None = None
     threshold: float | None = None
     selection: dict[str, Any] | None = None
     if pos is not None:
@@ -111,6 +113,14 @@ def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> R
         )
         threshold = choice.threshold
         selection = {"source": source, "y_pos": (y_s == pos).tolist(), "scores": p_s.tolist()}
+        if use_oof and cv is not None:
+            threshold_check = cross_fitted_rates(
+                y_s == pos, p_s, cv.fold_ids, d.cost_fp, d.cost_fn, d.max_fnr, d.max_fpr
+            )
+            log(
+                f"threshold procedure, cross-fitted over folds: FPR {threshold_check['fpr']:.4f} "
+                f"FNR {threshold_check['fnr']:.4f}"
+            )
         log(
             f"threshold {threshold:.4f}: {choice.reason}; expected FPR {choice.expected_fpr:.4f} "
             f"FNR {choice.expected_fnr:.4f}"
@@ -208,6 +218,7 @@ def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> R
                 "cv": cv.summary if cv is not None else None,
                 "holdout": holdout,
                 "fit": diag.to_dict(),
+                "threshold_cross_fitted": threshold_check,
             },
             "parity": parity,
             "reference": {"bins": bins, "features": features, "score": score_ref},

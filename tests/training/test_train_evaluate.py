@@ -12,6 +12,7 @@ from training.evaluate import (
     NOT_LEARNING,
     OVER_FITTING,
     choose_threshold,
+    cross_fitted_rates,
     cross_validate,
     diagnose,
 )
@@ -132,3 +133,16 @@ def test_cv_fits_the_scaler_inside_each_fold() -> None:
         assert cv.summary[key] is not None
     assert cv.summary["roc_auc_mean"] is None  # multiclass
     assert np.allclose(cv.oof_proba.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_cross_fitted_threshold_rates() -> None:
+    # Two folds with the same layout: each fold's threshold comes from the other, 0.35
+    # (hand-computed above), which on the other fold again misses nothing, one false alarm.
+    scores = np.concatenate([SCORES, SCORES])
+    labels = np.concatenate([LABELS, LABELS])
+    folds = np.array([1] * 6 + [2] * 6)
+    r = cross_fitted_rates(labels, scores, folds, cost_fp=1, cost_fn=5)
+    assert r["thresholds"] == [pytest.approx(0.35)] * 2
+    assert r["confusion"] == {"tp": 6, "fp": 2, "tn": 4, "fn": 0}
+    assert r["fnr"] == 0.0 and r["fpr"] == pytest.approx(2 / 6)
+    assert r["cost_per_row"] == pytest.approx(2 / 12)
