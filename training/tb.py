@@ -14,7 +14,8 @@ from torch import nn
 from .config import Config
 from .fit import TrainedModel, as_input
 
-# Tag per value that fit.fit hands to its on_epoch hook.
+# Tag per value that fit.fit hands to its on_epoch hook (after each epoch; the learning rate
+# is the one the next epoch uses, so a schedule shows as it steps).
 TAGS = {
     "train_loss": "loss/train",
     "val_loss": "loss/validation",

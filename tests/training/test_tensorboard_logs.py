@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -70,3 +71,18 @@ def test_tensorboard_is_off_by_default_and_pngs_stay(tmp_path: Path, monkeypatch
     result = run_training(cfg, tmp_path / "m", log=lambda m: None)
     assert not (tmp_path / "runs").exists()
     assert (result.path / "loss_curve.png").is_file()
+
+
+def test_learning_rate_curve_follows_the_schedule(tmp_path: Path) -> None:
+    logs = tmp_path / "runs"
+    raw = _raw(logs, lr=0.04, lr_schedule="cosine", epochs=4)
+    raw["train"]["early_stopping"] = {"enabled": False}
+    run_training(validate_config(raw), tmp_path / "m", log=lambda m: None)
+    (run,) = list((logs / "tb").iterdir())
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc.Reload()
+    lrs = [e.value for e in acc.Scalars("learning_rate")]
+    # Logged after each epoch: the rate the next epoch uses; cosine falls to 0 at the end.
+    assert lrs[0] == pytest.approx(0.04)
+    assert all(b < a for a, b in itertools.pairwise(lrs))
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-9)
