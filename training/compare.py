@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -29,8 +30,10 @@ def _baselines(seed: int) -> dict[str, Callable[[], Any]]:
         "LogisticRegression": lambda: make_pipeline(
             StandardScaler(), LogisticRegression(max_iter=5000)
         ),
+        # Platt-scaled SVC probabilities (what SVC(probability=True) did before 1.9).
         "SVC (rbf)": lambda: make_pipeline(
-            StandardScaler(), SVC(probability=True, random_state=seed)
+            StandardScaler(),
+            CalibratedClassifierCV(SVC(random_state=seed), method="sigmoid", ensemble=False),
         ),
     }
 

@@ -95,25 +95,27 @@ def export_onnx(model: TrainedModel, n_features: int, opset: int) -> onnx.ModelP
     levels = [q.level for q in quiet]
     for q in quiet:
         q.setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module,
-            (example,),
-            dynamo=True,
-            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=opset,
-            optimize=True,
-            verbose=False,
-        )
-    for q, lv in zip(quiet, levels, strict=True):
-        q.setLevel(lv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamo=True,
+                dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                optimize=True,
+                verbose=False,
+            )
+    finally:
+        for q, lv in zip(quiet, levels, strict=True):
+            q.setLevel(lv)
     if program is None:
         raise ExportError("the exporter returned no program")
     proto = program.model_proto
-    # Weights live in the graph (no external data): load any the exporter left outside.
+    # The service loads one file: weights must live in the graph, never as external data.
     for init in proto.graph.initializer:
         if init.data_location == onnx.TensorProto.EXTERNAL or init.external_data:
             raise ExportError(f"initializer {init.name} uses external data")

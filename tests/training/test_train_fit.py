@@ -187,3 +187,10 @@ def test_training_is_reproducible() -> None:
     a = train_model(cfg, ds, split.train, split.val, seed=3).history.val_loss
     b = train_model(cfg, ds, split.train, split.val, seed=3).history.val_loss
     assert a == b
+
+
+def test_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
+    cfg, ds, split = _iris(train__progress="bar", train__epochs=3)
+    train_model(cfg, ds, split.train, split.val, seed=0, label="iris-bar")
+    err = capsys.readouterr().err
+    assert "iris-bar" in err and "3/3" in err and "val_loss" in err
