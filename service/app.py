@@ -27,14 +27,14 @@ from service.keys import load_prediction_key
 from service.metrics import Metrics, mark_process_dead, multiproc_dir
 from service.middleware import AdmissionMiddleware, RequestContextMiddleware
 from service.repository import Repository
-from service.routes import admin, feedback, predict, v2
+from service.routes import admin, card, feedback, predict, v2
 from service.settings import Settings
 from service.store import FeedbackStore, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
 # Routers in the order they are mounted; add a module with a `router` here.
-ROUTERS = [predict.router, v2.router, admin.router, feedback.router]
+ROUTERS = [predict.router, v2.router, admin.router, feedback.router, card.router]
 HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",

@@ -1,0 +1,47 @@
+"""The bundled models: manifests checked against their files and the issue's contract."""
+
+import json
+from pathlib import Path
+
+import pytest
+from artifact_checks import check_artifact
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+def _versions(name: str) -> list[Path]:
+    folder = MODELS / name
+    return sorted((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+
+@pytest.mark.parametrize("name", ["breast-cancer", "digits"])
+def test_bundled_manifest_matches_files(name: str) -> None:
+    versions = _versions(name)
+    assert versions, f"no bundled version of {name}"
+    for folder in versions:
+        m = check_artifact(folder)
+        assert m["name"] == name
+        assert (folder / "cv_report.json").exists()
+        assert m["evaluation"]["cv"]["folds"] == 5
+
+
+def test_bundled_breast_cancer_contract() -> None:
+    m = json.loads((_versions("breast-cancer")[-1] / "manifest.json").read_text())
+    assert m["task"] == "binary"
+    assert m["output"]["classes"] == ["benign", "malignant"]
+    assert m["output"]["positive_class"] == "malignant"
+    assert m["costs"] == {"cost_fp": 1.0, "cost_fn": 20.0}
+    assert m["objectives"]["max_fnr"] == 0.02
+    assert m["input"]["shape"] == [-1, 30]
+    assert m["training"]["dataset"]["name"] == "breast_cancer"
+    assert m["evaluation"]["cv"]["accuracy_mean"] >= 0.985
+    assert m["decision"]["expected_fnr"] <= 0.02
+    assert m["evaluation"]["cv"]["roc_auc_mean"] is not None
+
+
+def test_bundled_digits_contract() -> None:
+    m = json.loads((_versions("digits")[-1] / "manifest.json").read_text())
+    assert m["task"] == "multiclass"
+    assert m["input"]["shape"] == [-1, 1, 8, 8]
+    assert m["output"]["classes"] == [str(i) for i in range(10)]
+    assert m["reference"]["features"] == {} and m["reference"]["score"] is None
