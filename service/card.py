@@ -67,7 +67,7 @@ def parse_version(version: str | None) -> int | None:
     """`?version=N` as a positive integer, None when absent."""
     if version is None or version == "":
         return None
-    if not version.isdigit() or len(version) > 9 or int(version) < 1:
+    if not (version.isascii() and version.isdigit()) or len(version) > 9 or int(version) < 1:
         raise BadVersionError(f"version must be a positive integer, got {version[:40]!r}")
     return int(version)
 
@@ -76,7 +76,7 @@ def _versions(model_dir: Path) -> list[int]:
     return sorted(
         int(p.name)
         for p in model_dir.iterdir()
-        if p.name.isdigit() and p.is_dir() and (p / MANIFEST_FILE).is_file()
+        if p.name.isascii() and p.name.isdigit() and p.is_dir() and (p / MANIFEST_FILE).is_file()
     )
 
 

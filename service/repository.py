@@ -353,7 +353,7 @@ class Repository:
             versions = [
                 int(v.name)
                 for v in model_dir.iterdir()
-                if v.is_dir() and v.name.isdigit() and int(v.name) > 0
+                if v.is_dir() and v.name.isascii() and v.name.isdigit() and int(v.name) > 0
             ]
             if versions:
                 found[model_dir.name] = sorted(versions)
@@ -365,7 +365,7 @@ class Repository:
             return ()
         out = []
         for v in sorted(folder.iterdir()):
-            if v.is_dir() and v.name.isdigit():
+            if v.is_dir() and v.name.isascii() and v.name.isdigit():
                 out.append(_file_fingerprint(v))
         return tuple(out)
 
@@ -650,7 +650,7 @@ def _version_number(version: int | str) -> int | None:
         return None
     if isinstance(version, int):
         return version
-    if isinstance(version, str) and version.isdigit():
+    if isinstance(version, str) and version.isascii() and version.isdigit():
         return int(version)
     if isinstance(version, float) and math.isfinite(version) and version.is_integer():
         return int(version)

@@ -202,7 +202,11 @@ def test_huge_json_numbers_are_refused_not_crashed_on(client: TestClient, digits
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=4),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
     max_leaves=6,
 )
@@ -223,3 +227,19 @@ def test_observed_at_past_float_range_is_invalid_not_a_crash() -> None:
 
     assert parse_time(10**400) is None
     assert parse_time(-(10**400)) is None
+
+
+def test_unicode_digits_in_versions_are_404_or_422_not_500(
+    client: TestClient, model_repo: Any
+) -> None:
+    # Found by the schema fuzzing: "¹".isdigit() is True but int("¹") raises.
+    (model_repo / "bin" / "\u00b9").mkdir()  # a folder the repository scan must skip
+    for version in ("\u00b9", "\u0663", "\uff11"):
+        r = client.get(f"/v2/models/bin/versions/{version}")
+        assert _code(r)[0] == 404, r.text
+        r = client.post(f"/v2/models/bin/versions/{version}/infer", json={"inputs": []})
+        assert r.status_code in (400, 404), r.text
+        r = client.get("/models/bin/card", params={"version": version})
+        assert r.status_code in (400, 404) and "error" in r.json(), r.text
+    assert client.app.state.repository.scan()["bin"] == [1]  # type: ignore[attr-defined]
+    assert client.get("/v2/health/ready").status_code == 200
