@@ -252,7 +252,7 @@ def _flush(plan: _Plan) -> None:
         x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs)
         # the buffered matrix holds the monitored columns only, in plan order
         parts.append(_bins_of_columns(plan, x))
-    if scores:
+    if scores and plan.score_edges is not None:
         values = scores[0] if len(scores) == 1 else np.concatenate(scores)
         parts.append(bin_index(plan.score_edges, values) + plan.score_offset)
     if parts:
