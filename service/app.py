@@ -235,7 +235,10 @@ def _wire_feedback_and_drift(app: FastAPI, settings: Settings, metrics: Metrics)
         versions_of=repo.versions,
         predictions_issued=repo.predictions_issued,
     )
-    drift = DriftMonitor(metrics, max_features=settings.monitored_features_max)
+    # Counts reach the counters at most once a second, and before every /metrics answer.
+    drift = DriftMonitor(
+        metrics, max_features=settings.monitored_features_max, flush_interval_s=1.0
+    )
     state.drift = drift
 
     def on_load(mv: Any) -> None:

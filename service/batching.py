@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import queue
 import threading
@@ -128,6 +129,11 @@ class Batcher:
 
     def start(self) -> None:
         """Start the dispatch task on the running loop."""
+        # Everything alive once a model is loaded (the framework, ONNX Runtime, the
+        # manifests) lives for the process; moving it into the permanent generation keeps
+        # full collections, which otherwise stall the loop for tens of milliseconds (the
+        # p99 of 1 row x 32 connections went from ~54 ms to ~15 ms), to request garbage.
+        gc.freeze()
         self._wakeup = asyncio.Event()
         if self.enabled:
             self._task = asyncio.get_running_loop().create_task(self._dispatch_loop())

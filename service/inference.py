@@ -10,6 +10,7 @@ import numpy as np
 
 from service.batching import BatchResult
 from service.errors import InferenceError, OverloadedError
+from service.metrics import observe_many
 from service.repository import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,7 @@ async def infer(mv: ModelVersion, x: np.ndarray, observers: list[Observer]) -> D
         pos = mv.positive_index
         score = probs[:, pos]
         class_index = np.where(score >= mv.threshold, pos, 1 - pos)
-        for s in score.tolist():
-            m.score.observe(s)
+        observe_many(m.score, score)
     else:
         class_index = probs.argmax(axis=1)
         score = probs.max(axis=1)

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -242,6 +243,31 @@ class VersionMetrics:
     error: Any
     predictions: list[Any]
     score: Any
+
+
+def observe_many(child: Any, values: np.ndarray) -> None:
+    """Observe every value of a 1-d array on a histogram child: one `searchsorted`, then one
+    increment per non-empty bucket and one for the sum, instead of a Python call per value.
+
+    Uses the child's bucket values the way `Histogram.observe` does (value <= bound lands in
+    the first such bucket; buckets are stored per bucket, not cumulated).
+    """
+    n = len(values)
+    if n == 1:
+        child.observe(float(values[0]))
+        return
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if bounds is None or buckets is None or total is None or n == 0:
+        for v in values.tolist():
+            child.observe(v)
+        return
+    index = np.searchsorted(np.asarray(bounds, dtype=np.float64), values, side="left")
+    counts = np.bincount(index, minlength=len(bounds) + 1)
+    total.inc(float(np.sum(values, dtype=np.float64)))
+    for i in np.flatnonzero(counts[: len(bounds)]).tolist():
+        buckets[i].inc(int(counts[i]))
 
 
 def multiproc_dir(configured: str | None) -> str | None:

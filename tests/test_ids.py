@@ -23,3 +23,20 @@ def test_tampered_or_foreign_ids_are_rejected() -> None:
     assert PredictionIds(b"other-key").parse(good) is None
     for bad in ["", "p1", "p1..", "x.y.z", "p1.!!!.???", "p1." + "A" * 300 + ".B"]:
         assert ids.parse(bad) is None
+
+
+def test_legacy_p1_ids_still_verify() -> None:
+    import hashlib
+    import hmac
+    import struct
+
+    from service.ids import _b64
+
+    key = b"k" * 32
+    payload = struct.pack(">IHfQ8s", 2, 1, 0.25, 5_000, b"n" * 8) + b"bc"
+    mac = hmac.new(key, payload, hashlib.sha256).digest()[:12]
+    legacy = f"p1.{_b64(payload)}.{_b64(mac)}"
+    ref = PredictionIds(key).parse(legacy)
+    assert ref is not None and (ref.model, ref.version, ref.class_index) == ("bc", 2, 1)
+    assert PredictionIds(b"other").parse(legacy) is None
+    assert PredictionIds(key).parse(legacy.replace("p1.", "p2.", 1)) is None

@@ -74,30 +74,32 @@ async def predict(request: Request) -> Response:
     ids = state.ids.issue_many(mv.name, mv.version, class_index, score, time.time())
     classes = mv.classes
     rows = decided.probabilities.tolist()
-    predictions: list[dict[str, Any]] = []
+    # One comprehension over zipped columns: no per-row indexing, enumerate or append.
+    labels = [classes[ci] for ci in class_index]
+    predictions: list[dict[str, Any]]
     if mv.positive_index is not None:
         pos = mv.positive_index
-        for i, ci in enumerate(class_index):
-            predictions.append(
-                {
-                    "prediction_id": ids[i],
-                    "label": classes[ci],
-                    "class_index": ci,
-                    "probabilities": dict(zip(classes, rows[i], strict=True)),
-                    "score": score[i],
-                    "decision": "positive" if ci == pos else "negative",
-                }
-            )
+        predictions = [
+            {
+                "prediction_id": pid,
+                "label": label,
+                "class_index": ci,
+                "probabilities": dict(zip(classes, row, strict=True)),
+                "score": sc,
+                "decision": "positive" if ci == pos else "negative",
+            }
+            for pid, label, ci, row, sc in zip(ids, labels, class_index, rows, score, strict=True)
+        ]
     else:
-        for i, ci in enumerate(class_index):
-            predictions.append(
-                {
-                    "prediction_id": ids[i],
-                    "label": classes[ci],
-                    "class_index": ci,
-                    "probabilities": dict(zip(classes, rows[i], strict=True)),
-                }
-            )
+        predictions = [
+            {
+                "prediction_id": pid,
+                "label": label,
+                "class_index": ci,
+                "probabilities": dict(zip(classes, row, strict=True)),
+            }
+            for pid, label, ci, row in zip(ids, labels, class_index, rows, strict=True)
+        ]
     return json_response(
         {
             "model": mv.name,

@@ -133,3 +133,23 @@ def test_a_flush_interval_holds_counts_until_flushed(registry: CollectorRegistry
     monitor.observe("bc", 1, x[:1], None)
     monitor.unregister("bc", 1)  # unregistering flushes what is pending
     assert bins(registry, "a", 3) == [0, 3, 2]
+
+
+def test_buffered_small_and_binned_large_batches_count_the_same(
+    registry: CollectorRegistry,
+) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.choice([-1.0, 0.5, 1.0, 2.0, 10.0], size=(600, 3)).astype(np.float32)
+    scores = rng.random(600)
+    direct = DriftMonitor(Metrics(registry), max_features=3)
+    direct.register("bc", 1, BINARY)
+    other = CollectorRegistry()
+    deferred = DriftMonitor(Metrics(other), max_features=3, flush_interval_s=3600.0)
+    deferred.register("bc", 1, BINARY)
+    for lo, hi in ((0, 1), (1, 65), (65, 400), (400, 600)):  # buffered and direct batches
+        direct.observe("bc", 1, x[lo:hi], scores[lo:hi])
+        deferred.observe("bc", 1, x[lo:hi], scores[lo:hi])
+    deferred.flush()
+    for feature in ("a", SCORE_FEATURE):
+        assert bins(other, feature, 3) == bins(registry, feature, 3)
+    assert sum(bins(other, "a", 3)) == 600

@@ -1,0 +1,144 @@
+"""The app's own cost per request: the ASGI app called in-process (no HTTP, no uvicorn).
+
+Calls `create_app()` (both bundled models, metrics on, every default) with a fixed
+`POST /predict` or binary v2 infer body on uvloop, and prints microseconds per request.
+`--inline` runs ONNX Runtime on the event loop thread instead of the model's dedicated
+thread (the product never does this; it measures what the thread hand-over costs).
+Run under `taskset -c 0` so the loop and the ONNX Runtime thread share one core, as in
+the benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.payloads import load_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _body(model: str, rows: int, protocol: str) -> tuple[str, bytes, list[tuple[bytes, bytes]]]:
+    picked = load_rows(model)[:rows]
+    if protocol == "json":
+        body = json.dumps({"model": model, "instances": picked}).encode()
+        return "/predict", body, [(b"content-type", b"application/json")]
+    manifest = json.loads(next((ROOT / "models" / model).glob("*/manifest.json")).read_text())
+    dims = manifest["input"]["shape"][1:]
+    x = np.asarray(picked, dtype=np.float32).reshape([rows, *dims]).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": manifest["input"]["name"],
+                    "shape": [rows, *dims],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(x)},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/octet-stream"),
+        (b"inference-header-content-length", str(len(header)).encode()),
+    ]
+    return f"/v2/models/{model}/infer", header + x, headers
+
+
+def _run_inline() -> None:
+    """Replace the ORT thread hand-over by a direct call (measurement only)."""
+    from service import batching
+
+    def submit(self: Any, fn: Any, *args: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(fn(*args))
+        return future
+
+    batching.OrtThread.submit = submit  # type: ignore[method-assign]
+
+
+async def _measure(path: str, body: bytes, headers: list[tuple[bytes, bytes]], n: int) -> float:
+    from service.app import create_app
+
+    app = create_app()
+    async with app.router.lifespan_context(app):
+        deadline = time.monotonic() + 30
+        while not app.state.repository.ready and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"host", b"127.0.0.1"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 2),
+        }
+        status: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        async def one() -> None:
+            await app(dict(scope, state={}), receive, send)
+
+        for _ in range(max(200, n // 10)):
+            await one()
+        if set(status) != {200}:
+            raise SystemExit(f"asgi_path: the app answered {sorted(set(status))}")
+        start = time.perf_counter()
+        for _ in range(n):
+            await one()
+        return (time.perf_counter() - start) / n
+
+
+def main() -> None:
+    """Print microseconds per request of the in-process app for one body."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="breast-cancer")
+    parser.add_argument("--rows", type=int, default=1)
+    parser.add_argument("--protocol", choices=("json", "v2-binary"), default="json")
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--inline", action="store_true")
+    args = parser.parse_args()
+    if args.inline:
+        _run_inline()
+    os.environ["VERDICT_MODEL_REPOSITORY"] = str(ROOT / "models")
+    path, body, headers = _body(args.model, args.rows, args.protocol)
+    import uvloop
+
+    with tempfile.TemporaryDirectory() as scratch:
+        os.environ["VERDICT_FEEDBACK_DB"] = str(Path(scratch) / "feedback.sqlite3")
+        per_request = uvloop.run(_measure(path, body, headers, args.requests))
+    mode = "inline (measurement only)" if args.inline else "ORT thread"
+    print(
+        f"{args.model} {args.rows} row(s) {args.protocol}, {mode}: "
+        f"{per_request * 1e6:.1f} us/request in-process"
+    )
+
+
+if __name__ == "__main__":
+    main()
