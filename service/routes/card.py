@@ -49,6 +49,8 @@ def model_card(request: Request, name: str, version: str | None = None) -> Respo
         md = read_card(folder, name, v)
     except CardError as exc:
         return _error(exc)
+    except OSError:  # the folder went away or cannot be read: no card, not a server error
+        return _error(CardError(f"no readable model card for model {name!r}"))
 
     def image_src(src: str) -> str | None:
         # Only PNGs that lie in this version's folder; they are served by the route below,
@@ -77,6 +79,8 @@ def model_card_asset(
         path = asset_path(folder, file)
     except CardError as exc:
         return _error(exc)
+    except OSError:
+        return _error(CardError(f"no readable card asset {file!r} for model {name!r}"))
     return FileResponse(path, media_type="image/png", headers=_HEADERS)
 
 

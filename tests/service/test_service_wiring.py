@@ -65,3 +65,10 @@ def test_drift_counts_every_predicted_row(client: Any, app: Any) -> None:
         feature = ln.split('feature="', 1)[1].split('"', 1)[0]
         per_feature[feature] = per_feature.get(feature, 0.0) + float(ln.rsplit(" ", 1)[1])
     assert all(v == 4.0 for v in per_feature.values()), per_feature
+
+
+def test_card_of_an_unreadable_folder_is_a_404_not_a_500(model_repo: Path, client: Any) -> None:
+    card = model_repo / "bin" / "1" / "MODEL_CARD.md"
+    card.mkdir()  # a folder where the card file should be: reading it raises OSError
+    page = client.get("/models/bin/card")
+    assert page.status_code == 404 and set(page.json()) == {"error", "code"}
