@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -355,3 +357,37 @@ def live_server_factory() -> Iterator[Callable[..., LiveServer]]:
     yield start
     for server in started:
         server.stop()
+
+
+class PredictClient(threading.Thread):
+    """One big POST /predict on its own connection; records when and how it was answered.
+
+    The shutdown tests start several, send SIGTERM while they are in flight, and assert on
+    status, rows, error and answered_at.
+    """
+
+    def __init__(self, port: int, body: bytes, timeout_s: float = 60.0) -> None:
+        super().__init__(daemon=True)
+        self.port, self.body, self.timeout_s = port, body, timeout_s
+        self.sent = threading.Event()
+        self.status: int | None = None
+        self.rows = -1
+        self.error: BaseException | None = None
+        self.answered_at = 0.0
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout_s)
+        try:
+            conn.request("POST", "/predict", self.body, {"Content-Type": "application/json"})
+            self.sent.set()
+            resp = conn.getresponse()
+            payload = resp.read()
+            self.answered_at = time.monotonic()
+            self.status = resp.status
+            if resp.status == 200:
+                self.rows = len(json.loads(payload)["predictions"])
+        except BaseException as exc:  # recorded and asserted on by the tests
+            self.error = exc
+            self.sent.set()
+        finally:
+            conn.close()

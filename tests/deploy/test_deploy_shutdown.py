@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.conftest import PredictClient
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "deploy" / "locust" / "breast_cancer_sample.json"
@@ -106,36 +107,6 @@ def _feedback_results(body: Any) -> list[str]:
     return [str(item["result"]) for item in body["results"]]
 
 
-class Client(threading.Thread):
-    """Sends one big /predict on its own connection; records when and how it was answered."""
-
-    def __init__(self, port: int, body: bytes) -> None:
-        super().__init__(daemon=True)
-        self.port, self.body = port, body
-        self.sent = threading.Event()
-        self.status: int | None = None
-        self.rows = -1
-        self.error: BaseException | None = None
-        self.answered_at = 0.0
-
-    def run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        try:
-            conn.request("POST", "/predict", self.body, {"Content-Type": "application/json"})
-            self.sent.set()
-            resp = conn.getresponse()
-            payload = resp.read()
-            self.answered_at = time.monotonic()
-            self.status = resp.status
-            if resp.status == 200:
-                self.rows = len(json.loads(payload)["predictions"])
-        except BaseException as exc:  # recorded and asserted on by the test
-            self.error = exc
-            self.sent.set()
-        finally:
-            conn.close()
-
-
 def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(start: Any) -> None:
     sample = json.loads(SAMPLE.read_text())
     rows = sample["rows"]
@@ -152,7 +123,7 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_0(start: A
 
     instances = [rows[i % len(rows)] for i in range(ROWS_PER_REQUEST)]
     payload = json.dumps({"model": MODEL, "instances": instances}).encode()
-    clients = [Client(server.port, payload) for _ in range(CLIENTS)]
+    clients = [PredictClient(server.port, payload, timeout_s=120) for _ in range(CLIENTS)]
     for client in clients:
         client.start()
     for client in clients:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import signal
 import socket
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -14,42 +12,12 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import IMG_SHAPE, LiveServer
+from tests.conftest import IMG_SHAPE, LiveServer, PredictClient
 from tests.reliability.rel_support import live_env, port_of
 
 DRAIN_SECONDS = 5
 CLIENTS = 8
 ROWS = 3000  # big enough that answering every client takes a while on the tiny model
-
-
-class Client(threading.Thread):
-    """One big /predict on its own connection; records the status and row count."""
-
-    def __init__(self, port: int, body: bytes) -> None:
-        super().__init__(daemon=True)
-        self.port, self.body = port, body
-        self.sent = threading.Event()
-        self.status: int | None = None
-        self.rows = -1
-        self.error: BaseException | None = None
-        self.answered_at = 0.0
-
-    def run(self) -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            conn.request("POST", "/predict", self.body, {"Content-Type": "application/json"})
-            self.sent.set()
-            resp = conn.getresponse()
-            payload = resp.read()
-            self.answered_at = time.monotonic()
-            self.status = resp.status
-            if resp.status == 200:
-                self.rows = len(json.loads(payload)["predictions"])
-        except BaseException as exc:  # asserted on by the test
-            self.error = exc
-            self.sent.set()
-        finally:
-            conn.close()
 
 
 def test_sigterm_under_load_drains_refuses_new_connections_and_exits_0(
@@ -73,7 +41,7 @@ def test_sigterm_under_load_drains_refuses_new_connections_and_exits_0(
 
     row = [[[0.1 * ((i + j) % 7) for j in range(IMG_SHAPE[2])] for i in range(IMG_SHAPE[1])]]
     body = json.dumps({"model": "img", "instances": [row] * ROWS}).encode()
-    clients = [Client(port, body) for _ in range(CLIENTS)]
+    clients = [PredictClient(port, body, timeout_s=60) for _ in range(CLIENTS)]
     for c in clients:
         c.start()
     for c in clients:
