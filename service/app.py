@@ -8,7 +8,6 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import asynccontextmanager
-from time import perf_counter
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,10 +21,10 @@ from service.codecs import encode_json
 from service.drift import DriftMonitor
 from service.errors import VerdictError, scrub_paths
 from service.feedback import FeedbackService
+from service.hotpath import FrontDoor
 from service.ids import PredictionIds
 from service.keys import load_prediction_key
 from service.metrics import Metrics, mark_process_dead, multiproc_dir
-from service.middleware import AdmissionMiddleware, RequestContextMiddleware
 from service.repository import Repository
 from service.routes import admin, card, feedback, predict, v2
 from service.settings import Settings
@@ -65,90 +64,16 @@ def error_response(
     )
 
 
-class HttpMetricsMiddleware:
-    """Times every HTTP request by route template (never the raw path), method and code."""
+class VerdictApp(FastAPI):
+    """FastAPI with the front door (`service.hotpath`) in front of every HTTP request."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.histogram = metrics.http_duration
-        self._children: dict[tuple[str, str, int], Any] = {}
+    front: FrontDoor | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            key = (template, scope["method"], status)
-            child = self._children.get(key)
-            if child is None:
-                child = self.histogram.labels(template, scope["method"], str(status))
-                self._children[key] = child
-            child.observe(perf_counter() - start)
-
-
-Handler = Callable[[Request, list[str]], Awaitable[Response]]
-
-
-class FastPathMiddleware:
-    """POST /predict and v2 infer skip the framework's routing and dependency solving.
-
-    They are the product's hot path; the routes stay registered (OpenAPI, and the fallback for
-    anything this does not match exactly). Errors map to the same error body.
-    """
-
-    def __init__(self, app: ASGIApp, routes: list[Any]) -> None:
-        self.app = app
-        by_path = {getattr(r, "path", None): r for r in routes}
-        self.predict_route = by_path["/predict"]
-        self.infer_route = by_path["/v2/models/{model}/infer"]
-        self.infer_version_route = by_path["/v2/models/{model}/versions/{version}/infer"]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
-        path: str = scope["path"]
-        if path == "/predict":
-            scope["route"] = self.predict_route
-            call: Callable[[Request], Awaitable[Response]] = predict.predict
-        elif path.startswith("/v2/models/") and path.endswith("/infer"):
-            parts = path.split("/")
-            if len(parts) == 5 and parts[3]:
-                model, version = parts[3], None
-                scope["route"] = self.infer_route
-            elif len(parts) == 7 and parts[4] == "versions" and parts[3] and parts[5]:
-                model, version = parts[3], parts[5]
-                scope["route"] = self.infer_version_route
-            else:
-                await self.app(scope, receive, send)
-                return
-
-            async def call(request: Request) -> Response:
-                return await v2.infer(request, model, version)
-
+        if self.front is not None and scope["type"] == "http":
+            await self.front(scope, receive, send)
         else:
-            await self.app(scope, receive, send)
-            return
-        try:
-            response = await call(Request(scope, receive))
-        except VerdictError as exc:
-            if exc.status_code >= 500:
-                log.warning("POST %s: %s", path, exc.message)
-            response = error_response(exc.status_code, exc.message, exc.code, exc.headers)
-        await response(scope, receive, send)
+            await super().__call__(scope, receive, send)
 
 
 @asynccontextmanager
@@ -263,7 +188,7 @@ def create_app(
     settings = settings or Settings()
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     metrics = Metrics(registry)
-    app = FastAPI(
+    app = VerdictApp(
         title="verdict",
         version="0.1.0",
         description=DESCRIPTION,
@@ -284,8 +209,6 @@ def create_app(
     for router in ROUTERS:
         app.include_router(router)
     _install_error_handlers(app)
-    app.add_middleware(FastPathMiddleware, routes=[r for rt in ROUTERS for r in rt.routes])
-    app.add_middleware(AdmissionMiddleware, limit=settings.max_inflight_requests)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -293,6 +216,6 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
-    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
-    app.add_middleware(RequestContextMiddleware, access_log=settings.access_log)
+    # Request ids, admission, HTTP metrics and the predict routes; the rest goes on to FastAPI.
+    app.front = FrontDoor(super(VerdictApp, app).__call__, state)
     return app

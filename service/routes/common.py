@@ -35,14 +35,14 @@ def json_response(
     return Response(encode_json(payload), status_code, headers=headers, media_type=JSON)
 
 
-def _presented_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization")
+def _presented_key(headers: Headers) -> str | None:
+    auth = headers.get("authorization")
     if auth is not None:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() == "bearer" and token:
             return token.strip()
         return None
-    return request.headers.get("x-api-key")
+    return headers.get("x-api-key")
 
 
 def _matches(presented: str, keys: list[str]) -> bool:
@@ -55,10 +55,14 @@ def _matches(presented: str, keys: list[str]) -> bool:
 
 def require_api_key(request: Request) -> None:
     """When VERDICT_API_KEYS is set, the request must carry one (Bearer or X-API-Key)."""
-    keys: list[str] = request.app.state.api_keys
+    check_api_key(request.app.state.api_keys, request.headers)
+
+
+def check_api_key(keys: list[str], headers: Headers) -> None:
+    """401 unless `keys` is empty or the headers carry one of them."""
     if not keys:
         return
-    presented = _presented_key(request)
+    presented = _presented_key(headers)
     if presented is None or not _matches(presented, keys):
         raise UnauthorizedError("a valid API key is required (Authorization: Bearer <key>)")
 
@@ -80,30 +84,52 @@ def require_admin(request: Request) -> None:
         raise UnauthorizedError("the admin key is required (Authorization: Bearer <admin key>)")
 
 
-def require_json(request: Request) -> None:
+def require_json(headers: Headers) -> None:
     """The body must be JSON (a missing content type is taken as JSON)."""
-    ctype = request.headers.get("content-type")
+    ctype = headers.get("content-type")
     if ctype is not None and ctype.split(";", 1)[0].strip().lower() != JSON:
         raise UnsupportedMediaTypeError(f"content type {ctype!r} is not supported; send {JSON}")
 
 
-def require_infer_type(request: Request) -> None:
+def require_infer_type(headers: Headers) -> None:
     """OIP bodies are JSON, or JSON + binary tensors as octet-stream (or no type at all)."""
-    ctype = request.headers.get("content-type")
+    ctype = headers.get("content-type")
     if ctype is not None and ctype.split(";", 1)[0].strip().lower() not in INFER_TYPES:
         raise UnsupportedMediaTypeError(
             f"content type {ctype!r} is not supported; send {JSON} or {BINARY}"
         )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it exceeds `limit` bytes (header or stream).
+class RawHeaders:
+    """Request headers straight from the ASGI scope, read like Starlette's (`get` by name).
 
-    gzip and deflate request bodies (as the Triton client can send) are inflated, and the
-    inflated size counts against the same limit. A body that does not arrive in full within
-    `body_timeout_s` gets 408, so a slow or stalled client cannot hold the request forever.
+    The hot path uses this instead of a Starlette `Request`: one dict, no parsing. Names in
+    an ASGI scope are lower-case already; a repeated header keeps its first value.
     """
-    encoding = request.headers.get("content-encoding")
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        headers: dict[bytes, bytes] = {}
+        for name, value in raw:
+            headers.setdefault(name, value)
+        self._raw = headers
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The header's value, or `default`."""
+        value = self._raw.get(name.lower().encode("latin-1"))
+        return default if value is None else value.decode("latin-1")
+
+
+Headers = RawHeaders | Any  # Starlette's Headers has the same `get`
+
+
+def body_decoder(headers: Headers, limit: int) -> Any:
+    """Check Content-Encoding and Content-Length before any byte of the body is read.
+
+    Returns the zlib inflater a gzip or deflate body needs, or None.
+    """
+    encoding = headers.get("content-encoding")
     inflate = None
     if encoding is not None:
         enc = encoding.strip().lower()
@@ -113,7 +139,7 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise UnsupportedMediaTypeError(
                 f"content encoding {encoding!r} is not supported; use gzip, deflate or none"
             )
-    declared = request.headers.get("content-length")
+    declared = headers.get("content-length")
     if declared is not None:
         try:
             size = int(declared)
@@ -121,31 +147,65 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BadRequestError("Content-Length is not an integer") from None
         if size > limit:
             raise PayloadTooLargeError(f"the body is {size} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    total = 0
+    return inflate
+
+
+class BodyCollector:
+    """Adds body chunks up under the size limit, inflating them when the body is compressed."""
+
+    __slots__ = ("chunks", "encoding", "inflate", "limit", "total")
+
+    def __init__(self, headers: Headers, limit: int) -> None:
+        self.inflate = body_decoder(headers, limit)
+        self.encoding = headers.get("content-encoding") if self.inflate is not None else None
+        self.limit = limit
+        self.total = 0
+        self.chunks: list[bytes] = []
+
+    def add(self, chunk: bytes) -> None:
+        """One more chunk; 413 as soon as the (inflated) body is over the limit."""
+        limit = self.limit
+        if self.inflate is not None and chunk:
+            try:
+                chunk = self.inflate.decompress(chunk, limit + 1 - self.total)
+            except zlib.error:
+                raise BadRequestError(f"the body is not valid {self.encoding} data") from None
+            if self.inflate.unconsumed_tail:
+                raise PayloadTooLargeError(f"the inflated body is over the limit of {limit} bytes")
+        self.total += len(chunk)
+        if self.total > limit:
+            raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes")
+        self.chunks.append(chunk)
+
+    def body(self) -> bytes:
+        """The whole body, once the last chunk is in."""
+        if self.inflate is not None and not self.inflate.eof:
+            raise BadRequestError(f"the {self.encoding} body is truncated")
+        chunks = self.chunks
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def timeout_error(timeout_s: float) -> RequestTimeoutError:
+    """The 408 for a body that took longer than body_timeout_s."""
+    return RequestTimeoutError(f"the request body did not arrive within {timeout_s:g} s")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it exceeds `limit` bytes (header or stream).
+
+    gzip and deflate request bodies (as the Triton client can send) are inflated, and the
+    inflated size counts against the same limit. A body that does not arrive in full within
+    `body_timeout_s` gets 408, so a slow or stalled client cannot hold the request forever.
+    (The hot path, `service.hotpath`, reads its bodies the same way under a shared timer.)
+    """
+    collector = BodyCollector(request.headers, limit)
     timeout_s: float = request.app.state.settings.body_timeout_s
     try:
         async with asyncio.timeout(timeout_s):
             async for chunk in request.stream():
-                if inflate is not None and chunk:
-                    try:
-                        chunk = inflate.decompress(chunk, limit + 1 - total)
-                    except zlib.error:
-                        raise BadRequestError(f"the body is not valid {encoding} data") from None
-                    if inflate.unconsumed_tail:
-                        raise PayloadTooLargeError(
-                            f"the inflated body is over the limit of {limit} bytes"
-                        )
-                total += len(chunk)
-                if total > limit:
-                    raise PayloadTooLargeError(f"the body is over the limit of {limit} bytes")
-                chunks.append(chunk)
+                collector.add(chunk)
     except ClientDisconnect:
         raise ClientDisconnectedError("the client closed the connection mid-body") from None
     except TimeoutError:
-        raise RequestTimeoutError(
-            f"the request body did not arrive within {timeout_s:g} s"
-        ) from None
-    if inflate is not None and not inflate.eof:
-        raise BadRequestError(f"the {encoding} body is truncated")
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        raise timeout_error(timeout_s) from None
+    return collector.body()

@@ -113,7 +113,7 @@ def _service(request: Request) -> FeedbackService:
 async def post_feedback(request: Request) -> Any:
     service = _service(request)
     require_api_key(request)
-    require_json(request)
+    require_json(request.headers)
     body = await read_body(request, request.app.state.settings.max_body_bytes)
     try:
         items = parse_body(body)

@@ -7,10 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from service.codecs import decode_instances, decode_json
+from service.codecs import decode_instances, decode_json, encode_json
 from service.errors import BadRequestError, InvalidInputError
 from service.inference import infer
-from service.routes.common import json_response, read_body, require_api_key, require_json
+from service.routes.common import JSON, read_body, require_api_key, require_json
 from service.schemas import ErrorResponse, PredictRequest, PredictResponse, inline_schema
 
 router = APIRouter(tags=["predict"])
@@ -47,8 +47,13 @@ async def predict(request: Request) -> Response:
     binary models the score and the decision at the model's threshold."""
     state = request.app.state
     require_api_key(request)
-    require_json(request)
+    require_json(request.headers)
     body = await read_body(request, state.settings.max_body_bytes)
+    return Response(await predict_body(state, body), media_type=JSON)
+
+
+async def predict_body(state: Any, body: bytes) -> bytes:
+    """The JSON answer to a /predict body whose headers were checked (also the hot path's)."""
     doc = decode_json(body)
     if not isinstance(doc, dict):
         raise BadRequestError("the body must be a JSON object with `instances`")
@@ -100,7 +105,7 @@ async def predict(request: Request) -> Response:
             }
             for pid, label, ci, row in zip(ids, labels, class_index, rows, strict=True)
         ]
-    return json_response(
+    return encode_json(
         {
             "model": mv.name,
             "version": mv.version,

@@ -248,12 +248,25 @@ async def model_version_infer(model: str, version: str, request: Request) -> Res
 
 
 async def infer(request: Request, model: str, version: str | None) -> Response:
-    """The infer handler (also called directly by the app's fast path)."""
+    """The infer handler of the framework's routes."""
     state = request.app.state
     require_api_key(request)
-    require_infer_type(request)
+    require_infer_type(request.headers)
     body = await read_body(request, state.settings.max_body_bytes)
-    req = decode_infer_request(body, request.headers.get(HEADER_LENGTH))
+    payload, header_length = await infer_body(
+        state, body, request.headers.get(HEADER_LENGTH), model, version
+    )
+    if header_length is None:
+        return Response(payload, media_type="application/json")
+    return Response(payload, media_type=BINARY, headers={HEADER_LENGTH: str(header_length)})
+
+
+async def infer_body(
+    state: Any, body: bytes, header_length: str | None, model: str, version: str | None
+) -> tuple[bytes, int | None]:
+    """The answer to an infer body whose headers were checked (also the hot path's):
+    the payload, and the JSON header's length when the payload carries binary tensors."""
+    req = decode_infer_request(body, header_length)
     repo = state.repository
     mv = repo.acquire(model, version)
     try:
@@ -272,10 +285,7 @@ async def infer(request: Request, model: str, version: str | None) -> Response:
             mv.name, mv.version, decided.class_index.tolist(), decided.score.tolist(), time.time()
         )
     outputs = [(name, decided.probabilities, binary) for name, binary in wanted]
-    payload, header_length = encode_infer_response(mv.name, mv.version, req.id, parameters, outputs)
-    if header_length is None:
-        return Response(payload, media_type="application/json")
-    return Response(payload, media_type=BINARY, headers={HEADER_LENGTH: str(header_length)})
+    return encode_infer_response(mv.name, mv.version, req.id, parameters, outputs)
 
 
 def _model_input(mv: ModelVersion, inputs: list[Any], max_rows: int) -> np.ndarray:
