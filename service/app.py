@@ -45,6 +45,9 @@ the Open Inference Protocol v2 (`/v2/...`, Triton/KServe clients work unchanged,
 the binary tensor data extension), the repository extension (admin key), and `/metrics`.
 Every error answers `{"error": "<message>", "code": "<stable_code>"}`."""
 
+# With several workers, each hands its buffered metric updates over this often (seconds).
+METRICS_FLUSH_S = 1.0
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -76,6 +79,12 @@ class VerdictApp(FastAPI):
             await super().__call__(scope, receive, send)
 
 
+async def _flush_forever(metrics: Metrics, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        metrics.flush()
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Load models in the background (liveness answers at once), poll, and drain at the end."""
@@ -89,6 +98,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(repo.start())]
     if state.settings.poll_interval_s > 0:
         tasks.append(asyncio.create_task(repo.poll_forever(state.settings.poll_interval_s)))
+    if state.multiproc_dir:
+        # Another worker may answer the scrape: hand buffered updates over every second.
+        tasks.append(asyncio.create_task(_flush_forever(state.metrics, METRICS_FLUSH_S)))
     try:
         yield
     finally:
@@ -100,6 +112,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             await repo.close()
             state.drift.flush()
+            state.metrics.flush()
         except Exception:  # the store below is closed whatever happened here
             log.exception("draining the models at shutdown failed")
         try:
@@ -204,7 +217,7 @@ def create_app(
     state.ids = PredictionIds(load_prediction_key(settings))
     state.api_keys = [k.get_secret_value() for k in settings.api_keys if k.get_secret_value()]
     state.prediction_observers = []
-    state.before_metrics = []
+    state.before_metrics = [metrics.flush]  # also flushed by any collection of `registry`
     _wire_feedback_and_drift(app, settings, metrics)
     for router in ROUTERS:
         app.include_router(router)

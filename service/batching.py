@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import queue
 import threading
 from collections import deque
@@ -20,6 +21,9 @@ from service.errors import InferenceError, OverloadedError, ShuttingDownError
 from service.metrics import VersionMetrics
 
 log = logging.getLogger(__name__)
+
+# Weight of each new run in the moving average of measured / predicted run time.
+COST_SMOOTHING = 0.1
 
 
 @dataclass(slots=True)
@@ -89,13 +93,21 @@ class OrtThread:
 
 
 class Batcher:
-    """Merges requests for one model version; ONNX Runtime runs on one dedicated thread.
+    """Merges requests for one model version into ONNX Runtime runs.
 
-    A request that finds the model idle and nothing queued runs at once (batching would add
-    only latency). Requests that arrive while a run is in progress wait in the queue and go
-    together in the next run, up to `max_batch_rows`. When several requests are queued (or
-    the last run merged several), the batcher waits up to `max_queue_delay_ms` after the
-    oldest arrived to fill the batch further.
+    Cheap runs are made on the event loop: when the model's measured cost for the rows that
+    arrived in one turn of the loop is within `inline_budget_s`, those requests are merged
+    and run once, at the end of that turn, without handing them to a thread (the hand-over
+    and the wake-up cost several times what a small model's run does). Everything else runs
+    on one dedicated thread: a request that finds the model idle and nothing queued runs at
+    once; requests that arrive while a run is in progress wait in the queue and go together
+    in the next run, up to `max_batch_rows`. When several requests are queued (or the last
+    run merged several), the batcher waits up to `max_queue_delay_ms` after the oldest
+    arrived to fill the batch further.
+
+    The cost estimate starts from the timings taken at warm-up (`calibrate`) and follows
+    every run after (a moving average of measured over predicted), so a model that turns out
+    slower than its warm-up moves to the thread by itself.
     """
 
     def __init__(
@@ -108,8 +120,18 @@ class Batcher:
         max_queue_rows: int,
         enabled: bool = True,
         metrics: VersionMetrics | None = None,
+        inline_budget_s: float = 0.0,
     ) -> None:
         self._run = run
+        self.inline_budget_s = inline_budget_s
+        # Seconds per run = (fixed + per_row * rows) * scale; unknown (never inline) until
+        # calibrate() is called.
+        self._cost_fixed = math.inf
+        self._cost_row = math.inf
+        self._cost_scale = 1.0
+        self._tick: list[_Pending] = []
+        self._tick_rows = 0
+        self.inline_runs = 0
         self.name = name
         self.max_batch_rows = max_batch_rows
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0
@@ -137,6 +159,21 @@ class Batcher:
         self._wakeup = asyncio.Event()
         if self.enabled:
             self._task = asyncio.get_running_loop().create_task(self._dispatch_loop())
+
+    def calibrate(self, fixed_s: float, per_row_s: float) -> None:
+        """Seconds one run costs: `fixed_s + per_row_s * rows` (measured at warm-up)."""
+        self._cost_fixed = max(fixed_s, 0.0)
+        self._cost_row = max(per_row_s, 0.0)
+        self._cost_scale = 1.0
+
+    def estimate_s(self, rows: int) -> float:
+        """Predicted seconds for one run of `rows` rows."""
+        return (self._cost_fixed + self._cost_row * rows) * self._cost_scale
+
+    def _learn(self, rows: int, seconds: float) -> None:
+        predicted = self._cost_fixed + self._cost_row * rows
+        if 0 < predicted < math.inf:
+            self._cost_scale += COST_SMOOTHING * (seconds / predicted - self._cost_scale)
 
     def run_sync(self, x: np.ndarray) -> np.ndarray:
         """Run directly on the calling thread (warm-up, before traffic)."""
@@ -167,6 +204,7 @@ class Batcher:
         return BatchResult(out, start - enqueued, perf_counter() - start)
 
     def _observe(self, rows: int, results: list[BatchResult]) -> None:
+        self._learn(rows, results[0].compute_s)
         m = self._metrics
         if m is None:
             return
@@ -180,6 +218,15 @@ class Batcher:
         rows = len(x)
         self._admit(rows)
         loop = asyncio.get_running_loop()
+        if self.inline_budget_s > 0 and not self._busy and not self._queue:
+            total = self._tick_rows + rows
+            if total <= self.max_batch_rows and self.estimate_s(total) <= self.inline_budget_s:
+                inline: asyncio.Future[BatchResult] = loop.create_future()
+                if not self._tick:
+                    loop.call_soon(self._run_tick)
+                self._tick.append(_Pending(x, inline))
+                self._tick_rows = total
+                return await inline
         if not self.enabled or (not self._busy and not self._queue):
             # Idle (or batching off): run now, no queueing.
             self._busy = True
@@ -202,6 +249,38 @@ class Batcher:
         assert self._wakeup is not None
         self._wakeup.set()
         return await future
+
+    def _run_tick(self) -> None:
+        """Run the requests gathered in this turn of the loop, on the loop (cheap models)."""
+        batch, rows = self._tick, self._tick_rows
+        self._tick, self._tick_rows = [], 0
+        groups = [batch] if self.enabled else [[p] for p in batch]
+        for group in groups:
+            group_rows = sum(p.rows for p in group) if len(group) > 1 else group[0].rows
+            start = perf_counter()
+            try:
+                x = group[0].x if len(group) == 1 else np.concatenate([p.x for p in group])
+                out = self._run(x)
+            except Exception as exc:
+                log.exception("inline run of %d rows failed on %s", group_rows, self.name)
+                error = _as_inference_error(self.name, exc)
+                for p in group:
+                    if not p.future.done():
+                        p.future.set_exception(error)
+                continue
+            compute_s = perf_counter() - start
+            self.inline_runs += 1
+            self.batches_run += 1
+            results = []
+            offset = 0
+            for p in group:
+                result = BatchResult(out[offset : offset + p.rows], start - p.enqueued, compute_s)
+                offset += p.rows
+                results.append(result)
+                if not p.future.done():
+                    p.future.set_result(result)
+            self._observe(group_rows, results)
+        self._release(rows)
 
     async def _wait(self, timeout: float | None = None) -> bool:
         assert self._wakeup is not None
@@ -308,7 +387,7 @@ class Batcher:
             self._wakeup.set()
         if self._task is not None:
             await self._task
-        while self._busy:
+        while self._busy or self._tick:
             await asyncio.sleep(0.001)
         self._thread.shutdown()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,12 +53,131 @@ LABEL_DELAY_BUCKETS = (
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+class BufferedCounter:
+    """A counter child whose increments add up in a plain number until `flush`.
+
+    prometheus_client takes a lock (and in multiprocess mode writes a mapped file) on every
+    update; the predict path makes about fifteen per request. Buffers move that to `flush`,
+    which runs before every collection (see `Metrics`) and, with several workers, every
+    second. Update and flush on the event loop thread.
+    """
+
+    __slots__ = ("child", "pending")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.pending: float = 0
+
+    def inc(self, amount: float = 1) -> None:
+        """Add `amount` (not yet visible to a scrape until the next flush)."""
+        self.pending += amount
+
+    def flush(self) -> None:
+        """Hand what was added to the real counter."""
+        pending, self.pending = self.pending, 0
+        if pending:
+            self.child.inc(pending)
+
+
+class BufferedGauge:
+    """A gauge child whose latest `set` value reaches the real gauge at `flush`."""
+
+    __slots__ = ("child", "value", "written")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.value = 0.0
+        self.written = 0.0
+
+    def set(self, value: float) -> None:
+        """The gauge's value from now on (visible after the next flush)."""
+        self.value = value
+
+    def flush(self) -> None:
+        """Write the value if it changed."""
+        value = self.value
+        if value != self.written:
+            self.written = value
+            self.child.set(value)
+
+
+class BufferedHistogram:
+    """A histogram child whose observations count up per bucket until `flush`.
+
+    Same buckets and semantics as `Histogram.observe` (a value lands in the first bucket
+    whose upper bound is >= the value); the counts are per bucket, as the child stores them.
+    """
+
+    __slots__ = ("bounds", "child", "counts", "total")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.bounds: list[float] = list(child._upper_bounds)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one value."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """Count every value of a 1-d array: one `searchsorted` for all of them."""
+        if len(values) == 1:
+            self.observe(float(values[0]))
+            return
+        index = np.searchsorted(np.asarray(self.bounds), values, side="left")
+        counts = self.counts
+        for i, n in enumerate(np.bincount(index, minlength=len(counts)).tolist()):
+            if n:
+                counts[i] += n
+        self.total += float(np.sum(values, dtype=np.float64))
+
+    def flush(self) -> None:
+        """Add the counts and the sum to the real histogram."""
+        counts = self.counts
+        if not any(counts):
+            return
+        self.counts = [0] * len(counts)
+        total, self.total = self.total, 0.0
+        buckets = self.child._buckets
+        for i, n in enumerate(counts):
+            if n:
+                buckets[i].inc(n)
+        self.child._sum.inc(total)
+
+
+Buffered = BufferedCounter | BufferedGauge | BufferedHistogram
+
+
+class _FlushFirst:
+    """Registered on the registry before any metric: every collection (a /metrics answer, a
+    test's `get_sample_value`) flushes the buffers first, so what it reads is exact."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        self._metrics.flush()
+        return []
+
+
 class Metrics:
-    """The metrics of DESIGN.md; one instance per app, on its own registry."""
+    """The metrics of DESIGN.md; one instance per app, on its own registry.
+
+    The per-request series (inference outcomes, predictions by label, score, batch size,
+    queue and compute time, queue depth, HTTP duration) are updated through buffers
+    (`buffered`), flushed before every collection.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         r = registry
+        self._buffers: list[Buffered] = []
+        registry.register(_FlushFirst(self))
         self.http_duration = Histogram(
             "verdict_http_request_duration_seconds",
             "HTTP request duration by route template, method and status code.",
@@ -165,20 +285,38 @@ class Metrics:
             registry=r,
         )
 
+    def buffered(self, child: Any) -> Any:
+        """A buffer in front of a labelled counter, gauge or histogram child."""
+        buffer: Buffered
+        if hasattr(child, "_upper_bounds"):
+            buffer = BufferedHistogram(child)
+        elif hasattr(child, "set"):
+            buffer = BufferedGauge(child)
+        else:
+            buffer = BufferedCounter(child)
+        self._buffers.append(buffer)
+        return buffer
+
+    def flush(self) -> None:
+        """Hand every buffered update to the real series."""
+        for buffer in self._buffers:
+            buffer.flush()
+
     def version_metrics(self, model: str, version: int, classes: list[str]) -> VersionMetrics:
-        """Labelled children for one model version, resolved once (no .labels() per request)."""
+        """Labelled, buffered children for one model version, resolved once."""
         v = str(version)
+        b = self.buffered
         return VersionMetrics(
-            queue=self.inference_duration.labels(model, v, "queue"),
-            compute=self.inference_duration.labels(model, v, "compute"),
-            batch_size=self.batch_size.labels(model, v),
-            queue_depth=self.queue_depth.labels(model, v),
-            ok=self.inference_requests.labels(model, v, "ok"),
-            invalid=self.inference_requests.labels(model, v, "invalid"),
-            overloaded=self.inference_requests.labels(model, v, "overloaded"),
-            error=self.inference_requests.labels(model, v, "error"),
-            predictions=[self.predictions.labels(model, v, c) for c in classes],
-            score=self.prediction_score.labels(model, v),
+            queue=b(self.inference_duration.labels(model, v, "queue")),
+            compute=b(self.inference_duration.labels(model, v, "compute")),
+            batch_size=b(self.batch_size.labels(model, v)),
+            queue_depth=b(self.queue_depth.labels(model, v)),
+            ok=b(self.inference_requests.labels(model, v, "ok")),
+            invalid=b(self.inference_requests.labels(model, v, "invalid")),
+            overloaded=b(self.inference_requests.labels(model, v, "overloaded")),
+            error=b(self.inference_requests.labels(model, v, "error")),
+            predictions=[b(self.predictions.labels(model, v, c)) for c in classes],
+            score=b(self.prediction_score.labels(model, v)),
         )
 
     def set_model_config(
@@ -252,6 +390,9 @@ def observe_many(child: Any, values: np.ndarray) -> None:
     Uses the child's bucket values the way `Histogram.observe` does (value <= bound lands in
     the first such bucket; buckets are stored per bucket, not cumulated).
     """
+    if isinstance(child, BufferedHistogram):
+        child.observe_many(values)
+        return
     n = len(values)
     if n == 1:
         child.observe(float(values[0]))

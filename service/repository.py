@@ -27,7 +27,7 @@ from service.errors import (
     scrub_paths,
 )
 from service.metrics import Metrics, VersionMetrics
-from service.runtime import ModelSession, RuntimeOptions, create_session
+from service.runtime import CPU, ModelSession, RuntimeOptions, create_session
 from service.settings import Settings, VersionPolicy
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 WARMUP_ROWS = (1, 8)
+# Batch sizes and runs per size timed after warm-up to predict what a run costs.
+COST_ROWS = (1, 16)
+COST_RUNS = 7
 PROBABILITY_TOLERANCE = 1e-3
 
 Fingerprint = tuple[tuple[int, int, int, int], ...]
@@ -86,6 +89,7 @@ class _Checked:
     positive_index: int | None
     session: ModelSession
     fingerprint: tuple[int, int, int, int]
+    cost: tuple[float, float]  # seconds per run: fixed, per row (see Batcher.calibrate)
 
 
 def _file_fingerprint(folder: Path, model_file: str = "model.onnx") -> tuple[int, int, int, int]:
@@ -248,6 +252,22 @@ def _warm_up(session: ModelSession, spec: InputSpec, n_classes: int) -> list[str
     return []
 
 
+def _measure_cost(session: ModelSession, spec: InputSpec) -> tuple[float, float]:
+    """Seconds one run takes, as fixed + per row: medians of a few timed runs at two sizes."""
+    medians = []
+    for rows in COST_ROWS:
+        x = np.zeros((rows, *spec.dims), dtype=np.float32)
+        times = []
+        for _ in range(COST_RUNS):
+            start = time.perf_counter()
+            session.run(x)
+            times.append(time.perf_counter() - start)
+        medians.append(sorted(times)[len(times) // 2])
+    (r1, t1), (r2, t2) = zip(COST_ROWS, medians, strict=True)
+    per_row = max(t2 - t1, 0.0) / (r2 - r1)
+    return max(t1 - per_row * r1, 0.0), per_row
+
+
 def load_version(folder: Path, name: str, version: int, options: RuntimeOptions) -> _Checked:
     """Read, check and warm up one version folder (blocking; call from a worker thread)."""
     manifest = read_manifest(folder)
@@ -289,7 +309,8 @@ def load_version(folder: Path, name: str, version: int, options: RuntimeOptions)
     task = manifest["task"]
     threshold = float(manifest["decision"]["threshold"]) if task == "binary" else None
     positive = classes.index(out["positive_class"]) if task == "binary" else None
-    return _Checked(manifest, spec, classes, task, threshold, positive, ms, fingerprint)
+    cost = _measure_cost(ms, spec)
+    return _Checked(manifest, spec, classes, task, threshold, positive, ms, fingerprint, cost)
 
 
 @dataclass(slots=True)
@@ -460,7 +481,9 @@ class Repository:
             max_queue_rows=s.max_queue_rows,
             enabled=s.batching_for(name),
             metrics=vm,
+            inline_budget_s=s.inline_max_us / 1e6 if c.session.providers == [CPU] else 0.0,
         )
+        batcher.calibrate(*c.cost)
         batcher.start()
         self.metrics.set_model_config(name, version, c.session.providers, c.manifest)
         mv = ModelVersion(

@@ -85,6 +85,14 @@ class Settings(BaseSettings):
     max_queue_rows: int = Field(
         default=4096, ge=1, description="Rows that may wait per model version before answering 503."
     )
+    inline_max_us: float = Field(
+        default=200.0,
+        ge=0,
+        description="CPU models whose run over the rows that arrived in one turn of the event "
+        "loop is predicted (from warm-up timings, then every run) to take at most this many "
+        "microseconds run on the event loop, merged; anything slower, and every GPU model, "
+        "runs on the model's own thread (0 = always on the thread).",
+    )
     batching_enabled: bool = Field(
         default=True, description="Merge concurrent requests into batches."
     )

@@ -125,32 +125,6 @@ def test_cors_is_off_by_default_and_on_when_configured(model_repo, tmp_path) -> 
         assert r.headers["access-control-allow-origin"] == "https://ui.example"
 
 
-def test_onnx_runtime_never_runs_on_the_event_loop_thread(client: TestClient, app) -> None:
-    import threading
-
-    assert client.portal is not None
-    loop_thread = client.portal.call(threading.get_ident)
-    seen: list[int] = []
-    for name in ("bin", "img"):
-        mv = app.state.repository.resolve(name)
-        original = mv.batcher._run
-
-        def spy(x: np.ndarray, run=original) -> np.ndarray:
-            seen.append(threading.get_ident())
-            return run(x)
-
-        mv.batcher._run = spy
-    client.post("/predict", json={"model": "bin", "instances": [[1, 2, 3]]})
-    client.post("/predict", json={"model": "img", "instances": [[0] * 16]})
-    client.post(
-        "/v2/models/bin/infer",
-        json={
-            "inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]
-        },
-    )
-    assert len(seen) == 3 and loop_thread not in seen
-
-
 def test_prediction_observers_see_inputs_and_decisions(client: TestClient, app) -> None:
     seen = []
     app.state.prediction_observers.append(

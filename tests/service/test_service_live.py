@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import time
 from pathlib import Path
 
 import httpx
@@ -181,6 +182,12 @@ def test_two_workers_add_up_their_metrics(
         with httpx.Client(base_url=server.url) as http:
             r = http.post("/predict", json={"model": "bin", "instances": [[1, 2, 3]]})
             assert r.status_code == 200
+    # Each worker hands its buffered updates over every second; the sum is exact after that.
+    wanted = 'verdict_inference_requests_total{model="bin",outcome="ok",version="1"} 12.0'
+    deadline = time.monotonic() + 10
     text = httpx.get(f"{server.url}/metrics").text
-    assert 'verdict_inference_requests_total{model="bin",outcome="ok",version="1"} 12.0' in text
+    while wanted not in text and time.monotonic() < deadline:
+        time.sleep(0.2)
+        text = httpx.get(f"{server.url}/metrics").text
+    assert wanted in text
     assert "verdict_model_info" in text

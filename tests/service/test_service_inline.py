@@ -1,0 +1,201 @@
+"""Cheap models run on the event loop, merged per turn of the loop; slow ones on their thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.batching import Batcher
+from service.errors import InferenceError
+from tests.conftest import make_settings, wait_ready
+
+W = np.arange(6, dtype=np.float32).reshape(3, 2)
+
+
+def _batcher(run: Any, **kw: Any) -> Batcher:
+    opts: dict[str, Any] = {
+        "max_batch_rows": 16,
+        "max_queue_delay_ms": 5.0,
+        "max_queue_rows": 1000,
+        "inline_budget_s": 0.001,
+    }
+    opts.update(kw)
+    return Batcher(run, name="t-1", **opts)
+
+
+def _recording(calls: list[tuple[int, int]]) -> Any:
+    def run(x: np.ndarray) -> np.ndarray:
+        calls.append((len(x), threading.get_ident()))
+        return x @ W
+
+    return run
+
+
+def test_requests_of_one_loop_turn_merge_into_one_run_on_the_loop() -> None:
+    calls: list[tuple[int, int]] = []
+    xs = [np.full((n, 3), float(n), dtype=np.float32) for n in (1, 3, 2, 4)]
+
+    async def main() -> tuple[list[np.ndarray], int]:
+        b = _batcher(_recording(calls))
+        b.calibrate(1e-6, 1e-7)  # cheap: well inside the 1 ms budget
+        b.start()
+        results = await asyncio.gather(*(b.submit(x) for x in xs))
+        await b.close()
+        assert b.inline_runs == 1
+        return [r.probabilities for r in results], threading.get_ident()
+
+    outs, loop_thread = asyncio.run(main())
+    assert calls == [(10, loop_thread)]
+    for x, out in zip(xs, outs, strict=True):
+        np.testing.assert_array_equal(out, x @ W)
+
+
+def test_rows_over_the_budget_or_the_batch_limit_go_to_the_thread() -> None:
+    calls: list[tuple[int, int]] = []
+
+    async def main() -> int:
+        b = _batcher(_recording(calls), max_batch_rows=4)
+        b.calibrate(0.0, 0.0002)  # 0.2 ms a row: 5 rows are over the 1 ms budget
+        b.start()
+        await asyncio.gather(b.submit(np.ones((3, 3), np.float32)))  # inline
+        await b.submit(np.ones((5, 3), np.float32))  # over budget and limit: thread
+        await b.close()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert calls[0] == (3, loop_thread)
+    assert calls[1][0] == 5 and calls[1][1] != loop_thread
+
+
+def test_uncalibrated_or_zero_budget_never_runs_on_the_loop() -> None:
+    calls: list[tuple[int, int]] = []
+
+    async def main() -> int:
+        never = _batcher(_recording(calls))  # not calibrated: cost unknown
+        never.start()
+        await never.submit(np.ones((1, 3), np.float32))
+        await never.close()
+        off = _batcher(_recording(calls), inline_budget_s=0.0)
+        off.calibrate(0.0, 0.0)
+        off.start()
+        await off.submit(np.ones((1, 3), np.float32))
+        await off.close()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert len(calls) == 2 and all(t != loop_thread for _, t in calls)
+
+
+def test_a_failed_inline_run_fails_each_of_its_requests_and_the_next_run_works() -> None:
+    fail = [True]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if fail[0]:
+            raise RuntimeError("boom")
+        return x @ W
+
+    async def main() -> None:
+        b = _batcher(run)
+        b.calibrate(0.0, 0.0)
+        b.start()
+        results = await asyncio.gather(
+            *(b.submit(np.ones((2, 3), np.float32)) for _ in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, InferenceError) for r in results)
+        fail[0] = False
+        ok = await b.submit(np.ones((2, 3), np.float32))
+        np.testing.assert_array_equal(ok.probabilities, np.ones((2, 3), np.float32) @ W)
+        assert b._queued_rows == 0  # every failed row was released
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_without_batching_inline_requests_run_one_by_one() -> None:
+    calls: list[tuple[int, int]] = []
+
+    async def main() -> None:
+        b = _batcher(_recording(calls), enabled=False)
+        b.calibrate(0.0, 0.0)
+        b.start()
+        await asyncio.gather(*(b.submit(np.ones((n, 3), np.float32)) for n in (1, 2, 3)))
+        await b.close()
+
+    asyncio.run(main())
+    assert [n for n, _ in calls] == [1, 2, 3]
+
+
+def _threads_seen(app: Any, names: tuple[str, ...]) -> dict[str, list[int]]:
+    seen: dict[str, list[int]] = {n: [] for n in names}
+    for name in names:
+        mv = app.state.repository.resolve(name)
+        original = mv.batcher._run
+
+        def spy(x: np.ndarray, run: Any = original, name: str = name) -> np.ndarray:
+            seen[name].append(threading.get_ident())
+            return run(x)
+
+        mv.batcher._run = spy
+    return seen
+
+
+def _predict_both(client: TestClient) -> None:
+    assert client.post("/predict", json={"model": "bin", "instances": [[1, 2, 3]]}).is_success
+    assert client.post("/predict", json={"model": "img", "instances": [[0] * 16]}).is_success
+    infer = {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+    assert client.post("/v2/models/bin/infer", json=infer).is_success
+
+
+def test_a_cheap_model_runs_on_the_loop_and_a_slow_one_on_its_thread(
+    client: TestClient, app: Any
+) -> None:
+    assert client.portal is not None
+    loop_thread = client.portal.call(threading.get_ident)
+    # The tiny test models are cheap; make img look as slow as a big model (1 s a run).
+    app.state.repository.resolve("img").batcher.calibrate(1.0, 0.0)
+    seen = _threads_seen(app, ("bin", "img"))
+    _predict_both(client)
+    assert seen["bin"] == [loop_thread, loop_thread]
+    assert len(seen["img"]) == 1 and loop_thread not in seen["img"]
+
+
+def test_with_inline_off_onnx_runtime_never_runs_on_the_loop(
+    model_repo: Any, tmp_path: Any
+) -> None:
+    with TestClient(create_app(make_settings(model_repo, tmp_path, inline_max_us=0))) as client:
+        wait_ready(client)
+        assert client.portal is not None
+        loop_thread = client.portal.call(threading.get_ident)
+        seen = _threads_seen(client.app, ("bin", "img"))
+        _predict_both(client)
+    ran = seen["bin"] + seen["img"]
+    assert len(ran) == 3 and loop_thread not in ran
+
+
+@pytest.mark.parametrize("slow_s", [0.005])
+def test_a_model_slower_than_its_warm_up_moves_off_the_loop(
+    client: TestClient, app: Any, slow_s: float
+) -> None:
+    assert client.portal is not None
+    loop_thread = client.portal.call(threading.get_ident)
+    mv = app.state.repository.resolve("bin")
+    original = mv.batcher._run
+    seen: list[int] = []
+
+    def slow(x: np.ndarray) -> np.ndarray:
+        seen.append(threading.get_ident())
+        time.sleep(slow_s)  # far over what warm-up measured, and over the 200 us budget
+        return original(x)
+
+    mv.batcher._run = slow
+    for _ in range(3):
+        assert client.post("/predict", json={"model": "bin", "instances": [[1, 2, 3]]}).is_success
+    assert seen[0] == loop_thread  # predicted cheap from warm-up
+    assert loop_thread not in seen[1:]  # measured slow: moved to the model's thread
