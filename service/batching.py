@@ -129,8 +129,9 @@ class Batcher:
         self._cost_fixed = math.inf
         self._cost_row = math.inf
         self._cost_scale = 1.0
-        self._tick: list[_Pending] = []
-        self._tick_rows = 0
+        # Requests gathered in this turn of the loop, as the groups that run together.
+        self._tick: list[list[_Pending]] = []
+        self._group_rows = 0
         self.inline_runs = 0
         self.name = name
         self.max_batch_rows = max_batch_rows
@@ -218,15 +219,32 @@ class Batcher:
         rows = len(x)
         self._admit(rows)
         loop = asyncio.get_running_loop()
-        if self.inline_budget_s > 0 and not self._busy and not self._queue:
-            total = self._tick_rows + rows
-            if total <= self.max_batch_rows and self.estimate_s(total) <= self.inline_budget_s:
-                inline: asyncio.Future[BatchResult] = loop.create_future()
-                if not self._tick:
-                    loop.call_soon(self._run_tick)
-                self._tick.append(_Pending(x, inline))
-                self._tick_rows = total
-                return await inline
+        if (
+            self.inline_budget_s > 0
+            and not self._busy
+            and not self._queue
+            and rows <= self.max_batch_rows
+            and self.estimate_s(rows) <= self.inline_budget_s
+        ):
+            inline: asyncio.Future[BatchResult] = loop.create_future()
+            pending = _Pending(x, inline)
+            if not self._tick:
+                loop.call_soon(self._run_tick)
+                self._tick.append([pending])
+                self._group_rows = rows
+            else:
+                total = self._group_rows + rows
+                if (
+                    self.enabled
+                    and total <= self.max_batch_rows
+                    and self.estimate_s(total) <= self.inline_budget_s
+                ):
+                    self._tick[-1].append(pending)
+                    self._group_rows = total
+                else:  # this turn's next run
+                    self._tick.append([pending])
+                    self._group_rows = rows
+            return await inline
         if not self.enabled or (not self._busy and not self._queue):
             # Idle (or batching off): run now, no queueing.
             self._busy = True
@@ -251,22 +269,23 @@ class Batcher:
         return await future
 
     def _run_tick(self) -> None:
-        """Run the requests gathered in this turn of the loop, on the loop (cheap models)."""
-        batch, rows = self._tick, self._tick_rows
-        self._tick, self._tick_rows = [], 0
-        groups = [batch] if self.enabled else [[p] for p in batch]
+        """Run the requests gathered in this turn of the loop, on the loop (cheap models):
+        one run per group, each group within max_batch_rows and the inline budget."""
+        groups = self._tick
+        self._tick = []
         for group in groups:
-            group_rows = sum(p.rows for p in group) if len(group) > 1 else group[0].rows
+            rows = sum(p.rows for p in group) if len(group) > 1 else group[0].rows
             start = perf_counter()
             try:
                 x = group[0].x if len(group) == 1 else np.concatenate([p.x for p in group])
                 out = self._run(x)
             except Exception as exc:
-                log.exception("inline run of %d rows failed on %s", group_rows, self.name)
+                log.exception("inline run of %d rows failed on %s", rows, self.name)
                 error = _as_inference_error(self.name, exc)
                 for p in group:
                     if not p.future.done():
                         p.future.set_exception(error)
+                self._release(rows)
                 continue
             compute_s = perf_counter() - start
             self.inline_runs += 1
@@ -279,8 +298,8 @@ class Batcher:
                 results.append(result)
                 if not p.future.done():
                     p.future.set_result(result)
-            self._observe(group_rows, results)
-        self._release(rows)
+            self._release(rows)
+            self._observe(rows, results)
 
     async def _wait(self, timeout: float | None = None) -> bool:
         assert self._wakeup is not None

@@ -60,10 +60,14 @@ class PredictionIds:
             raise ValueError("prediction id key must not be empty")
         # BLAKE2b takes keys of up to 64 bytes; a longer one is hashed down first.
         self._key = key if len(key) <= 64 else hashlib.blake2b(key).digest()
+        # The keyed state before any data: copying it skips the key block for every id.
+        self._keyed = hashlib.blake2b(key=self._key, digest_size=MAC_BYTES)
         self._hmac = hmac.new(key, digestmod=hashlib.sha256)
 
     def _sign(self, payload: bytes) -> bytes:
-        return hashlib.blake2b(payload, key=self._key, digest_size=MAC_BYTES).digest()
+        h = self._keyed.copy()
+        h.update(payload)
+        return h.digest()
 
     def _sign_legacy(self, payload: bytes) -> bytes:
         mac = self._hmac.copy()
@@ -104,16 +108,15 @@ class PredictionIds:
             raw = heads.tobytes()
         name = model.encode("utf-8")
         size = _HEAD.size
-        key = self._key
-        blake = hashlib.blake2b
-        macs = b"".join(
-            [
-                blake(raw[i : i + size] + name, key=key, digest_size=MAC_BYTES).digest()
-                for i in range(0, n * size, size)
-            ]
-        )
+        keyed = self._keyed
+        macs = []
+        for i in range(0, n * size, size):
+            h = keyed.copy()
+            h.update(raw[i : i + size])
+            h.update(name)
+            macs.append(h.digest())
         head_text = base64.urlsafe_b64encode(raw).decode("ascii")
-        mac_text = base64.urlsafe_b64encode(macs).decode("ascii")
+        mac_text = base64.urlsafe_b64encode(b"".join(macs)).decode("ascii")
         tail = _b64(name)
         hc, mc = _HEAD_CHARS, _MAC_CHARS
         return [

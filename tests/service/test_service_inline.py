@@ -199,3 +199,21 @@ def test_a_model_slower_than_its_warm_up_moves_off_the_loop(
         assert client.post("/predict", json={"model": "bin", "instances": [[1, 2, 3]]}).is_success
     assert seen[0] == loop_thread  # predicted cheap from warm-up
     assert loop_thread not in seen[1:]  # measured slow: moved to the model's thread
+
+
+def test_a_turn_with_more_rows_than_one_batch_runs_several_batches_on_the_loop() -> None:
+    calls: list[tuple[int, int]] = []
+
+    async def main() -> int:
+        b = _batcher(_recording(calls), max_batch_rows=4)
+        b.calibrate(0.0, 0.0)
+        b.start()
+        outs = await asyncio.gather(*(b.submit(np.full((3, 3), i, np.float32)) for i in range(3)))
+        for i, r in enumerate(outs):
+            np.testing.assert_array_equal(r.probabilities, np.full((3, 3), i, np.float32) @ W)
+        await b.close()
+        assert b.inline_runs == 3
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert calls == [(3, loop_thread)] * 3
