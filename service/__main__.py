@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import shutil
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from service.settings import Settings
+from service.workers import serve_one, serve_workers
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -39,45 +36,6 @@ def prepare_multiproc_dir(path: str) -> None:
     os.environ[MULTIPROC_ENV] = str(folder)
 
 
-def _server_class() -> type[Any]:
-    """A uvicorn Server that exits normally after a drain started by SIGTERM or SIGINT.
-
-    Stock uvicorn records the signal and re-raises it once shutdown is done, so the process
-    dies of it (exit code -15) even after a clean drain; orchestrators read that as a crash.
-    """
-    import uvicorn
-    from uvicorn.server import HANDLED_SIGNALS
-
-    class DrainingServer(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
-            try:
-                yield
-            finally:
-                for sig, handler in original.items():
-                    signal.signal(sig, handler)
-            # Unlike uvicorn, the captured signal is not raised again: the drain was clean.
-
-    return DrainingServer
-
-
-def _serve_one(config_kwargs: dict[str, Any]) -> None:
-    """One process: run the draining server, exit 0 after a clean shutdown."""
-    import uvicorn
-    from uvicorn.config import STARTUP_FAILURE
-
-    config = uvicorn.Config(**config_kwargs)
-    server = _server_class()(config)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run()
-    if not server.started:
-        sys.exit(STARTUP_FAILURE)
-
-
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, build the settings, run uvicorn with the app factory."""
     args = _parse(argv)
@@ -98,8 +56,6 @@ def main(argv: list[str] | None = None) -> None:
         prepare_multiproc_dir(multiproc)
         os.environ["VERDICT_METRICS_MULTIPROC_DIR"] = multiproc
 
-    import uvicorn
-
     from service.logs import configure_logging
 
     config: dict[str, Any] = {
@@ -107,7 +63,6 @@ def main(argv: list[str] | None = None) -> None:
         "factory": True,
         "host": settings.host,
         "port": settings.port,
-        "workers": args.workers,
         # uvicorn takes whole seconds; never None here, which would wait forever.
         "timeout_graceful_shutdown": math.ceil(settings.drain_seconds),
         "log_config": configure_logging(settings.log_json),
@@ -115,10 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         "server_header": False,
     }
     if args.workers > 1:
-        # The supervisor exits normally on SIGTERM; its workers are its business.
-        uvicorn.run(**config)
-    else:
-        _serve_one(config)
+        sys.exit(serve_workers(config, args.workers, settings.drain_seconds))
+    serve_one(config)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -191,3 +194,68 @@ def test_two_workers_add_up_their_metrics(
         text = httpx.get(f"{server.url}/metrics").text
     assert wanted in text
     assert "verdict_model_info" in text
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _established_per_process(pids: list[int], port: int) -> dict[int, int]:
+    """Server-side sockets of established connections on `port`, per process."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":
+            inodes.add(fields[9])
+    counts = {}
+    for pid in pids:
+        n = 0
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    n += 1
+        counts[pid] = n
+    return counts
+
+
+def test_two_workers_share_the_connections(
+    live_server_factory, tmp_path: Path, live_repo: Path
+) -> None:
+    """Each worker listens on its own socket (SO_REUSEPORT): 32 connections opened at once
+    spread over both, where one shared socket gave most of them to one worker."""
+    server = live_server_factory(
+        {
+            "VERDICT_MODEL_REPOSITORY": str(live_repo),
+            "VERDICT_FEEDBACK_DB": str(tmp_path / "fb.sqlite3"),
+            "VERDICT_METRICS_MULTIPROC_DIR": str(tmp_path / "prom"),
+        },
+        ["--workers", "2"],
+    )
+    workers = [  # not multiprocessing's resource tracker
+        pid
+        for pid in _children(server.proc.pid)
+        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(32)]
+    try:
+        deadline = time.monotonic() + 10
+        counts = _established_per_process(workers, server.port)
+        while sum(counts.values()) < 32 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            counts = _established_per_process(workers, server.port)
+        assert len(counts) == 2 and sum(counts.values()) == 32, counts
+        # Binomial(32, 1/2): fewer than 6 on one side happens about once in 10,000 runs.
+        assert min(counts.values()) >= 6, counts
+    finally:
+        for sock in socks:
+            sock.close()

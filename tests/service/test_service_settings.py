@@ -79,8 +79,7 @@ def test_configured_key_wins(tmp_path: Path) -> None:
 def test_main_prepares_multiprocess_metrics_and_runs_the_factory(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import uvicorn
-
+    import service.__main__ as service_main
     from service.__main__ import main
 
     prom = tmp_path / "prom"
@@ -91,11 +90,18 @@ def test_main_prepares_multiprocess_metrics_and_runs_the_factory(
     monkeypatch.setenv("VERDICT_METRICS_MULTIPROC_DIR", str(prom))
     monkeypatch.setenv("VERDICT_DRAIN_SECONDS", "2.5")
     seen: dict = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
-    main(["--host", "127.0.0.2", "--port", "1234", "--workers", "2"])
+
+    def serve_workers(config: dict, workers: int, drain_s: float) -> int:
+        seen.update(config, workers=workers, drain_s=drain_s)
+        return 0
+
+    monkeypatch.setattr(service_main, "serve_workers", serve_workers)
+    with pytest.raises(SystemExit) as exited:
+        main(["--host", "127.0.0.2", "--port", "1234", "--workers", "2"])
+    assert exited.value.code == 0
     assert seen["app"] == "service.app:create_app" and seen["factory"] is True
     assert (seen["host"], seen["port"], seen["workers"]) == ("127.0.0.2", 1234, 2)
-    assert seen["timeout_graceful_shutdown"] == 3
+    assert seen["timeout_graceful_shutdown"] == 3 and seen["drain_s"] == 2.5
     assert list(prom.iterdir()) == []  # wiped before the workers start
     import os
 
