@@ -152,7 +152,7 @@ def decode_instances(instances: Any, spec: InputSpec, max_rows: int) -> np.ndarr
     n = len(instances)
     if n > max_rows:
         raise InvalidInputError(f"too many rows: {n} > max_rows_per_request {max_rows}")
-    if any(isinstance(row, dict) for row in instances):
+    if dict in map(type, instances):  # JSON objects decode to exact dicts; C-speed scan
         instances = _rows_from_objects(instances, spec)
     arr = _as_number_array(instances, "instances")
     size = spec.row_size

@@ -38,6 +38,7 @@ class _Plan:
     """What one model version monitors, with the labelled counter children cached."""
 
     columns: np.ndarray  # input column of each monitored feature
+    all_columns: bool  # every input column is monitored, in order (no column copy needed)
     edges: list[np.ndarray]  # interior cut points per monitored feature
     padded: np.ndarray  # [F, max cuts] the same cut points, padded with +inf
     offsets: np.ndarray  # where each feature's bins start in the flat bincount
@@ -122,6 +123,7 @@ class DriftMonitor:
             padded[row, : len(cuts)] = cuts
         plan = _Plan(
             columns=np.asarray([names.index(f) for f in features], dtype=np.intp),
+            all_columns=list(features) == list(names),
             edges=edges,
             padded=padded,
             offsets=np.asarray(offsets, dtype=np.intp),
@@ -208,7 +210,8 @@ class DriftMonitor:
         rows = 0
         with plan.lock:
             if plan.edges and x.ndim == 2 and len(x):
-                plan.inputs.append(x[:, plan.columns])
+                # Kept, not copied, when every column is monitored (inputs are never changed).
+                plan.inputs.append(x if plan.all_columns else x[:, plan.columns])
                 rows = len(x)
             if plan.score_edges is not None and scores is not None and len(scores):
                 plan.scores.append(np.asarray(scores, dtype=np.float64).ravel())

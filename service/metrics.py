@@ -108,11 +108,12 @@ class BufferedHistogram:
     whose upper bound is >= the value); the counts are per bucket, as the child stores them.
     """
 
-    __slots__ = ("bounds", "child", "counts", "total")
+    __slots__ = ("bound_array", "bounds", "child", "counts", "total")
 
     def __init__(self, child: Any) -> None:
         self.child = child
         self.bounds: list[float] = list(child._upper_bounds)
+        self.bound_array = np.asarray(self.bounds, dtype=np.float64)
         self.counts = [0] * len(self.bounds)
         self.total = 0.0
 
@@ -126,7 +127,7 @@ class BufferedHistogram:
         if len(values) == 1:
             self.observe(float(values[0]))
             return
-        index = np.searchsorted(np.asarray(self.bounds), values, side="left")
+        index = np.searchsorted(self.bound_array, values, side="left")
         counts = self.counts
         for i, n in enumerate(np.bincount(index, minlength=len(counts)).tolist()):
             if n:
