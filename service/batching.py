@@ -95,10 +95,11 @@ class OrtThread:
 class Batcher:
     """Merges requests for one model version into ONNX Runtime runs.
 
-    Cheap runs are made on the event loop: when the model's measured cost for the rows that
-    arrived in one turn of the loop is within `inline_budget_s`, those requests are merged
-    and run once, at the end of that turn, without handing them to a thread (the hand-over
-    and the wake-up cost several times what a small model's run does). Everything else runs
+    Cheap runs are made on the event loop: the requests that arrive in one turn of the loop
+    are merged (up to `max_batch_rows` per run) and run at the end of that turn, without
+    handing them to a thread (the hand-over and the wake-up cost several times what a small
+    model's run does), as long as the predicted time of that turn's runs stays within
+    `inline_budget_s`; requests beyond it take the thread. Everything else runs
     on one dedicated thread: a request that finds the model idle and nothing queued runs at
     once; requests that arrive while a run is in progress wait in the queue and go together
     in the next run, up to `max_batch_rows`. When several requests are queued (or the last
@@ -132,6 +133,7 @@ class Batcher:
         # Requests gathered in this turn of the loop, as the groups that run together.
         self._tick: list[list[_Pending]] = []
         self._group_rows = 0
+        self._tick_cost = 0.0  # predicted seconds of this turn's inline runs
         self.inline_runs = 0
         self.name = name
         self.max_batch_rows = max_batch_rows
@@ -224,27 +226,31 @@ class Batcher:
             and not self._busy
             and not self._queue
             and rows <= self.max_batch_rows
-            and self.estimate_s(rows) <= self.inline_budget_s
         ):
-            inline: asyncio.Future[BatchResult] = loop.create_future()
-            pending = _Pending(x, inline)
+            estimate = self.estimate_s
+            join = False
             if not self._tick:
-                loop.call_soon(self._run_tick)
-                self._tick.append([pending])
-                self._group_rows = rows
+                cost = estimate(rows)
             else:
                 total = self._group_rows + rows
-                if (
-                    self.enabled
-                    and total <= self.max_batch_rows
-                    and self.estimate_s(total) <= self.inline_budget_s
-                ):
+                join = self.enabled and total <= self.max_batch_rows
+                if join:
+                    cost = self._tick_cost - estimate(self._group_rows) + estimate(total)
+                else:  # a further run in this turn
+                    cost = self._tick_cost + estimate(rows)
+            if cost <= self.inline_budget_s:
+                inline: asyncio.Future[BatchResult] = loop.create_future()
+                pending = _Pending(x, inline)
+                if not self._tick:
+                    loop.call_soon(self._run_tick)
+                if join:
                     self._tick[-1].append(pending)
-                    self._group_rows = total
-                else:  # this turn's next run
+                    self._group_rows += rows
+                else:
                     self._tick.append([pending])
                     self._group_rows = rows
-            return await inline
+                self._tick_cost = cost
+                return await inline
         if not self.enabled or (not self._busy and not self._queue):
             # Idle (or batching off): run now, no queueing.
             self._busy = True

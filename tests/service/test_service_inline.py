@@ -217,3 +217,20 @@ def test_a_turn_with_more_rows_than_one_batch_runs_several_batches_on_the_loop()
 
     loop_thread = asyncio.run(main())
     assert calls == [(3, loop_thread)] * 3
+
+
+def test_a_turn_runs_at_most_its_budget_on_the_loop_and_the_rest_on_the_thread() -> None:
+    calls: list[tuple[int, int]] = []
+
+    async def main() -> int:
+        b = _batcher(_recording(calls), max_batch_rows=4)
+        b.calibrate(0.0004, 0.0)  # 0.4 ms a run: two runs fit the 1 ms budget, not three
+        b.start()
+        await asyncio.gather(*(b.submit(np.ones((3, 3), np.float32)) for _ in range(3)))
+        await b.close()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    on_loop = [n for n, t in calls if t == loop_thread]
+    elsewhere = [n for n, t in calls if t != loop_thread]
+    assert on_loop == [3, 3] and elsewhere == [3]
