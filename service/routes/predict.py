@@ -75,25 +75,28 @@ async def predict_body(state: Any, body: bytes) -> bytes:
     finally:
         repo.release(mv)
     class_index = decided.class_index.tolist()
-    score = decided.score.tolist()
-    ids = state.ids.issue_many(mv.name, mv.version, class_index, score, time.time())
-    classes = mv.classes
     rows = decided.probabilities.tolist()
-    # One comprehension over zipped columns: no per-row indexing, enumerate or append.
+    classes = mv.classes
     labels = [classes[ci] for ci in class_index]
+    ids = state.ids.issue_many(
+        mv.name, mv.version, class_index, decided.score.tolist(), time.time()
+    )
     predictions: list[dict[str, Any]]
-    if mv.positive_index is not None:
+    # One comprehension over zipped columns: no per-row indexing, enumerate or append.
+    if mv.positive_index is not None:  # binary: two classes, the score is the positive's
         pos = mv.positive_index
+        first, second = classes
+        decision = ("positive", "negative") if pos == 0 else ("negative", "positive")
         predictions = [
             {
                 "prediction_id": pid,
                 "label": label,
                 "class_index": ci,
-                "probabilities": dict(zip(classes, row, strict=True)),
-                "score": sc,
-                "decision": "positive" if ci == pos else "negative",
+                "probabilities": {first: p0, second: p1},
+                "score": p1 if pos else p0,
+                "decision": decision[ci],
             }
-            for pid, label, ci, row, sc in zip(ids, labels, class_index, rows, score, strict=True)
+            for pid, label, ci, (p0, p1) in zip(ids, labels, class_index, rows, strict=True)
         ]
     else:
         predictions = [
@@ -101,7 +104,7 @@ async def predict_body(state: Any, body: bytes) -> bytes:
                 "prediction_id": pid,
                 "label": label,
                 "class_index": ci,
-                "probabilities": dict(zip(classes, row, strict=True)),
+                "probabilities": dict(zip(classes, row, strict=False)),  # one per class
             }
             for pid, label, ci, row in zip(ids, labels, class_index, rows, strict=True)
         ]
