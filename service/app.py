@@ -175,7 +175,10 @@ def _wire_feedback_and_drift(app: FastAPI, settings: Settings, metrics: Metrics)
     )
     # Counts reach the counters at most once a second, and before every /metrics answer.
     drift = DriftMonitor(
-        metrics, max_features=settings.monitored_features_max, flush_interval_s=1.0
+        metrics,
+        max_features=settings.monitored_features_max,
+        flush_interval_s=1.0,
+        max_rows_per_s=settings.drift_max_rows_per_s,
     )
     state.drift = drift
 

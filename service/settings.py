@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     monitored_features_max: int = Field(
         default=32, ge=0, description="Most input features counted into drift histograms per model."
     )
+    drift_max_rows_per_s: float = Field(
+        default=10_000,
+        ge=0,
+        description="Rows per second and model version binned for drift; beyond it a uniform "
+        "sample of whole requests (0 = every row).",
+    )
 
     @field_validator("providers", "unbatched_models", "cors_origins", "api_keys", mode="before")
     @classmethod

@@ -153,3 +153,42 @@ def test_buffered_small_and_binned_large_batches_count_the_same(
     for feature in ("a", SCORE_FEATURE):
         assert bins(other, feature, 3) == bins(registry, feature, 3)
     assert sum(bins(other, "a", 3)) == 600
+
+
+def test_the_rate_cap_bins_whole_requests_up_to_a_second_of_rows(
+    registry: CollectorRegistry, monkeypatch
+) -> None:
+    import service.drift as drift_module
+
+    now = [1000.0]
+    monkeypatch.setattr(drift_module.time, "monotonic", lambda: now[0])
+    monitor = DriftMonitor(Metrics(registry), max_features=10, max_rows_per_s=10)
+    monitor.register("bc", 1, BINARY)
+    x = np.zeros((4, 3), dtype=np.float32)
+    scores = np.full(4, 0.6, dtype=np.float32)
+    for _ in range(5):  # 20 rows at once: the bucket holds 10, so two requests of 4 pass
+        monitor.observe("bc", 1, x, scores)
+    assert sum(bins(registry, SCORE_FEATURE, 4)) == 8
+    assert monitor.skipped_rows("bc", 1) == 12
+    now[0] += 0.4  # 4 more rows' worth: one more request
+    monitor.observe("bc", 1, x, scores)
+    monitor.observe("bc", 1, x, scores)
+    assert sum(bins(registry, SCORE_FEATURE, 4)) == 12
+    # A request larger than a second's rows still gets in when the bucket is full ...
+    now[0] += 5.0
+    monitor.observe("bc", 1, np.zeros((25, 3), np.float32), np.full(25, 0.6, np.float32))
+    assert sum(bins(registry, SCORE_FEATURE, 4)) == 37
+    # ... and leaves a debt: nothing more until it is paid back.
+    now[0] += 1.0
+    monitor.observe("bc", 1, x, scores)
+    assert sum(bins(registry, SCORE_FEATURE, 4)) == 37
+    assert sum(bins(registry, "a", 3)) == 37  # features and score sample the same rows
+
+
+def test_without_a_cap_every_row_is_binned(registry: CollectorRegistry) -> None:
+    monitor = DriftMonitor(Metrics(registry), max_features=10, max_rows_per_s=0)
+    monitor.register("bc", 1, BINARY)
+    for _ in range(50):
+        monitor.observe("bc", 1, np.zeros((4, 3), np.float32), np.full(4, 0.6, np.float32))
+    assert sum(bins(registry, SCORE_FEATURE, 4)) == 200
+    assert monitor.skipped_rows("bc", 1) == 0
