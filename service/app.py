@@ -95,7 +95,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await fb.open()
     except StoreUnavailableError as exc:  # feedback answers 503 until the store works
         log.warning("feedback store unavailable at start: %s", exc.message)
-    tasks: list[asyncio.Task[None]] = [asyncio.create_task(repo.start())]
+    tasks: list[asyncio.Task[None]] = []
+    if state.settings.listen_when_ready:
+        await repo.start()  # uvicorn listens only after this: no traffic before the models
+    else:
+        tasks.append(asyncio.create_task(repo.start()))
     if state.settings.poll_interval_s > 0:
         tasks.append(asyncio.create_task(repo.poll_forever(state.settings.poll_interval_s)))
     if state.multiproc_dir:

@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     monitored_features_max: int = Field(
         default=32, ge=0, description="Most input features counted into drift histograms per model."
     )
+    listen_when_ready: bool = Field(
+        default=False,
+        description="Load every model before accepting connections (each worker of "
+        "--workers N does; a single process answers liveness at once and loads in the "
+        "background).",
+    )
     drift_max_rows_per_s: float = Field(
         default=10_000,
         ge=0,

@@ -18,8 +18,11 @@ from typing import Any
 
 LISTEN_BACKLOG = 2048  # uvicorn's default
 SUPERVISE_EVERY_S = 0.5
-# A worker that exits with an error this soon after it started is taken as a failed start.
+# A worker that dies this soon after it started is restarted only after a delay, doubled
+# (up to the maximum) each time it happens again.
 STARTUP_GRACE_S = 10.0
+RESTART_DELAY_S = 0.5
+MAX_RESTART_DELAY_S = 30.0
 
 
 def _server_class() -> type[Any]:
@@ -78,6 +81,9 @@ def serve_worker(config_kwargs: dict[str, Any]) -> None:
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
 
+    # A (re)started worker takes connections only once its models are loaded: the others
+    # keep serving meanwhile, instead of the new one answering 503 "not ready".
+    os.environ["VERDICT_LISTEN_WHEN_READY"] = "true"
     try:
         sock = _reuseport_socket(config_kwargs["host"], config_kwargs["port"], listen=True)
     except OSError as exc:
@@ -92,8 +98,9 @@ def serve_worker(config_kwargs: dict[str, Any]) -> None:
 
 
 def serve_workers(config_kwargs: dict[str, Any], workers: int, drain_s: float) -> int:
-    """Run `workers` processes on one port; restart any that dies; on SIGTERM or SIGINT, stop
-    them all (each drains) and return 0. A worker that fails at startup stops everything.
+    """Run `workers` processes on one port; restart any that dies (with a growing delay when
+    it keeps dying young); on SIGTERM or SIGINT, stop them all (each drains) and return 0.
+    A worker that cannot start (exit code 3: no socket, no app) stops everything.
 
     uvicorn's own supervisor shares one listening socket between its workers; with long-lived
     connections (load balancers, benchmark clients) the worker that wakes first accepts most
@@ -103,7 +110,12 @@ def serve_workers(config_kwargs: dict[str, Any], workers: int, drain_s: float) -
 
     # Bound (not listening) in the supervisor: reserves the port, and resolves port 0 once
     # for every worker.
-    reserve = _reuseport_socket(config_kwargs["host"], config_kwargs["port"], listen=False)
+    try:
+        reserve = _reuseport_socket(config_kwargs["host"], config_kwargs["port"], listen=False)
+    except OSError as exc:
+        host, port = config_kwargs["host"], config_kwargs["port"]
+        print(f"verdict: cannot bind {host}:{port}: {exc}", file=sys.stderr)
+        return STARTUP_FAILURE
     config = dict(config_kwargs, port=reserve.getsockname()[1])
     ctx = multiprocessing.get_context("spawn")
     stop = threading.Event()
@@ -121,14 +133,14 @@ def serve_workers(config_kwargs: dict[str, Any], workers: int, drain_s: float) -
 
     procs = [start() for _ in range(workers)]
     started = [time.monotonic()] * workers
+    delay = [RESTART_DELAY_S] * workers
     code = 0
     try:
         while not stop.wait(SUPERVISE_EVERY_S):
             for i, proc in enumerate(procs):
                 if proc.is_alive():
                     continue
-                young = time.monotonic() - started[i] < STARTUP_GRACE_S
-                if proc.exitcode == STARTUP_FAILURE or (proc.exitcode and young):
+                if proc.exitcode == STARTUP_FAILURE:
                     print("verdict: a worker failed to start; stopping", file=sys.stderr)
                     code = STARTUP_FAILURE
                     stop.set()
@@ -137,6 +149,13 @@ def serve_workers(config_kwargs: dict[str, Any], workers: int, drain_s: float) -
                     f"verdict: worker {proc.pid} exited ({proc.exitcode}); starting another",
                     file=sys.stderr,
                 )
+                if time.monotonic() - started[i] < STARTUP_GRACE_S:
+                    # Died young: wait longer before each further restart (no crash loop).
+                    if stop.wait(delay[i]):
+                        break
+                    delay[i] = min(delay[i] * 2, MAX_RESTART_DELAY_S)
+                else:
+                    delay[i] = RESTART_DELAY_S
                 procs[i] = start()
                 started[i] = time.monotonic()
     finally:
