@@ -6,6 +6,7 @@ Kept out of `service.__main__` so that spawned workers can import what they run.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import signal
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 LISTEN_BACKLOG = 2048  # uvicorn's default
+GC_GEN0_THRESHOLD = 20_000  # net allocations of tracked objects between young collections
 SUPERVISE_EVERY_S = 0.5
 # A worker that dies this soon after it started is restarted only after a delay, doubled
 # (up to the maximum) each time it happens again.
@@ -51,11 +53,24 @@ def _server_class() -> type[Any]:
     return DrainingServer
 
 
+def tune_gc() -> None:
+    """Collect the youngest generation after GC_GEN0_THRESHOLD net allocations, not 700.
+
+    A 64-row request holds a few hundred lists and dicts at once; with 8 in flight the default
+    threshold ran a collection several times per request, each walking every live request
+    object. 64-row JSON at 8 connections: +7-9% requests/s (three A/B pairs). Garbage is
+    still freed at once by reference counting; only cycles wait a little longer.
+    """
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 def serve_one(config_kwargs: dict[str, Any]) -> None:
     """One process: run the draining server, exit 0 after a clean shutdown."""
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
 
+    tune_gc()
     config = uvicorn.Config(**config_kwargs)
     server = _server_class()(config)
     with contextlib.suppress(KeyboardInterrupt):
@@ -84,6 +99,7 @@ def serve_worker(config_kwargs: dict[str, Any]) -> None:
     # A (re)started worker takes connections only once its models are loaded: the others
     # keep serving meanwhile, instead of the new one answering 503 "not ready".
     os.environ["VERDICT_LISTEN_WHEN_READY"] = "true"
+    tune_gc()
     try:
         sock = _reuseport_socket(config_kwargs["host"], config_kwargs["port"], listen=True)
     except OSError as exc:

@@ -106,3 +106,28 @@ def test_main_prepares_multiprocess_metrics_and_runs_the_factory(
     import os
 
     assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(prom)
+
+
+def test_a_server_process_collects_young_objects_less_often(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    import uvicorn
+
+    from service import workers
+
+    seen: list[tuple[int, int, int]] = []
+
+    def run(self: object, sockets: object = None) -> None:
+        seen.append(gc.get_threshold())
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    before = gc.get_threshold()
+    try:
+        with pytest.raises(SystemExit):  # the fake run never starts: startup failure
+            workers.serve_one({"app": "service.app:create_app", "factory": True})
+    finally:
+        gc.set_threshold(*before)
+    assert seen == [(workers.GC_GEN0_THRESHOLD, before[1], before[2])]
+    assert before[0] < workers.GC_GEN0_THRESHOLD
