@@ -82,7 +82,10 @@ class VerdictApp(FastAPI):
 async def _flush_forever(metrics: Metrics, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
-        metrics.flush()
+        try:
+            metrics.flush()
+        except Exception:  # keep flushing: one bad write must not stop the others for good
+            log.exception("flushing buffered metrics failed")
 
 
 @asynccontextmanager

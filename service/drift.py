@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Mapping
@@ -51,8 +52,9 @@ class _Plan:
     scores: list[np.ndarray]  # buffered scores, not yet binned
     buffered_rows: int
     lock: threading.Lock
-    tokens: float = 0.0  # rows that may still be binned now (see DriftMonitor.max_rows_per_s)
-    refilled_at: float = 0.0
+    second: int = 0  # the second (of time.monotonic) that this_rows counts
+    this_rows: int = 0  # rows seen in that second
+    last_rows: int = 0  # rows seen in the second before it
     skipped_rows: int = 0  # rows left out by the rate cap
 
 
@@ -82,9 +84,10 @@ class DriftMonitor:
     increments, the dominant cost for wide models, off most batches; 0 increments on
     every batch.
 
-    With `max_rows_per_s` > 0, each model version bins at most that many rows a second
-    (a token bucket of one second's rows; a batch is binned whole or not at all), and a
-    uniform sample of whole requests beyond it. Drift is read from proportions (PSI), which
+    With `max_rows_per_s` > 0, each model version bins every row while it serves at most
+    that many rows a second, and beyond that each batch with probability
+    `max_rows_per_s / rows per second` (a batch is binned whole or not at all; every row has
+    the same chance whatever its batch size). Drift is read from proportions (PSI), which
     a sample estimates without bias; binning every row of a cheap model at 100k rows/s took
     about a quarter of the server's CPU (docs/benchmarks.md). 0 bins every row.
     """
@@ -95,11 +98,13 @@ class DriftMonitor:
         max_features: int = DEFAULT_MAX_FEATURES,
         flush_interval_s: float = 0.0,
         max_rows_per_s: float = 0.0,
+        seed: int | None = None,
     ) -> None:
         self.metrics = metrics
         self.max_features = max_features
         self.flush_interval_s = flush_interval_s
         self.max_rows_per_s = max_rows_per_s
+        self._random = random.Random(seed)
         self._plans: dict[tuple[str, int], _Plan] = {}
         self._lock = threading.Lock()
 
@@ -193,7 +198,7 @@ class DriftMonitor:
         plan = self._plans.get((model, version))
         if plan is None:
             return
-        if self.max_rows_per_s > 0 and not self._take_tokens(plan, len(x)):
+        if self.max_rows_per_s > 0 and not self._sampled(plan, len(x)):
             return
         if self.flush_interval_s > 0 and len(x) < BUFFER_MIN_DIRECT_ROWS:
             self._buffer(plan, x, scores)
@@ -217,20 +222,24 @@ class DriftMonitor:
             return
         _increment(plan.children, counts)
 
-    def _take_tokens(self, plan: _Plan, rows: int) -> bool:
-        """Whether this batch is binned: yes while the bucket holds its rows (or a full
-        second's worth, for a batch larger than that); the bucket may go into debt."""
-        rate = self.max_rows_per_s
-        now = time.monotonic()
+    def _sampled(self, plan: _Plan, rows: int) -> bool:
+        """Whether this batch is binned: every batch while the version sees at most
+        `max_rows_per_s` rows a second (this second or the last), else each batch with
+        probability `max_rows_per_s / rate`: the same for every row whatever the size of its
+        batch, so the binned rows are a uniform sample of the served ones."""
+        cap = self.max_rows_per_s
+        second = int(time.monotonic())
         with plan.lock:
-            tokens = min(rate, plan.tokens + (now - plan.refilled_at) * rate)
-            plan.refilled_at = now
-            if tokens < min(rows, rate):
-                plan.tokens = tokens
-                plan.skipped_rows += rows
-                return False
-            plan.tokens = tokens - rows
-            return True
+            if second != plan.second:
+                plan.last_rows = plan.this_rows if second == plan.second + 1 else 0
+                plan.second = second
+                plan.this_rows = 0
+            plan.this_rows += rows
+            rate = max(plan.last_rows, plan.this_rows)
+            if rate <= cap or self._random.random() * rate < cap:
+                return True
+            plan.skipped_rows += rows
+            return False
 
     def skipped_rows(self, model: str, version: int) -> int:
         """Rows of a version the rate cap left out so far."""

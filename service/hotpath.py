@@ -84,8 +84,9 @@ class BodyDeadlines:
         except asyncio.CancelledError:
             if task in self._expired:
                 self._expired.discard(task)
-                task.uncancel()
-                raise timeout_error(self.timeout_s) from None
+                # Ours alone becomes 408; a cancellation from elsewhere goes on as one.
+                if task.uncancel() == 0:
+                    raise timeout_error(self.timeout_s) from None
             raise
         finally:
             self._reading.pop(task, None)
@@ -123,7 +124,8 @@ class FrontDoor:
         self.max_body_bytes = settings.max_body_bytes
         self.api_keys: list[str] = state.api_keys
         # With CORS on, the framework's CORS middleware must see every request.
-        self.hot = not settings.cors_origins
+        self.cors_origins: list[str] = list(settings.cors_origins)
+        self.hot = not self.cors_origins
         self.deadlines = BodyDeadlines(settings.body_timeout_s)
         self.metrics = state.metrics
         self.histogram = state.metrics.http_duration
@@ -164,7 +166,8 @@ class FrontDoor:
             if method == "POST" and self.limit > 0:
                 if self.active >= self.limit:
                     status = 503
-                    await self._send(send, 503, self._refusal, JSON_HEADER, id_header, True)
+                    cors = self._cors_headers(scope) if self.cors_origins else None
+                    await self._send(send, 503, self._refusal, JSON_HEADER, id_header, True, cors)
                     return
                 self.active += 1
                 admitted = True
@@ -194,6 +197,22 @@ class FrontDoor:
             if self.access_log:
                 access_log.info("%s %s %d %.1fms", method, scope["path"], status, elapsed * 1000.0)
             REQUEST_ID.reset(token)
+
+    def _cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        """What the CORS middleware would add to a simple request's answer: the refusal
+        happens before it, and a browser must still be able to read the 503."""
+        origin = None
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = value
+                break
+        if origin is None:
+            return []
+        if "*" in self.cors_origins:
+            return [(b"access-control-allow-origin", b"*")]
+        if origin.decode("latin-1") in self.cors_origins:
+            return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+        return []
 
     def _match(self, scope: Scope) -> tuple[str, Any, tuple[Any, ...]] | None:
         path: str = scope["path"]

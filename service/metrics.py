@@ -118,8 +118,9 @@ class BufferedHistogram:
         self.total = 0.0
 
     def observe(self, value: float) -> None:
-        """Count one value."""
-        self.counts[bisect_left(self.bounds, value)] += 1
+        """Count one value (NaN lands in no bucket, as with `Histogram.observe`)."""
+        if value == value:
+            self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
     def observe_many(self, values: np.ndarray) -> None:
@@ -129,7 +130,9 @@ class BufferedHistogram:
             return
         index = np.searchsorted(self.bound_array, values, side="left")
         counts = self.counts
-        for i, n in enumerate(np.bincount(index, minlength=len(counts)).tolist()):
+        # NaN sorts past +Inf: index len(counts), which no bucket takes (as observe()).
+        per_bucket = np.bincount(index, minlength=len(counts) + 1)[: len(counts)]
+        for i, n in enumerate(per_bucket.tolist()):
             if n:
                 counts[i] += n
         self.total += float(np.sum(values, dtype=np.float64))
@@ -297,6 +300,16 @@ class Metrics:
             buffer = BufferedCounter(child)
         self._buffers.append(buffer)
         return buffer
+
+    def forget(self, vm: VersionMetrics) -> None:
+        """Flush a retired version's buffers and stop tracking them (reloads add new ones)."""
+        mine = [vm.queue, vm.compute, vm.batch_size, vm.queue_depth, vm.ok, vm.invalid]
+        mine += [vm.overloaded, vm.error, vm.score, *vm.predictions]
+        ids = {id(b) for b in mine}
+        for buffer in mine:
+            if isinstance(buffer, BufferedCounter | BufferedGauge | BufferedHistogram):
+                buffer.flush()
+        self._buffers = [b for b in self._buffers if id(b) not in ids]
 
     def flush(self) -> None:
         """Hand every buffered update to the real series."""

@@ -309,7 +309,12 @@ def load_version(folder: Path, name: str, version: int, options: RuntimeOptions)
     task = manifest["task"]
     threshold = float(manifest["decision"]["threshold"]) if task == "binary" else None
     positive = classes.index(out["positive_class"]) if task == "binary" else None
-    cost = _measure_cost(ms, spec)
+    try:
+        cost = _measure_cost(ms, spec)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{name} v{version} refused: timing runs failed: {scrub_paths(str(exc))}"
+        ) from None
     return _Checked(manifest, spec, classes, task, threshold, positive, ms, fingerprint, cost)
 
 
@@ -525,6 +530,7 @@ class Repository:
                 )
             )
         self.metrics.clear_model_version(mv.name, mv.version, mv.providers, keep)
+        self.metrics.forget(mv.metrics)  # its last updates reach the series first
         self._notify(self._on_unload, mv)
         log.info("retired %s v%d", mv.name, mv.version)
 

@@ -101,7 +101,9 @@ def serve_worker(config_kwargs: dict[str, Any]) -> None:
     os.environ["VERDICT_LISTEN_WHEN_READY"] = "true"
     tune_gc()
     try:
-        sock = _reuseport_socket(config_kwargs["host"], config_kwargs["port"], listen=True)
+        # Bound, not listening: uvicorn's create_server listens after the lifespan startup
+        # (the models loaded), so the kernel sends this worker nothing before that.
+        sock = _reuseport_socket(config_kwargs["host"], config_kwargs["port"], listen=False)
     except OSError as exc:
         print(f"verdict worker cannot listen: {exc}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
@@ -116,7 +118,8 @@ def serve_worker(config_kwargs: dict[str, Any]) -> None:
 def serve_workers(config_kwargs: dict[str, Any], workers: int, drain_s: float) -> int:
     """Run `workers` processes on one port; restart any that dies (with a growing delay when
     it keeps dying young); on SIGTERM or SIGINT, stop them all (each drains) and return 0.
-    A worker that cannot start (exit code 3: no socket, no app) stops everything.
+    A worker that cannot start the first time (exit code 3: no socket, no app) stops
+    everything; a restarted one is retried.
 
     uvicorn's own supervisor shares one listening socket between its workers; with long-lived
     connections (load balancers, benchmark clients) the worker that wakes first accepts most
@@ -150,13 +153,14 @@ def serve_workers(config_kwargs: dict[str, Any], workers: int, drain_s: float) -
     procs = [start() for _ in range(workers)]
     started = [time.monotonic()] * workers
     delay = [RESTART_DELAY_S] * workers
+    restarted = [False] * workers  # a restart that fails to start is retried, not fatal
     code = 0
     try:
         while not stop.wait(SUPERVISE_EVERY_S):
             for i, proc in enumerate(procs):
                 if proc.is_alive():
                     continue
-                if proc.exitcode == STARTUP_FAILURE:
+                if proc.exitcode == STARTUP_FAILURE and not restarted[i]:
                     print("verdict: a worker failed to start; stopping", file=sys.stderr)
                     code = STARTUP_FAILURE
                     stop.set()
@@ -174,6 +178,7 @@ def serve_workers(config_kwargs: dict[str, Any], workers: int, drain_s: float) -
                     delay[i] = RESTART_DELAY_S
                 procs[i] = start()
                 started[i] = time.monotonic()
+                restarted[i] = True
     finally:
         for proc in procs:
             if proc.is_alive() and proc.pid is not None:

@@ -155,34 +155,37 @@ def test_buffered_small_and_binned_large_batches_count_the_same(
     assert sum(bins(other, "a", 3)) == 600
 
 
-def test_the_rate_cap_bins_whole_requests_up_to_a_second_of_rows(
+def test_the_rate_cap_samples_rows_uniformly_whatever_the_request_size(
     registry: CollectorRegistry, monkeypatch
 ) -> None:
     import service.drift as drift_module
 
-    now = [1000.0]
+    now = [1000.5]
     monkeypatch.setattr(drift_module.time, "monotonic", lambda: now[0])
-    monitor = DriftMonitor(Metrics(registry), max_features=10, max_rows_per_s=10)
+    monitor = DriftMonitor(Metrics(registry), max_features=10, max_rows_per_s=5000, seed=7)
     monitor.register("bc", 1, BINARY)
-    x = np.zeros((4, 3), dtype=np.float32)
-    scores = np.full(4, 0.6, dtype=np.float32)
-    for _ in range(5):  # 20 rows at once: the bucket holds 10, so two requests of 4 pass
-        monitor.observe("bc", 1, x, scores)
-    assert sum(bins(registry, SCORE_FEATURE, 4)) == 8
-    assert monitor.skipped_rows("bc", 1) == 12
-    now[0] += 0.4  # 4 more rows' worth: one more request
-    monitor.observe("bc", 1, x, scores)
-    monitor.observe("bc", 1, x, scores)
-    assert sum(bins(registry, SCORE_FEATURE, 4)) == 12
-    # A request larger than a second's rows still gets in when the bucket is full ...
-    now[0] += 5.0
-    monitor.observe("bc", 1, np.zeros((25, 3), np.float32), np.full(25, 0.6, np.float32))
-    assert sum(bins(registry, SCORE_FEATURE, 4)) == 37
-    # ... and leaves a debt: nothing more until it is paid back.
+
+    def serve(rows: int, score: float) -> None:
+        x = np.zeros((rows, 3), dtype=np.float32)
+        monitor.observe("bc", 1, x, np.full(rows, score, dtype=np.float32))
+
+    # Below the cap, every row counts.
+    for _ in range(40):
+        serve(100, 0.9)  # score bin 3
+    assert bins(registry, SCORE_FEATURE, 4)[3] == 4000 and monitor.skipped_rows("bc", 1) == 0
+    # A second at 20 000 rows/s, then one more: from then on each request has a 25% chance.
     now[0] += 1.0
-    monitor.observe("bc", 1, x, scores)
-    assert sum(bins(registry, SCORE_FEATURE, 4)) == 37
-    assert sum(bins(registry, "a", 3)) == 37  # features and score sample the same rows
+    for _ in range(20):
+        serve(1000, 0.9)
+    now[0] += 1.0
+    for _ in range(200):  # 10 000 rows in requests of 50 (score bin 2) ...
+        serve(50, 0.6)
+        for _ in range(50):  # ... and 10 000 in requests of 1 (score bin 0)
+            serve(1, 0.1)
+    small, _, large, _ = bins(registry, SCORE_FEATURE, 4)
+    assert 0.2 < small / 10_000 < 0.3
+    assert 0.15 < large / 10_000 < 0.35  # 200 requests: a wider spread, the same mean
+    assert sum(bins(registry, "a", 3)) == sum(bins(registry, SCORE_FEATURE, 4))
 
 
 def test_without_a_cap_every_row_is_binned(registry: CollectorRegistry) -> None:

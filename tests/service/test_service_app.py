@@ -134,3 +134,21 @@ def test_prediction_observers_see_inputs_and_decisions(client: TestClient, app) 
     r = client.post("/predict", json={"model": "bin", "instances": [[1, 2, 3], [0, 0, 0]]})
     assert r.status_code == 200
     assert seen == [("bin", (2, 3), [p["class_index"] for p in r.json()["predictions"]])]
+
+
+def test_a_refusal_for_overload_carries_the_cors_headers(model_repo, tmp_path) -> None:
+    from tests.conftest import make_settings, wait_ready
+
+    settings = make_settings(model_repo, tmp_path, cors_origins="https://ui.example")
+    app = create_app(settings)
+    with TestClient(app) as c:
+        wait_ready(c)
+        app.front.active = app.front.limit  # as if the limit's worth of POSTs were running
+        body = {"model": "bin", "instances": [[1, 2, 3]]}
+        r = c.post("/predict", json=body, headers={"Origin": "https://ui.example"})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.headers["access-control-allow-origin"] == "https://ui.example"
+        other = c.post("/predict", json=body, headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+        app.front.active = 0
+        assert c.post("/predict", json=body).status_code == 200

@@ -25,3 +25,37 @@ def test_batches_match_one_observe_per_value() -> None:
     for lo, hi in ((0, 1), (1, 64), (64, 500)):
         observe_many(h2, values[lo:hi])
     assert _exposition(one) == _exposition(many)
+
+
+def test_a_buffered_histogram_counts_no_bucket_for_nan() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from service.metrics import BufferedHistogram
+
+    registry = CollectorRegistry()
+    child = Histogram("h", "h", buckets=(0.5, 1.0), registry=registry)
+    buffered = BufferedHistogram(child)
+    buffered.observe_many(np.array([0.2, float("nan"), 0.7], dtype=np.float32))
+    buffered.observe(float("nan"))
+    buffered.observe(0.5)
+    buffered.flush()
+    assert registry.get_sample_value("h_bucket", {"le": "0.5"}) == 2
+    assert registry.get_sample_value("h_bucket", {"le": "1.0"}) == 3
+    assert registry.get_sample_value("h_count") == 3
+
+
+def test_a_retired_versions_buffers_are_flushed_and_dropped() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from service.metrics import Metrics
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    before = len(metrics._buffers)
+    vm = metrics.version_metrics("m", 1, ["a", "b"])
+    assert len(metrics._buffers) == before + 11
+    vm.ok.inc(3)
+    metrics.forget(vm)
+    assert len(metrics._buffers) == before
+    labels = {"model": "m", "version": "1", "outcome": "ok"}
+    assert registry.get_sample_value("verdict_inference_requests_total", labels) == 3
