@@ -209,6 +209,16 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _listening(port: int) -> int:
+    """Listening sockets on `port` (one per worker with SO_REUSEPORT)."""
+    n = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":
+            n += 1
+    return n
+
+
 def _established_per_process(pids: list[int], port: int) -> dict[int, int]:
     """Server-side sockets of established connections on `port`, per process."""
     inodes = set()
@@ -246,6 +256,11 @@ def test_two_workers_share_the_connections(
         for pid in _children(server.proc.pid)
         if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
+    # Each worker listens once its models are loaded: wait for both listening sockets.
+    deadline = time.monotonic() + 30
+    while _listening(server.port) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _listening(server.port) == 2
     socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(32)]
     try:
         deadline = time.monotonic() + 10
