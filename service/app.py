@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,11 +17,10 @@ from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.codecs import encode_json
 from service.drift import DriftMonitor
-from service.errors import VerdictError, scrub_paths
+from service.errors import VerdictError, error_body
 from service.feedback import FeedbackService
-from service.hotpath import FrontDoor
+from service.hotpath import FrontDoor, Receive, Scope, Send
 from service.ids import PredictionIds
 from service.keys import load_prediction_key
 from service.metrics import Metrics, mark_process_dead, multiproc_dir
@@ -48,19 +47,13 @@ Every error answers `{"error": "<message>", "code": "<stable_code>"}`."""
 # With several workers, each hands its buffered metric updates over this often (seconds).
 METRICS_FLUSH_S = 1.0
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
 
 def error_response(
     status: int, message: str, code: str, headers: Mapping[str, str] | None = None
 ) -> Response:
     """The one error shape; never shows a filesystem path of the server."""
     return Response(
-        encode_json({"error": scrub_paths(message), "code": code}),
+        error_body(message, code),
         status,
         headers=headers,
         media_type="application/json",

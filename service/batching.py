@@ -296,14 +296,7 @@ class Batcher:
             compute_s = perf_counter() - start
             self.inline_runs += 1
             self.batches_run += 1
-            results = []
-            offset = 0
-            for p in group:
-                result = BatchResult(out[offset : offset + p.rows], start - p.enqueued, compute_s)
-                offset += p.rows
-                results.append(result)
-                if not p.future.done():
-                    p.future.set_result(result)
+            results = _hand_out(group, out, start, compute_s)
             self._release(rows)
             self._observe(rows, results)
 
@@ -394,14 +387,7 @@ class Batcher:
                 self._release(rows)
             self._last_batch_requests = len(batch)
             self.batches_run += 1
-            results = []
-            offset = 0
-            for p in batch:
-                result = BatchResult(out[offset : offset + p.rows], start - p.enqueued, compute_s)
-                offset += p.rows
-                results.append(result)
-                if not p.future.done():
-                    p.future.set_result(result)
+            results = _hand_out(batch, out, start, compute_s)
             self._in_flight = []
             self._observe(rows, results)
 
@@ -415,6 +401,21 @@ class Batcher:
         while self._busy or self._tick:
             await asyncio.sleep(0.001)
         self._thread.shutdown()
+
+
+def _hand_out(
+    batch: list[_Pending], out: np.ndarray, start: float, compute_s: float
+) -> list[BatchResult]:
+    """Give each request of a merged run its own rows of the output, in order."""
+    results = []
+    offset = 0
+    for p in batch:
+        result = BatchResult(out[offset : offset + p.rows], start - p.enqueued, compute_s)
+        offset += p.rows
+        results.append(result)
+        if not p.future.done():
+            p.future.set_result(result)
+    return results
 
 
 def _as_inference_error(name: str, exc: Exception) -> Exception:

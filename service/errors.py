@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import orjson
+
 # An absolute filesystem path of two or more parts (a file, a folder, a source file in a
 # library's message); error answers never show where things live on the server.
 _PATH = re.compile(
@@ -16,6 +18,11 @@ def scrub_paths(message: str) -> str:
     if "/" not in message:
         return message
     return _PATH.sub("<path>", message)
+
+
+def error_body(message: str, code: str) -> bytes:
+    """The one error shape, `{"error": message, "code": code}`, never showing a server path."""
+    return orjson.dumps({"error": scrub_paths(message), "code": code})
 
 
 class VerdictError(Exception):

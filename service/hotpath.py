@@ -16,8 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
 from typing import Any
 
-from service.codecs import encode_json
-from service.errors import ClientDisconnectedError, VerdictError, scrub_paths
+from service.errors import ClientDisconnectedError, VerdictError, error_body
 from service.logs import REQUEST_ID
 from service.middleware import REQUEST_ID_HEADER, VALID_REQUEST_ID, new_request_id
 from service.routes import predict, v2
@@ -106,11 +105,6 @@ class BodyDeadlines:
             self._timer = loop.call_later(self.period_s, self._check)
 
 
-def error_body(exc: VerdictError) -> bytes:
-    """The one error shape, never showing a server path."""
-    return encode_json({"error": scrub_paths(exc.message), "code": exc.code})
-
-
 class FrontDoor:
     """Request ids, admission, HTTP metrics and the predict routes, in front of `app`."""
 
@@ -130,11 +124,8 @@ class FrontDoor:
         self.metrics = state.metrics
         self.histogram = state.metrics.http_duration
         self._children: dict[tuple[str, str, int], Any] = {}
-        self._refusal = encode_json(
-            {
-                "error": f"the server is handling {self.limit} requests already; retry shortly",
-                "code": "overloaded",
-            }
+        self._refusal = error_body(
+            f"the server is handling {self.limit} requests already; retry shortly", "overloaded"
         )
 
     def _observe(self, template: str, method: str, status: int, seconds: float) -> None:
@@ -250,7 +241,7 @@ class FrontDoor:
         if exc.status_code >= 500:
             log.warning("POST %s: %s", path, exc.message)
         extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-        body = error_body(exc)
+        body = error_body(exc.message, exc.code)
         await self._send(send, exc.status_code, body, JSON_HEADER, id_header, False, extra)
         return exc.status_code
 

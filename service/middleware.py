@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 import itertools
-import logging
 import os
 import random
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
-log = logging.getLogger("service.access")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUEST_ID_HEADER = b"x-request-id"
 # A client's id is kept only when it is short and plain, so it cannot forge log lines.
