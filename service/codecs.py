@@ -114,7 +114,9 @@ def _as_number_array(values: Any, what: str) -> np.ndarray:
 
 
 def _check_finite(arr: np.ndarray, what: str) -> None:
-    if not np.isfinite(arr).all():
+    # One reduction instead of isfinite + all: a NaN or an infinity anywhere makes the sum
+    # non-finite, and finite float32 values summed in float64 cannot overflow.
+    if not math.isfinite(np.add.reduce(arr, axis=None, dtype=np.float64)):
         raise InvalidInputError(
             f"{what} holds non-finite values (NaN, Infinity or out of float32 range)"
         )

@@ -78,9 +78,7 @@ async def predict_body(state: Any, body: bytes) -> bytes:
     rows = decided.probabilities.tolist()
     classes = mv.classes
     labels = [classes[ci] for ci in class_index]
-    ids = state.ids.issue_many(
-        mv.name, mv.version, class_index, decided.score.tolist(), time.time()
-    )
+    ids = state.ids.issue_many(mv.name, mv.version, decided.class_index, decided.score, time.time())
     predictions: list[dict[str, Any]]
     # One comprehension over zipped columns: no per-row indexing, enumerate or append.
     if mv.positive_index is not None:  # binary: two classes, the score is the positive's

@@ -282,7 +282,7 @@ async def infer_body(
     parameters: dict[str, Any] = {}
     if req.parameters.get("prediction_ids"):
         parameters["prediction_ids"] = state.ids.issue_many(
-            mv.name, mv.version, decided.class_index.tolist(), decided.score.tolist(), time.time()
+            mv.name, mv.version, decided.class_index, decided.score, time.time()
         )
     outputs = [(name, decided.probabilities, binary) for name, binary in wanted]
     return encode_infer_response(mv.name, mv.version, req.id, parameters, outputs)

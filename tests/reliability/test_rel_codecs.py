@@ -112,6 +112,17 @@ def test_non_finite_or_float32_overflowing_values_get_422(
         assert _code(r) == (422, "invalid_input"), r.text
 
 
+@FIXTURE
+@given(n=st.integers(1, 40), sign=st.sampled_from([1.0, -1.0]))
+def test_rows_of_the_largest_float32_values_are_served(
+    client: TestClient, n: int, sign: float
+) -> None:
+    """Finite values at the edge of float32 are valid input, however many add up."""
+    edge = float(np.finfo(np.float32).max) * sign
+    r = client.post("/predict", json={"model": "bin", "instances": [[edge] * 3] * n})
+    assert r.status_code == 200, r.text
+
+
 def _nest(depth: int, width: int, leaf: float) -> Any:
     value: Any = leaf
     for _ in range(depth):

@@ -12,6 +12,7 @@ import pytest
 from service.runtime import (
     CPU,
     CUDA,
+    ModelSession,
     RuntimeOptions,
     choose_providers,
     create_session,
@@ -74,3 +75,29 @@ def test_thread_and_optimisation_settings_reach_the_session_options() -> None:
     assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     default = session_options(RuntimeOptions())
     assert (default.intra_op_num_threads, default.inter_op_num_threads) == (1, 1)
+
+
+def test_a_cpu_session_runs_through_the_binding_and_answers_the_same() -> None:
+    graph, _, _ = build_onnx((3,), 2)
+    session, providers = create_session(graph, RuntimeOptions(providers=(CPU,)))
+    ms = ModelSession(session, providers, "input", session.get_outputs()[0].name)
+    assert ms._run == session._sess.run  # no Python wrapper per call on CPU
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    expected = session.run([ms.output_name], {"input": x})[0]
+    np.testing.assert_array_equal(ms.run(x), expected)
+
+
+def test_a_cuda_session_keeps_the_wrapper_and_its_provider_fallback() -> None:
+    class Wrapped:
+        def __init__(self) -> None:
+            self._sess = object()
+            self.calls: list[Any] = []
+
+        def run(self, outputs: list[str], feed: dict[str, Any], options: Any = None) -> Any:
+            self.calls.append(outputs)
+            return [feed["input"] * 2]
+
+    wrapped = Wrapped()
+    ms = ModelSession(wrapped, [CUDA, CPU], "input", "probabilities")
+    np.testing.assert_array_equal(ms.run(np.ones((1, 3), np.float32)), np.full((1, 3), 2.0))
+    assert wrapped.calls == [["probabilities"]]
