@@ -17,7 +17,6 @@ from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.batching import InFlight
 from service.drift import DriftMonitor
 from service.errors import VerdictError, error_body
 from service.feedback import FeedbackService
@@ -217,8 +216,7 @@ def create_app(
     state.registry = registry
     state.metrics = metrics
     state.multiproc_dir = multiproc_dir(settings.metrics_multiproc_dir)
-    state.in_flight = InFlight()  # kept by the front door, read by the batchers
-    state.repository = Repository(settings, metrics, state.in_flight)
+    state.repository = Repository(settings, metrics)
     state.ids = PredictionIds(load_prediction_key(settings))
     state.api_keys = [k.get_secret_value() for k in settings.api_keys if k.get_secret_value()]
     state.prediction_observers = []

@@ -35,20 +35,6 @@ class BatchResult:
     compute_s: float
 
 
-class InFlight:
-    """How many requests the server is handling right now (kept by the front door).
-
-    A batcher that is told this can run a cheap request at once when it is the only one:
-    nothing else can join its run, so waiting for the end of the loop turn would only add a
-    suspend and a resume of the request's task.
-    """
-
-    __slots__ = ("count",)
-
-    def __init__(self) -> None:
-        self.count = 0
-
-
 class _Pending:
     __slots__ = ("enqueued", "future", "rows", "x")
 
@@ -113,9 +99,7 @@ class Batcher:
     are merged (up to `max_batch_rows` per run) and run at the end of that turn, without
     handing them to a thread (the hand-over and the wake-up cost several times what a small
     model's run does), as long as the predicted time of that turn's runs stays within
-    `inline_budget_s`; requests beyond it take the thread. A cheap request that is the only
-    one the server is handling (`in_flight`) runs at once instead, with nobody to merge
-    with. Everything else runs
+    `inline_budget_s`; requests beyond it take the thread. Everything else runs
     on one dedicated thread: a request that finds the model idle and nothing queued runs at
     once; requests that arrive while a run is in progress wait in the queue and go together
     in the next run, up to `max_batch_rows`. When several requests are queued (or the last
@@ -138,11 +122,9 @@ class Batcher:
         enabled: bool = True,
         metrics: VersionMetrics | None = None,
         inline_budget_s: float = 0.0,
-        in_flight: InFlight | None = None,
     ) -> None:
         self._run = run
         self.inline_budget_s = inline_budget_s
-        self._in_flight = in_flight
         # Seconds per run = (fixed + per_row * rows) * scale; unknown (never inline) until
         # calibrate() is called.
         self._cost_fixed = math.inf
@@ -161,7 +143,7 @@ class Batcher:
         self._metrics = metrics
         self._thread = OrtThread(f"ort-{name}")
         self._queue: deque[_Pending] = deque()
-        self._running: list[_Pending] = []
+        self._in_flight: list[_Pending] = []
         self._queued_rows = 0
         self._busy = False
         self._last_batch_requests = 1
@@ -257,8 +239,6 @@ class Batcher:
                 else:  # a further run in this turn
                     cost = self._tick_cost + estimate(rows)
             if cost <= self.inline_budget_s:
-                if not self._tick and self._in_flight is not None and self._in_flight.count <= 1:
-                    return self._run_alone(x, rows)
                 inline: asyncio.Future[BatchResult] = loop.create_future()
                 pending = _Pending(x, inline)
                 if not self._tick:
@@ -293,22 +273,6 @@ class Batcher:
         assert self._wakeup is not None
         self._wakeup.set()
         return await future
-
-    def _run_alone(self, x: np.ndarray, rows: int) -> BatchResult:
-        """Run the only request in the server now, on the loop (cheap models)."""
-        start = perf_counter()
-        try:
-            out = self._run(x)
-        except Exception as exc:
-            log.exception("inline run of %d rows failed on %s", rows, self.name)
-            raise _as_inference_error(self.name, exc) from exc
-        finally:
-            self._release(rows)
-        result = BatchResult(out, 0.0, perf_counter() - start)
-        self.inline_runs += 1
-        self.batches_run += 1
-        self._observe(rows, [result])
-        return result
 
     def _run_tick(self) -> None:
         """Run the requests gathered in this turn of the loop, on the loop (cheap models):
@@ -372,9 +336,9 @@ class Batcher:
             except Exception:
                 log.exception("the batcher of %s failed; failing its waiting requests", self.name)
                 error = InferenceError(f"inference failed on {self.name}: batcher error")
-                waiting = self._running + list(self._queue)
+                waiting = self._in_flight + list(self._queue)
                 self._queue.clear()
-                self._running = []
+                self._in_flight = []
                 self._busy = False
                 self._queued_rows = 0
                 self._release(0)
@@ -403,7 +367,7 @@ class Batcher:
                 if self._busy:
                     continue
             batch = self._take()
-            self._running = batch
+            self._in_flight = batch
             rows = sum(p.rows for p in batch)
             self._busy = True
             try:
@@ -416,7 +380,7 @@ class Batcher:
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(error)
-                self._running = []
+                self._in_flight = []
                 continue
             finally:
                 self._busy = False
@@ -424,7 +388,7 @@ class Batcher:
             self._last_batch_requests = len(batch)
             self.batches_run += 1
             results = _hand_out(batch, out, start, compute_s)
-            self._running = []
+            self._in_flight = []
             self._observe(rows, results)
 
     async def close(self) -> None:

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
 from typing import Any
 
-from service.batching import InFlight
 from service.errors import ClientDisconnectedError, VerdictError, error_body
 from service.logs import REQUEST_ID
 from service.middleware import REQUEST_ID_HEADER, VALID_REQUEST_ID, new_request_id
@@ -115,7 +114,7 @@ class FrontDoor:
         settings = state.settings
         self.access_log = settings.access_log
         self.limit = settings.max_inflight_requests
-        self.in_flight: InFlight = state.in_flight  # POSTs being handled (batchers read it)
+        self.active = 0
         self.max_body_bytes = settings.max_body_bytes
         self.api_keys: list[str] = state.api_keys
         # With CORS on, the framework's CORS middleware must see every request.
@@ -155,13 +154,13 @@ class FrontDoor:
         status = 500
         admitted = False
         try:
-            if method == "POST":
-                if 0 < self.limit <= self.in_flight.count:
+            if method == "POST" and self.limit > 0:
+                if self.active >= self.limit:
                     status = 503
                     cors = self._cors_headers(scope) if self.cors_origins else None
                     await self._send(send, 503, self._refusal, JSON_HEADER, id_header, True, cors)
                     return
-                self.in_flight.count += 1
+                self.active += 1
                 admitted = True
             route = self._match(scope) if method == "POST" and self.hot else None
             if route is not None:
@@ -183,7 +182,7 @@ class FrontDoor:
                 template = getattr(found, "path", None) or "unmatched"
         finally:
             if admitted:
-                self.in_flight.count -= 1
+                self.active -= 1
             elapsed = perf_counter() - start
             self._observe(template, method, status, elapsed)
             if self.access_log:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.batching import Batcher, InFlight
+from service.batching import Batcher
 from service.codecs import ORT_TO_DTYPE, InputSpec
 from service.errors import (
     BadRequestError,
@@ -327,11 +327,8 @@ class _VersionState:
 class Repository:
     """Every served model version; swaps versions atomically and drains retired ones."""
 
-    def __init__(
-        self, settings: Settings, metrics: Metrics, in_flight: InFlight | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.root = Path(settings.model_repository)
-        self.in_flight = in_flight
         self.settings = settings
         self.metrics = metrics
         self.policy: VersionPolicy = settings.policy
@@ -490,7 +487,6 @@ class Repository:
             enabled=s.batching_for(name),
             metrics=vm,
             inline_budget_s=s.inline_max_us / 1e6 if c.session.providers == [CPU] else 0.0,
-            in_flight=self.in_flight,
         )
         batcher.calibrate(*c.cost)
         batcher.start()

@@ -143,12 +143,12 @@ def test_a_refusal_for_overload_carries_the_cors_headers(model_repo, tmp_path) -
     app = create_app(settings)
     with TestClient(app) as c:
         wait_ready(c)
-        app.front.in_flight.count = app.front.limit  # as if the limit's worth of POSTs were running
+        app.front.active = app.front.limit  # as if the limit's worth of POSTs were running
         body = {"model": "bin", "instances": [[1, 2, 3]]}
         r = c.post("/predict", json=body, headers={"Origin": "https://ui.example"})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert r.headers["access-control-allow-origin"] == "https://ui.example"
         other = c.post("/predict", json=body, headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
-        app.front.in_flight.count = 0
+        app.front.active = 0
         assert c.post("/predict", json=body).status_code == 200

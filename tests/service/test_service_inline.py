@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.batching import Batcher, InFlight
+from service.batching import Batcher
 from service.errors import InferenceError
 from tests.conftest import make_settings, wait_ready
 
@@ -234,91 +234,3 @@ def test_a_turn_runs_at_most_its_budget_on_the_loop_and_the_rest_on_the_thread()
     on_loop = [n for n, t in calls if t == loop_thread]
     elsewhere = [n for n, t in calls if t != loop_thread]
     assert on_loop == [3, 3] and elsewhere == [3]
-
-
-def _finishes_without_suspending(coro: Any) -> Any:
-    """Drive a coroutine one step: its result when it never waited, else None (closed)."""
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    coro.close()
-    return None
-
-
-def test_the_only_request_in_the_server_runs_at_once_without_a_loop_turn() -> None:
-    calls: list[tuple[int, int]] = []
-    in_flight = InFlight()
-
-    async def main() -> int:
-        b = _batcher(_recording(calls), in_flight=in_flight)
-        b.calibrate(1e-6, 1e-7)
-        b.start()
-        in_flight.count = 1  # this request alone
-        x = np.full((2, 3), 2.0, dtype=np.float32)
-        result = _finishes_without_suspending(b.submit(x))
-        assert result is not None, "a lone cheap request waited for the end of the loop turn"
-        np.testing.assert_array_equal(result.probabilities, x @ W)
-        assert b.inline_runs == 1 and b._queued_rows == 0
-        in_flight.count = 2  # another request is being handled: it may join this run
-        assert _finishes_without_suspending(b.submit(x)) is None
-        b._tick = []  # the closed coroutine's pending entry
-        b._release(2)
-        await b.close()
-        return threading.get_ident()
-
-    loop_thread = asyncio.run(main())
-    assert calls == [(2, loop_thread)]
-
-
-def test_with_other_requests_in_flight_they_still_merge_into_one_run() -> None:
-    calls: list[tuple[int, int]] = []
-    in_flight = InFlight()
-
-    async def main() -> None:
-        b = _batcher(_recording(calls), in_flight=in_flight)
-        b.calibrate(1e-6, 1e-7)
-        b.start()
-        in_flight.count = 3
-        await asyncio.gather(*(b.submit(np.ones((n, 3), np.float32)) for n in (1, 2, 3)))
-        await b.close()
-
-    asyncio.run(main())
-    assert [n for n, _ in calls] == [6]
-
-
-def test_a_failed_lone_run_fails_its_request_and_releases_its_rows() -> None:
-    in_flight = InFlight()
-    in_flight.count = 1
-
-    def run(x: np.ndarray) -> np.ndarray:
-        raise RuntimeError("boom")
-
-    async def main() -> None:
-        b = _batcher(run, in_flight=in_flight)
-        b.calibrate(0.0, 0.0)
-        b.start()
-        with pytest.raises(InferenceError):
-            await b.submit(np.ones((2, 3), np.float32))
-        assert b._queued_rows == 0
-        await b.close()
-
-    asyncio.run(main())
-
-
-def test_the_front_door_counts_the_requests_it_is_handling(client: TestClient, app: Any) -> None:
-    seen: list[int] = []
-    mv = app.state.repository.resolve("bin")
-    original = mv.batcher._run
-
-    def spy(x: np.ndarray) -> np.ndarray:
-        seen.append(app.state.in_flight.count)
-        return original(x)
-
-    mv.batcher._run = spy
-    try:
-        assert client.post("/predict", json={"model": "bin", "instances": [[1, 2, 3]]}).is_success
-    finally:
-        mv.batcher._run = original
-    assert seen == [1]
-    assert app.state.in_flight.count == 0
