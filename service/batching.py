@@ -98,9 +98,12 @@ class Batcher:
     Cheap runs are made on the event loop: the requests that arrive in one turn of the loop
     are merged (up to `max_batch_rows` per run) and run at the end of that turn, without
     handing them to a thread (the hand-over and the wake-up cost several times what a small
-    model's run does), as long as the predicted time of that turn's runs stays within
-    `inline_budget_s`; requests beyond it take the thread. Everything else runs
-    on one dedicated thread: a request that finds the model idle and nothing queued runs at
+    model's run does), when one run is predicted to take at most `inline_budget_s`. The runs
+    of one turn stop once their predicted time would pass that budget; the rest run in the
+    next turn, after the loop has polled its sockets again, so the loop is never held much
+    longer than the budget and a busy cheap model never falls back to the thread.
+    Runs predicted to take longer (and every run when the budget is 0, as for GPU models) go
+    to one dedicated thread: a request that finds the model idle and nothing queued runs at
     once; requests that arrive while a run is in progress wait in the queue and go together
     in the next run, up to `max_batch_rows`. When several requests are queued (or the last
     run merged several), the batcher waits up to `max_queue_delay_ms` after the oldest
@@ -130,10 +133,10 @@ class Batcher:
         self._cost_fixed = math.inf
         self._cost_row = math.inf
         self._cost_scale = 1.0
-        # Requests gathered in this turn of the loop, as the groups that run together.
-        self._tick: list[list[_Pending]] = []
-        self._group_rows = 0
-        self._tick_cost = 0.0  # predicted seconds of this turn's inline runs
+        # Requests waiting to run on the loop, as the groups that run together (in order).
+        self._tick: deque[list[_Pending]] = deque()
+        self._group_rows = 0  # rows of the last group
+        self._tick_scheduled = False
         self.inline_runs = 0
         self.name = name
         self.max_batch_rows = max_batch_rows
@@ -227,29 +230,25 @@ class Batcher:
             and not self._queue
             and rows <= self.max_batch_rows
         ):
-            estimate = self.estimate_s
-            join = False
-            if not self._tick:
-                cost = estimate(rows)
-            else:
-                total = self._group_rows + rows
-                join = self.enabled and total <= self.max_batch_rows
-                if join:
-                    cost = self._tick_cost - estimate(self._group_rows) + estimate(total)
-                else:  # a further run in this turn
-                    cost = self._tick_cost + estimate(rows)
-            if cost <= self.inline_budget_s:
+            budget = self.inline_budget_s
+            join = (
+                self.enabled
+                and bool(self._tick)
+                and self._group_rows + rows <= self.max_batch_rows
+                and self.estimate_s(self._group_rows + rows) <= budget
+            )
+            if join or self.estimate_s(rows) <= budget:
                 inline: asyncio.Future[BatchResult] = loop.create_future()
                 pending = _Pending(x, inline)
-                if not self._tick:
-                    loop.call_soon(self._run_tick)
                 if join:
                     self._tick[-1].append(pending)
                     self._group_rows += rows
                 else:
                     self._tick.append([pending])
                     self._group_rows = rows
-                self._tick_cost = cost
+                if not self._tick_scheduled:
+                    self._tick_scheduled = True
+                    loop.call_soon(self._run_tick)
                 return await inline
         if not self.enabled or (not self._busy and not self._queue):
             # Idle (or batching off): run now, no queueing.
@@ -275,12 +274,18 @@ class Batcher:
         return await future
 
     def _run_tick(self) -> None:
-        """Run the requests gathered in this turn of the loop, on the loop (cheap models):
-        one run per group, each group within max_batch_rows and the inline budget."""
+        """Run the groups waiting for the loop, in order, each group one run; once this
+        turn's predicted run time would pass the inline budget, the rest wait for the next
+        turn (after the loop has seen to its sockets)."""
+        self._tick_scheduled = False
         groups = self._tick
-        self._tick = []
-        for group in groups:
-            rows = sum(p.rows for p in group) if len(group) > 1 else group[0].rows
+        spent = 0.0
+        while groups:
+            group = groups.popleft()
+            if not groups:
+                self._group_rows = 0
+            rows = _rows_of(group)
+            spent += self.estimate_s(rows)
             start = perf_counter()
             try:
                 x = group[0].x if len(group) == 1 else np.concatenate([p.x for p in group])
@@ -299,6 +304,10 @@ class Batcher:
             results = _hand_out(group, out, start, compute_s)
             self._release(rows)
             self._observe(rows, results)
+            if groups and spent + self.estimate_s(_rows_of(groups[0])) > self.inline_budget_s:
+                self._tick_scheduled = True
+                asyncio.get_running_loop().call_soon(self._run_tick)
+                return
 
     async def _wait(self, timeout: float | None = None) -> bool:
         assert self._wakeup is not None
@@ -416,6 +425,10 @@ def _hand_out(
         if not p.future.done():
             p.future.set_result(result)
     return results
+
+
+def _rows_of(group: list[_Pending]) -> int:
+    return group[0].rows if len(group) == 1 else sum(p.rows for p in group)
 
 
 def _as_inference_error(name: str, exc: Exception) -> Exception:

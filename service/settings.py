@@ -88,10 +88,11 @@ class Settings(BaseSettings):
     inline_max_us: float = Field(
         default=200.0,
         ge=0,
-        description="CPU models whose run over the rows that arrived in one turn of the event "
-        "loop is predicted (from warm-up timings, then every run) to take at most this many "
-        "microseconds run on the event loop, merged; anything slower, and every GPU model, "
-        "runs on the model's own thread (0 = always on the thread).",
+        description="CPU model runs predicted (from warm-up timings, then every run) to take "
+        "at most this many microseconds run on the event loop, the requests of one loop turn "
+        "merged, and the runs of one turn stop at about this much (the rest wait for the next "
+        "turn); slower runs, and every GPU model, run on the model's own thread "
+        "(0 = always on the thread).",
     )
     batching_enabled: bool = Field(
         default=True, description="Merge concurrent requests into batches."

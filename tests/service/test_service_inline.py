@@ -219,18 +219,47 @@ def test_a_turn_with_more_rows_than_one_batch_runs_several_batches_on_the_loop()
     assert calls == [(3, loop_thread)] * 3
 
 
-def test_a_turn_runs_at_most_its_budget_on_the_loop_and_the_rest_on_the_thread() -> None:
+def test_a_turn_runs_at_most_its_budget_and_the_rest_waits_for_the_next_turn() -> None:
+    """Two 0.4 ms runs fit the 1 ms budget of a turn; the third runs on the loop too, but only
+    after the loop has had its turn (a callback scheduled meanwhile runs first)."""
+    events: list[str] = []
+    threads: list[int] = []
+
+    def run(x: np.ndarray) -> np.ndarray:
+        events.append(f"run {len(x)}")
+        threads.append(threading.get_ident())
+        return x @ W
+
+    async def main() -> int:
+        b = _batcher(run, max_batch_rows=4)
+        b.calibrate(0.0004, 0.0)
+        b.start()
+        loop = asyncio.get_running_loop()
+        runs = [asyncio.ensure_future(b.submit(np.ones((3, 3), np.float32))) for _ in range(3)]
+        await asyncio.sleep(0)  # the three submit; the batcher's turn is scheduled
+        loop.call_soon(events.append, "the loop's own turn")
+        await asyncio.gather(*runs)
+        await b.close()
+        assert b.inline_runs == 3
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert events == ["run 3", "run 3", "the loop's own turn", "run 3"]
+    assert threads == [loop_thread] * 3
+
+
+def test_a_run_over_the_budget_on_its_own_goes_to_the_thread() -> None:
     calls: list[tuple[int, int]] = []
 
     async def main() -> int:
-        b = _batcher(_recording(calls), max_batch_rows=4)
-        b.calibrate(0.0004, 0.0)  # 0.4 ms a run: two runs fit the 1 ms budget, not three
+        b = _batcher(_recording(calls), max_batch_rows=32)
+        b.calibrate(0.0002, 0.0001)  # 3 rows: 0.5 ms; 3 + 3 merged: 0.8 ms; 20 rows: 2.2 ms
         b.start()
-        await asyncio.gather(*(b.submit(np.ones((3, 3), np.float32)) for _ in range(3)))
+        await asyncio.gather(*(b.submit(np.ones((3, 3), np.float32)) for _ in range(2)))
+        await b.submit(np.ones((20, 3), np.float32))
         await b.close()
         return threading.get_ident()
 
     loop_thread = asyncio.run(main())
-    on_loop = [n for n, t in calls if t == loop_thread]
-    elsewhere = [n for n, t in calls if t != loop_thread]
-    assert on_loop == [3, 3] and elsewhere == [3]
+    assert calls[0] == (6, loop_thread)
+    assert calls[1][0] == 20 and calls[1][1] != loop_thread
