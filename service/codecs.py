@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,12 @@ NUMERIC_DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 NUMPY_TO_DATATYPE: dict[str, str] = {dt.name: name for name, dt in NUMERIC_DATATYPES.items()}
+# The same keyed by the type number of a native dtype (`dtype.name` is built by Python
+# code on every call).
+NUM_TO_DATATYPE: dict[int, str] = {
+    dt.newbyteorder("=").num: name for name, dt in NUMERIC_DATATYPES.items()
+}
+LITTLE_ENDIAN = sys.byteorder == "little"
 # ONNX tensor type strings (as onnxruntime reports them) -> manifest dtype names.
 ORT_TO_DTYPE: dict[str, str] = {
     "tensor(float)": "float32",
@@ -303,8 +310,11 @@ def to_model_input(array: np.ndarray, spec: InputSpec, name: str) -> np.ndarray:
         )
     if shape[0] == 0:
         raise BadRequestError(f"input {name!r}: the batch is empty")
-    with np.errstate(over="ignore", invalid="ignore"):
-        out = np.ascontiguousarray(array, dtype=np.float32)
+    if array.dtype == np.float32 and array.flags.c_contiguous:  # binary FP32: as it came
+        out = array
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = np.ascontiguousarray(array, dtype=np.float32)
     _check_finite(out, f"input {name!r}")
     return out
 
@@ -320,13 +330,15 @@ def encode_infer_response(
     tensors: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     for name, array, binary in outputs:
-        tensor: dict[str, Any] = {
-            "name": name,
-            "datatype": NUMPY_TO_DATATYPE[array.dtype.name],
-            "shape": list(array.shape),
-        }
+        dtype = array.dtype
+        native = dtype.isnative
+        datatype = (native and NUM_TO_DATATYPE.get(dtype.num)) or NUMPY_TO_DATATYPE[dtype.name]
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary:
-            raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            if native and LITTLE_ENDIAN:  # the wire order already: one copy, in C order
+                raw = array.tobytes()
+            else:
+                raw = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<")).tobytes()
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:

@@ -59,3 +59,24 @@ def test_a_retired_versions_buffers_are_flushed_and_dropped() -> None:
     assert len(metrics._buffers) == before
     labels = {"model": "m", "version": "1", "outcome": "ok"}
     assert registry.get_sample_value("verdict_inference_requests_total", labels) == 3
+
+
+def test_held_batches_count_exactly_when_the_hold_fills_and_at_every_flush() -> None:
+    from service.metrics import BufferedHistogram
+
+    rng = np.random.default_rng(1)
+    one, many = CollectorRegistry(), CollectorRegistry()
+    h1 = Histogram("s", "s", buckets=SCORE_BUCKETS, registry=one)
+    buffered = BufferedHistogram(Histogram("s", "s", buckets=SCORE_BUCKETS, registry=many))
+    sizes = [64] * 70 + [3, 1, 500]  # 4 480 values in 64s: past HOLD_ROWS once, then more
+    for n in sizes:
+        values = rng.random(n).astype(np.float32)
+        for v in values.tolist():
+            h1.observe(v)
+        buffered.observe_many(values)
+        if n == 64 and buffered.held_rows == 0:
+            assert buffered.counts != [0] * len(buffered.counts)  # counted when the hold filled
+    assert buffered.held_rows > 0  # the tail is still held until the flush
+    buffered.flush()
+    assert buffered.held_rows == 0
+    assert _exposition(one) == _exposition(many)
