@@ -44,7 +44,8 @@ async def infer(mv: ModelVersion, x: np.ndarray, observers: list[Observer]) -> D
     if mv.positive_index is not None and mv.threshold is not None:
         pos = mv.positive_index
         score = probs[:, pos]
-        class_index = np.where(score >= mv.threshold, pos, 1 - pos)
+        hit = score >= mv.threshold  # the positive class (a NaN score never is)
+        class_index = (hit if pos == 1 else ~hit).astype(np.intp)
         observe_many(m.score, score)
     else:
         class_index = probs.argmax(axis=1)
@@ -52,11 +53,9 @@ async def infer(mv: ModelVersion, x: np.ndarray, observers: list[Observer]) -> D
     m.ok.inc()
     mv.issued += len(class_index)
     if len(class_index) == 1:
-        m.predictions[int(class_index[0])].inc()
+        m.predictions.add_one(int(class_index[0]))
     else:
-        for c, count in enumerate(np.bincount(class_index, minlength=len(mv.classes)).tolist()):
-            if count:
-                m.predictions[c].inc(count)
+        m.predictions.add_many(class_index)
     for observe in observers:
         try:
             observe(mv, x, class_index, score)

@@ -173,7 +173,60 @@ class BufferedHistogram:
         self.child._sum.inc(total)
 
 
-Buffered = BufferedCounter | BufferedGauge | BufferedHistogram
+class BufferedClassCounts:
+    """The per-class prediction counters of one version, fed class indices.
+
+    One row adds to a list of ints; arrays of class indices are held and counted with one
+    `bincount` once `HOLD_ROWS` wait, or at the next flush. The caller must not change a
+    held array.
+    """
+
+    __slots__ = ("children", "held", "held_rows", "pending")
+
+    HOLD_ROWS = 4096
+
+    def __init__(self, children: list[Any]) -> None:
+        self.children = children
+        self.pending = [0] * len(children)
+        self.held: list[np.ndarray] = []
+        self.held_rows = 0
+
+    def add_one(self, class_index: int) -> None:
+        """One prediction of class `class_index`."""
+        self.pending[class_index] += 1
+
+    def add_many(self, class_indices: np.ndarray) -> None:
+        """One prediction per element (class indices below the number of classes)."""
+        self.held.append(class_indices)
+        self.held_rows += len(class_indices)
+        if self.held_rows >= self.HOLD_ROWS:
+            self._count_held()
+
+    def _count_held(self) -> None:
+        held = self.held
+        if not held:
+            return
+        self.held = []
+        self.held_rows = 0
+        values = held[0] if len(held) == 1 else np.concatenate(held)
+        pending = self.pending
+        per_class = np.bincount(values, minlength=len(pending))[: len(pending)]
+        for c, n in enumerate(per_class.tolist()):
+            pending[c] += n
+
+    def flush(self) -> None:
+        """Add what was counted to the real counters."""
+        self._count_held()
+        pending = self.pending
+        if not any(pending):
+            return
+        self.pending = [0] * len(pending)
+        for child, n in zip(self.children, pending, strict=True):
+            if n:
+                child.inc(n)
+
+
+Buffered = BufferedCounter | BufferedGauge | BufferedHistogram | BufferedClassCounts
 
 
 class _FlushFirst:
@@ -320,16 +373,19 @@ class Metrics:
             buffer = BufferedGauge(child)
         else:
             buffer = BufferedCounter(child)
+        return self._track(buffer)
+
+    def _track(self, buffer: Any) -> Any:
         self._buffers.append(buffer)
         return buffer
 
     def forget(self, vm: VersionMetrics) -> None:
         """Flush a retired version's buffers and stop tracking them (reloads add new ones)."""
         mine = [vm.queue, vm.compute, vm.batch_size, vm.queue_depth, vm.ok, vm.invalid]
-        mine += [vm.overloaded, vm.error, vm.score, *vm.predictions]
+        mine += [vm.overloaded, vm.error, vm.score, vm.predictions]
         ids = {id(b) for b in mine}
         for buffer in mine:
-            if isinstance(buffer, BufferedCounter | BufferedGauge | BufferedHistogram):
+            if isinstance(buffer, Buffered):
                 buffer.flush()
         self._buffers = [b for b in self._buffers if id(b) not in ids]
 
@@ -351,7 +407,9 @@ class Metrics:
             invalid=b(self.inference_requests.labels(model, v, "invalid")),
             overloaded=b(self.inference_requests.labels(model, v, "overloaded")),
             error=b(self.inference_requests.labels(model, v, "error")),
-            predictions=[b(self.predictions.labels(model, v, c)) for c in classes],
+            predictions=self._track(
+                BufferedClassCounts([self.predictions.labels(model, v, c) for c in classes])
+            ),
             score=b(self.prediction_score.labels(model, v)),
         )
 
@@ -415,7 +473,7 @@ class VersionMetrics:
     invalid: Any
     overloaded: Any
     error: Any
-    predictions: list[Any]
+    predictions: BufferedClassCounts
     score: Any
 
 
