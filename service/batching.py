@@ -101,11 +101,12 @@ class Batcher:
     model's run does), when one run is predicted to take at most `inline_budget_s`. The runs
     of one turn stop once their predicted time would pass that budget; the rest run in the
     next turn, after the loop has polled its sockets again, so the loop is never held much
-    longer than the budget and a busy cheap model never falls back to the thread.
-    Runs predicted to take longer (and every run when the budget is 0, as for GPU models) go
-    to one dedicated thread: a request that finds the model idle and nothing queued runs at
-    once; requests that arrive while a run is in progress wait in the queue and go together
-    in the next run, up to `max_batch_rows`. When several requests are queued (or the last
+    longer than the budget, and a cheap run never goes to the thread for want of budget in
+    a turn, nor because a slow run is on the thread. Runs predicted to take longer (and every
+    run when the budget is 0, as for GPU models) go to one dedicated thread: a request that
+    finds the thread idle and nothing queued runs at once; requests that arrive while a run
+    is in progress wait in the queue and go together in the next run, up to
+    `max_batch_rows`. When several requests are queued (or the last
     run merged several), the batcher waits up to `max_queue_delay_ms` after the oldest
     arrived to fill the batch further.
 
@@ -224,12 +225,9 @@ class Batcher:
         rows = len(x)
         self._admit(rows)
         loop = asyncio.get_running_loop()
-        if (
-            self.inline_budget_s > 0
-            and not self._busy
-            and not self._queue
-            and rows <= self.max_batch_rows
-        ):
+        # Cheap runs stay on the loop even while a slow one is on the thread: they would only
+        # queue behind it there (ONNX Runtime sessions take concurrent runs).
+        if self.inline_budget_s > 0 and rows <= self.max_batch_rows:
             budget = self.inline_budget_s
             join = (
                 self.enabled
@@ -280,34 +278,42 @@ class Batcher:
         self._tick_scheduled = False
         groups = self._tick
         spent = 0.0
-        while groups:
-            group = groups.popleft()
-            if not groups:
-                self._group_rows = 0
-            rows = _rows_of(group)
-            spent += self.estimate_s(rows)
-            start = perf_counter()
-            try:
-                x = group[0].x if len(group) == 1 else np.concatenate([p.x for p in group])
-                out = self._run(x)
-            except Exception as exc:
-                log.exception("inline run of %d rows failed on %s", rows, self.name)
-                error = _as_inference_error(self.name, exc)
-                for p in group:
-                    if not p.future.done():
-                        p.future.set_exception(error)
-                self._release(rows)
-                continue
-            compute_s = perf_counter() - start
-            self.inline_runs += 1
-            self.batches_run += 1
-            results = _hand_out(group, out, start, compute_s)
-            self._release(rows)
-            self._observe(rows, results)
-            if groups and spent + self.estimate_s(_rows_of(groups[0])) > self.inline_budget_s:
+        try:
+            while groups:
+                rows = _rows_of(groups[0])
+                cost = self.estimate_s(rows)
+                if spent and spent + cost > self.inline_budget_s:
+                    break
+                spent += cost
+                group = groups.popleft()
+                if not groups:
+                    self._group_rows = 0
+                self._run_inline(group, rows)
+        finally:
+            # Also after an unexpected error: the groups left must not wait for a next submit.
+            if groups and not self._tick_scheduled:
                 self._tick_scheduled = True
                 asyncio.get_running_loop().call_soon(self._run_tick)
-                return
+
+    def _run_inline(self, group: list[_Pending], rows: int) -> None:
+        start = perf_counter()
+        try:
+            x = group[0].x if len(group) == 1 else np.concatenate([p.x for p in group])
+            out = self._run(x)
+        except Exception as exc:
+            log.exception("inline run of %d rows failed on %s", rows, self.name)
+            error = _as_inference_error(self.name, exc)
+            for p in group:
+                if not p.future.done():
+                    p.future.set_exception(error)
+            self._release(rows)
+            return
+        compute_s = perf_counter() - start
+        self.inline_runs += 1
+        self.batches_run += 1
+        results = _hand_out(group, out, start, compute_s)
+        self._release(rows)
+        self._observe(rows, results)
 
     async def _wait(self, timeout: float | None = None) -> bool:
         assert self._wakeup is not None

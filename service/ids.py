@@ -2,7 +2,7 @@
 
 A `p3` id names one row of one request: `p3.<request>.<row>`, both parts base64url.
 
-- `<request>`: version (4 bytes), issue time (ms since epoch, 8), a random nonce (9), then
+- `<request>`: version (4 bytes), issue time (ms since epoch, 8), a random nonce (12), then
   the model name; shared by every row of the request.
 - `<row>`: the row's index in the request (4), class index (2), score (float32, 4) and a
   tag (8): 18 bytes, exactly 24 characters.
@@ -39,10 +39,11 @@ LEGACY_PREFIX = "p1"  # HMAC-SHA256 over a 26-byte head; still verified, no long
 MAC_BYTES = 12  # p2 and p1 MACs
 P61 = (1 << 61) - 1  # the prime field of the p3 tag
 PAD_BLOCK_ROWS = 64  # rows whose pads one SHAKE call draws
-NONCE_BYTES = 9
-# version, issued_at (ms since epoch), nonce: 21 bytes, a multiple of 3, so
+NONCE_BYTES = 12  # per request; a repeat within one millisecond would reuse pads
+MAX_CLASS_INDEX = 0xFFFF
+# version, issued_at (ms since epoch), nonce: 24 bytes, a multiple of 3, so
 # base64(common + name) == base64(common) + base64(name).
-_COMMON = struct.Struct(">IQ9s")
+_COMMON = struct.Struct(">IQ12s")
 _BLOCK = struct.Struct(">I")
 # row index, class index, score, tag: 18 bytes, a multiple of 3, so the rows of a batch are
 # encoded in one base64 call and cut every 24 characters.
@@ -129,14 +130,21 @@ class PredictionIds:
             pack = _ROW_HEAD.pack
             ids = []
             for i in range(n):
-                row = pack(i, cis[i], scs[i])  # the score rounded to float32, as the id holds it
-                m = cis[i] << 32 | int.from_bytes(row[6:])
+                ci = int(cis[i])
+                if not 0 <= ci <= MAX_CLASS_INDEX:
+                    raise ValueError(f"class index {ci} is out of range for a prediction id")
+                row = pack(i, ci, scs[i])  # the score rounded to float32, as the id holds it
+                m = ci << 32 | int.from_bytes(row[6:])
                 tag = (k * m + int.from_bytes(pads[8 * i : 8 * i + 8])) % P61
                 ids.append(head + _b64(row + tag.to_bytes(8)))
             return ids
+        cis_array = np.asarray(class_indices)
+        lowest, highest = np.minimum.reduce(cis_array), np.maximum.reduce(cis_array)
+        if lowest < 0 or highest > MAX_CLASS_INDEX:  # numpy would wrap them silently
+            raise ValueError(f"class indices {lowest}..{highest} are out of range for ids")
         rows = np.empty(n, dtype=_ROW_DTYPE)
         rows["row"] = np.arange(n, dtype=np.uint32)
-        rows["class_index"] = class_indices
+        rows["class_index"] = cis_array
         rows["score"] = scores
         # m = class index << 32 | the score's float32 bits, per row
         m = rows["class_index"].astype(np.uint64) << np.uint64(32)

@@ -124,3 +124,30 @@ def test_legacy_p1_ids_still_verify() -> None:
     assert ref is not None and (ref.model, ref.version, ref.class_index) == ("bc", 2, 1)
     assert PredictionIds(b"other").parse(legacy) is None
     assert PredictionIds(KEY).parse(legacy.replace("p1.", "p2.", 1)) is None
+
+
+def test_the_few_row_and_many_row_paths_write_the_same_ids(monkeypatch) -> None:
+    """struct for up to 8 rows, numpy above: the same data and nonce give the same text (the
+    pads of a block are one SHAKE stream, so the first rows' pads do not depend on n)."""
+    import service.ids as ids_module
+
+    monkeypatch.setattr(ids_module.os, "urandom", lambda n: bytes(range(n)))
+    ids = PredictionIds(KEY)
+    classes = [3, 0, 65535, 1, 2, 0, 1, 9, 4]
+    scores = [0.5, float("nan"), -0.0, 1.0, float("inf"), 1e-40, 0.25, 0.75, 0.1]
+    few = ids.issue_many("digits", 2, classes[:8], scores[:8], 1_700_000_000.0)
+    many = ids.issue_many("digits", 2, np.array(classes), np.array(scores), 1_700_000_000.0)
+    assert many[:8] == few
+    assert all(ids.parse(pid) is not None for pid in many)
+
+
+@pytest.mark.parametrize("rows", [1, 64])
+@pytest.mark.parametrize("bad", [-1, 65536, 70000])
+def test_a_class_index_an_id_cannot_hold_is_refused(rows: int, bad: int) -> None:
+    ids = PredictionIds(KEY)
+    classes = np.zeros(rows, dtype=np.int64)
+    classes[-1] = bad
+    with pytest.raises(ValueError):
+        ids.issue_many("m", 1, classes, np.zeros(rows, np.float32), 1.0)
+    with pytest.raises(ValueError):
+        ids.issue_many("m", 1, classes.tolist(), [0.0] * rows, 1.0)

@@ -263,3 +263,61 @@ def test_a_run_over_the_budget_on_its_own_goes_to_the_thread() -> None:
     loop_thread = asyncio.run(main())
     assert calls[0] == (6, loop_thread)
     assert calls[1][0] == 20 and calls[1][1] != loop_thread
+
+
+def test_a_failed_run_in_a_deferred_turn_fails_its_group_only_and_close_returns() -> None:
+    fail_on = {2}
+    seen: list[int] = []
+
+    def run(x: np.ndarray) -> np.ndarray:
+        seen.append(int(x[0, 0]))
+        if int(x[0, 0]) in fail_on:
+            raise RuntimeError("boom")
+        return x @ W
+
+    async def main() -> list[Any]:
+        b = _batcher(run, max_batch_rows=3)
+        b.calibrate(0.0004, 0.0)  # two runs a turn: groups 2 and 3 wait for later turns
+        b.start()
+        xs = [np.full((3, 3), float(i), np.float32) for i in range(4)]
+        results = await asyncio.gather(*(b.submit(x) for x in xs), return_exceptions=True)
+        await asyncio.wait_for(b.close(), 2)
+        assert b._queued_rows == 0 and not b._tick
+        return results
+
+    results = asyncio.run(main())
+    assert seen == [0, 1, 2, 3]
+    assert isinstance(results[2], InferenceError)
+    for i in (0, 1, 3):
+        np.testing.assert_array_equal(results[i].probabilities, np.full((3, 3), i) @ W)
+
+
+def test_a_cheap_request_runs_on_the_loop_while_a_slow_one_is_on_the_thread() -> None:
+    slow_started = threading.Event()
+    release = threading.Event()
+    calls: list[tuple[int, int]] = []
+
+    def run(x: np.ndarray) -> np.ndarray:
+        calls.append((len(x), threading.get_ident()))
+        if len(x) > 4:
+            slow_started.set()
+            release.wait(5)
+        return x @ W
+
+    async def main() -> int:
+        b = _batcher(run, max_batch_rows=16)
+        b.calibrate(0.0, 0.0002)  # 8 rows: 1.6 ms, the thread; 1 row: 0.2 ms, the loop
+        b.start()
+        slow = asyncio.ensure_future(b.submit(np.ones((8, 3), np.float32)))
+        while not slow_started.is_set():
+            await asyncio.sleep(0.001)
+        cheap = await asyncio.wait_for(b.submit(np.ones((1, 3), np.float32)), 2)
+        np.testing.assert_array_equal(cheap.probabilities, np.ones((1, 3)) @ W)
+        release.set()
+        await slow
+        await b.close()
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert calls[0][0] == 8 and calls[0][1] != loop_thread
+    assert calls[1] == (1, loop_thread)

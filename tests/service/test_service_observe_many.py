@@ -80,3 +80,23 @@ def test_held_batches_count_exactly_when_the_hold_fills_and_at_every_flush() -> 
     buffered.flush()
     assert buffered.held_rows == 0
     assert _exposition(one) == _exposition(many)
+
+
+def test_forgetting_a_version_counts_what_its_buffers_still_hold() -> None:
+    from service.metrics import Metrics
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    vm = metrics.version_metrics("m", 1, ["a", "b"])
+    vm.score.observe_many(np.array([0.1, 0.9, 0.95], dtype=np.float32))
+    vm.predictions.add_many(np.array([0, 1, 1]))
+    vm.predictions.add_one(1)
+    assert vm.score.held_rows == 3 and vm.predictions.held_rows == 3
+    metrics.forget(vm)
+    labels = {"model": "m", "version": "1"}
+    assert registry.get_sample_value("verdict_prediction_score_count", labels) == 3
+    got = [
+        registry.get_sample_value("verdict_predictions_total", {**labels, "label": c})
+        for c in ("a", "b")
+    ]
+    assert got == [1, 3]
