@@ -146,9 +146,9 @@ class PredictionIds:
         rows["row"] = np.arange(n, dtype=np.uint32)
         rows["class_index"] = cis_array
         rows["score"] = scores
-        # m = class index << 32 | the score's float32 bits, per row
-        m = rows["class_index"].astype(np.uint64) << np.uint64(32)
-        m |= rows["score"].astype(np.float32).view(np.uint32)
+        # the message per row: class index << 32 | the score's float32 bits
+        messages = rows["class_index"].astype(np.uint64) << np.uint64(32)
+        messages |= rows["score"].astype(np.float32).view(np.uint32)
         raw_pads = b"".join(
             [
                 self._pad_bytes(b, common, min(PAD_BLOCK_ROWS, n - b * PAD_BLOCK_ROWS))
@@ -156,7 +156,7 @@ class PredictionIds:
             ]
         )
         pads = np.frombuffer(raw_pads, dtype=">u8").tolist()
-        rows["tag"] = [(k * a + p) % P61 for a, p in zip(m.tolist(), pads, strict=True)]
+        rows["tag"] = [(k * a + p) % P61 for a, p in zip(messages.tolist(), pads, strict=True)]
         text = base64.urlsafe_b64encode(rows.tobytes()).decode("ascii")
         c = _ROW_CHARS
         return [head + text[i : i + c] for i in range(0, n * c, c)]
