@@ -101,19 +101,51 @@ class BufferedGauge:
             self.child.set(value)
 
 
+class _HeldArrays:
+    """Per-request arrays kept to be counted later, many at once: one numpy pass over
+    thousands of values costs about what one over 64 does. The arrays must not change
+    after they are added."""
+
+    __slots__ = ("arrays", "rows")
+
+    LIMIT = 4096  # values held before the owner counts them
+
+    def __init__(self) -> None:
+        self.arrays: list[np.ndarray] = []
+        self.rows = 0
+
+    def add(self, values: np.ndarray) -> bool:
+        """Keep `values`; True once LIMIT values or more wait."""
+        self.arrays.append(values)
+        self.rows += len(values)
+        return self.rows >= self.LIMIT
+
+    def take(self) -> np.ndarray | None:
+        """Every held value as one array (None when nothing is held), and forget them."""
+        arrays = self.arrays
+        if not arrays:
+            return None
+        self.arrays = []
+        self.rows = 0
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def _add_counts(counts: list[int], per_bin: np.ndarray) -> None:
+    for i, n in enumerate(per_bin.tolist()):
+        if n:
+            counts[i] += n
+
+
 class BufferedHistogram:
     """A histogram child whose observations count up per bucket until `flush`.
 
     Same buckets and semantics as `Histogram.observe` (a value lands in the first bucket
     whose upper bound is >= the value); the counts are per bucket, as the child stores them.
-    Arrays of values (`observe_many`) are held, not counted, until `HOLD_ROWS` values are
-    waiting or the next flush: one `searchsorted` over thousands of values costs about what
-    one over 64 does.
+    Arrays of values (`observe_many`) are held (`_HeldArrays`), and counted once 4 096
+    values wait or at the next flush.
     """
 
-    __slots__ = ("bound_array", "bounds", "child", "counts", "held", "held_rows", "total")
-
-    HOLD_ROWS = 4096
+    __slots__ = ("bound_array", "bounds", "child", "counts", "held", "total")
 
     def __init__(self, child: Any) -> None:
         self.child = child
@@ -121,8 +153,12 @@ class BufferedHistogram:
         self.bound_array = np.asarray(self.bounds, dtype=np.float64)
         self.counts = [0] * len(self.bounds)
         self.total = 0.0
-        self.held: list[np.ndarray] = []
-        self.held_rows = 0
+        self.held = _HeldArrays()
+
+    @property
+    def held_rows(self) -> int:
+        """Values held, not yet counted."""
+        return self.held.rows
 
     def observe(self, value: float) -> None:
         """Count one value (NaN lands in no bucket, as with `Histogram.observe`)."""
@@ -131,31 +167,20 @@ class BufferedHistogram:
         self.total += value
 
     def observe_many(self, values: np.ndarray) -> None:
-        """Count every value of a 1-d array (held until HOLD_ROWS values wait; the caller must
-        not change the array afterwards)."""
-        n = len(values)
-        if n == 1:
+        """Count every value of a 1-d array (held for a while; see `_HeldArrays`)."""
+        if len(values) == 1:
             self.observe(float(values[0]))
-            return
-        self.held.append(values)
-        self.held_rows += n
-        if self.held_rows >= self.HOLD_ROWS:
+        elif self.held.add(values):
             self._count_held()
 
     def _count_held(self) -> None:
-        held = self.held
-        if not held:
+        values = self.held.take()
+        if values is None:
             return
-        self.held = []
-        self.held_rows = 0
-        values = held[0] if len(held) == 1 else np.concatenate(held)
         index = np.searchsorted(self.bound_array, values, side="left")
         counts = self.counts
         # NaN sorts past +Inf: index len(counts), which no bucket takes (as observe()).
-        per_bucket = np.bincount(index, minlength=len(counts) + 1)[: len(counts)]
-        for i, n in enumerate(per_bucket.tolist()):
-            if n:
-                counts[i] += n
+        _add_counts(counts, np.bincount(index, minlength=len(counts) + 1)[: len(counts)])
         self.total += float(np.sum(values, dtype=np.float64))
 
     def flush(self) -> None:
@@ -176,20 +201,21 @@ class BufferedHistogram:
 class BufferedClassCounts:
     """The per-class prediction counters of one version, fed class indices.
 
-    One row adds to a list of ints; arrays of class indices are held and counted with one
-    `bincount` once `HOLD_ROWS` wait, or at the next flush. The caller must not change a
-    held array.
+    One row adds to a list of ints; arrays of class indices are held (`_HeldArrays`) and
+    counted with one `bincount` once 4 096 wait, or at the next flush.
     """
 
-    __slots__ = ("children", "held", "held_rows", "pending")
-
-    HOLD_ROWS = 4096
+    __slots__ = ("children", "held", "pending")
 
     def __init__(self, children: list[Any]) -> None:
         self.children = children
         self.pending = [0] * len(children)
-        self.held: list[np.ndarray] = []
-        self.held_rows = 0
+        self.held = _HeldArrays()
+
+    @property
+    def held_rows(self) -> int:
+        """Class indices held, not yet counted."""
+        return self.held.rows
 
     def add_one(self, class_index: int) -> None:
         """One prediction of class `class_index`."""
@@ -197,22 +223,14 @@ class BufferedClassCounts:
 
     def add_many(self, class_indices: np.ndarray) -> None:
         """One prediction per element (class indices below the number of classes)."""
-        self.held.append(class_indices)
-        self.held_rows += len(class_indices)
-        if self.held_rows >= self.HOLD_ROWS:
+        if self.held.add(class_indices):
             self._count_held()
 
     def _count_held(self) -> None:
-        held = self.held
-        if not held:
-            return
-        self.held = []
-        self.held_rows = 0
-        values = held[0] if len(held) == 1 else np.concatenate(held)
-        pending = self.pending
-        per_class = np.bincount(values, minlength=len(pending))[: len(pending)]
-        for c, n in enumerate(per_class.tolist()):
-            pending[c] += n
+        values = self.held.take()
+        if values is not None:
+            pending = self.pending
+            _add_counts(pending, np.bincount(values, minlength=len(pending))[: len(pending)])
 
     def flush(self) -> None:
         """Add what was counted to the real counters."""

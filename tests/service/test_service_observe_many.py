@@ -68,7 +68,7 @@ def test_held_batches_count_exactly_when_the_hold_fills_and_at_every_flush() -> 
     one, many = CollectorRegistry(), CollectorRegistry()
     h1 = Histogram("s", "s", buckets=SCORE_BUCKETS, registry=one)
     buffered = BufferedHistogram(Histogram("s", "s", buckets=SCORE_BUCKETS, registry=many))
-    sizes = [64] * 70 + [3, 1, 500]  # 4 480 values in 64s: past HOLD_ROWS once, then more
+    sizes = [64] * 70 + [3, 1, 500]  # 4 480 values in 64s: past the 4 096 held once, then more
     for n in sizes:
         values = rng.random(n).astype(np.float32)
         for v in values.tolist():
