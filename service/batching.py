@@ -383,7 +383,7 @@ class Batcher:
                     continue
             batch = self._take()
             self._in_flight = batch
-            rows = sum(p.rows for p in batch)
+            rows = _rows_of(batch)
             self._busy = True
             try:
                 out, start, compute_s = await self._thread.submit(
