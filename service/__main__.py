@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         "log_config": configure_logging(settings.log_json),
         "access_log": False,
         "server_header": False,
+        # httptools, with the predict routes answered without ASGI (service.protocol).
+        "http": "service.protocol:HTTP_PROTOCOL",
     }
     if args.workers > 1:
         sys.exit(serve_workers(config, args.workers, settings.drain_seconds))

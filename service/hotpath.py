@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
-from typing import Any
+from typing import Any, NamedTuple
 
 from service.errors import ClientDisconnectedError, VerdictError, error_body
 from service.logs import REQUEST_ID
@@ -106,7 +106,12 @@ class BodyDeadlines:
 
 
 class FrontDoor:
-    """Request ids, admission, HTTP metrics and the predict routes, in front of `app`."""
+    """Request ids, admission, HTTP metrics and the predict routes, in front of `app`.
+
+    The predict routes are also answered straight from the HTTP protocol
+    (`service.protocol`), without ASGI; both ways share `route`, `admit`, `finish` and the
+    route functions below, so the answers and the metrics are the same.
+    """
 
     def __init__(self, app: ASGIApp, state: Any) -> None:
         self.app = app
@@ -124,17 +129,45 @@ class FrontDoor:
         self.metrics = state.metrics
         self.histogram = state.metrics.http_duration
         self._children: dict[tuple[str, str, int], Any] = {}
-        self._refusal = error_body(
+        self.refusal = error_body(
             f"the server is handling {self.limit} requests already; retry shortly", "overloaded"
         )
 
-    def _observe(self, template: str, method: str, status: int, seconds: float) -> None:
+    def admit(self) -> bool:
+        """Count one more POST in flight, or False when the limit is reached (answer 503)."""
+        if self.limit > 0:
+            if self.active >= self.limit:
+                return False
+            self.active += 1
+        return True
+
+    def finish(
+        self, template: str, method: str, path: str, status: int, start: float, admitted: bool
+    ) -> None:
+        """A request is answered: release its admission, observe its duration, log it."""
+        if admitted and self.limit > 0:
+            self.active -= 1
+        elapsed = perf_counter() - start
         key = (template, method, status)
         child = self._children.get(key)
         if child is None:
             child = self.metrics.buffered(self.histogram.labels(template, method, str(status)))
             self._children[key] = child
-        child.observe(seconds)
+        child.observe(elapsed)
+        if self.access_log:
+            access_log.info("%s %s %d %.1fms", method, path, status, elapsed * 1000.0)
+
+    def route(self, path: str) -> HotRoute | None:
+        """The predict route `path` names, or None (the rest goes to the framework)."""
+        if path == PREDICT:
+            return PREDICT_ROUTE
+        if path.startswith("/v2/models/") and path.endswith("/infer"):
+            parts = path.split("/")
+            if len(parts) == 5 and parts[3]:
+                return HotRoute(INFER, _prepare_infer, _run_infer, (parts[3], None))
+            if len(parts) == 7 and parts[4] == "versions" and parts[3] and parts[5]:
+                return HotRoute(INFER_VERSION, _prepare_infer, _run_infer, (parts[3], parts[5]))
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = perf_counter()
@@ -143,10 +176,7 @@ class FrontDoor:
             if name == REQUEST_ID_HEADER:
                 raw_id = value
                 break
-        if raw_id is not None and VALID_REQUEST_ID.match(raw_id):
-            request_id = raw_id.decode("ascii")
-        else:
-            request_id = new_request_id()
+        request_id = checked_request_id(raw_id)
         token = REQUEST_ID.set(request_id)
         id_header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
         method: str = scope["method"]
@@ -154,18 +184,17 @@ class FrontDoor:
         status = 500
         admitted = False
         try:
-            if method == "POST" and self.limit > 0:
-                if self.active >= self.limit:
+            if method == "POST":
+                if not self.admit():
                     status = 503
                     cors = self._cors_headers(scope) if self.cors_origins else None
-                    await self._send(send, 503, self._refusal, JSON_HEADER, id_header, True, cors)
+                    await self._send(send, 503, self.refusal, JSON_HEADER, id_header, True, cors)
                     return
-                self.active += 1
                 admitted = True
-            route = self._match(scope) if method == "POST" and self.hot else None
+            route = self.route(scope["path"]) if method == "POST" and self.hot else None
             if route is not None:
-                template, handler, args = route
-                status = await handler(scope, receive, send, id_header, *args)
+                template = route.template
+                status = await self._answer(route, scope, receive, send, id_header)
                 return
 
             async def send_with_id(message: Message) -> None:
@@ -181,12 +210,7 @@ class FrontDoor:
                 found = scope.get("route")
                 template = getattr(found, "path", None) or "unmatched"
         finally:
-            if admitted:
-                self.active -= 1
-            elapsed = perf_counter() - start
-            self._observe(template, method, status, elapsed)
-            if self.access_log:
-                access_log.info("%s %s %d %.1fms", method, scope["path"], status, elapsed * 1000.0)
+            self.finish(template, method, scope["path"], status, start, admitted)
             REQUEST_ID.reset(token)
 
     def _cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
@@ -204,18 +228,6 @@ class FrontDoor:
         if origin.decode("latin-1") in self.cors_origins:
             return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
         return []
-
-    def _match(self, scope: Scope) -> tuple[str, Any, tuple[Any, ...]] | None:
-        path: str = scope["path"]
-        if path == PREDICT:
-            return PREDICT, self._predict, ()
-        if path.startswith("/v2/models/") and path.endswith("/infer"):
-            parts = path.split("/")
-            if len(parts) == 5 and parts[3]:
-                return INFER, self._infer, (parts[3], None)
-            if len(parts) == 7 and parts[4] == "versions" and parts[3] and parts[5]:
-                return INFER_VERSION, self._infer, (parts[3], parts[5])
-        return None
 
     @staticmethod
     async def _send(
@@ -235,58 +247,87 @@ class FrontDoor:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def _error(
-        self, send: Send, exc: VerdictError, path: str, id_header: tuple[bytes, bytes]
-    ) -> int:
-        if exc.status_code >= 500:
-            log.warning("POST %s: %s", path, exc.message)
-        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
-        body = error_body(exc.message, exc.code)
-        await self._send(send, exc.status_code, body, JSON_HEADER, id_header, False, extra)
-        return exc.status_code
-
-    async def _predict(
-        self, scope: Scope, receive: Receive, send: Send, id_header: tuple[bytes, bytes]
-    ) -> int:
-        headers = RawHeaders(scope["headers"])
-        try:
-            check_api_key(self.api_keys, headers)
-            require_json(headers)
-            body = await self.deadlines.read(receive, BodyCollector(headers, self.max_body_bytes))
-            payload = await predict.predict_body(self.state, body)
-        except VerdictError as exc:
-            return await self._error(send, exc, PREDICT, id_header)
-        except Exception:
-            log.exception("unhandled error on POST %s", PREDICT)
-            return await self._error(send, INTERNAL, PREDICT, id_header)
-        await self._send(send, 200, payload, JSON_HEADER, id_header)
-        return 200
-
-    async def _infer(
+    async def _answer(
         self,
+        route: HotRoute,
         scope: Scope,
         receive: Receive,
         send: Send,
         id_header: tuple[bytes, bytes],
-        model: str,
-        version: str | None,
     ) -> int:
         headers = RawHeaders(scope["headers"])
         try:
-            check_api_key(self.api_keys, headers)
-            require_infer_type(headers)
-            body = await self.deadlines.read(receive, BodyCollector(headers, self.max_body_bytes))
-            payload, header_length = await v2.infer_body(
-                self.state, body, headers.get(v2.HEADER_LENGTH), model, version
-            )
-        except VerdictError as exc:
-            return await self._error(send, exc, scope["path"], id_header)
-        except Exception:
-            log.exception("unhandled error on POST %s", scope["path"])
-            return await self._error(send, INTERNAL, scope["path"], id_header)
-        if header_length is None:
-            await self._send(send, 200, payload, JSON_HEADER, id_header)
-        else:
-            length = (HEADER_LENGTH_BYTES, str(header_length).encode())
-            await self._send(send, 200, payload, BINARY_HEADER, id_header, False, [length])
+            collector = route.prepare(self, headers)
+            body = await self.deadlines.read(receive, collector)
+            payload, extra = await route.run(self, headers, body, *route.args)
+        except Exception as exc:
+            status, payload, extra = error_answer(exc, scope["path"])
+            await self._send(send, status, payload, JSON_HEADER, id_header, False, extra)
+            return status
+        await self._send(send, 200, payload, extra[0], id_header, False, extra[1:])
         return 200
+
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class HotRoute(NamedTuple):
+    """A route the front door answers itself.
+
+    `prepare` checks the headers before any byte of the body is read (API key, content type,
+    declared length) and returns the body's collector; `run` answers the whole body with the
+    payload and its headers, the content type first.
+    """
+
+    template: str
+    prepare: Callable[[FrontDoor, RawHeaders], BodyCollector]
+    run: Callable[..., Awaitable[tuple[bytes, Headers]]]
+    args: tuple[Any, ...] = ()
+
+
+def checked_request_id(raw: bytes | None) -> str:
+    """The client's X-Request-ID when it is short and plain, else a new one."""
+    if raw is not None and VALID_REQUEST_ID.match(raw):
+        return raw.decode("ascii")
+    return new_request_id()
+
+
+def error_answer(exc: BaseException, path: str) -> tuple[int, bytes, Headers]:
+    """Status, error body and extra headers for what a hot route raised (500 if unexpected)."""
+    if not isinstance(exc, VerdictError):
+        log.error("unhandled error on POST %s", path, exc_info=exc)
+        exc = INTERNAL
+    elif exc.status_code >= 500:
+        log.warning("POST %s: %s", path, exc.message)
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+    return exc.status_code, error_body(exc.message, exc.code), extra
+
+
+def _prepare_predict(front: FrontDoor, headers: RawHeaders) -> BodyCollector:
+    check_api_key(front.api_keys, headers)
+    require_json(headers)
+    return BodyCollector(headers, front.max_body_bytes)
+
+
+async def _run_predict(front: FrontDoor, headers: RawHeaders, body: bytes) -> tuple[bytes, Headers]:
+    return await predict.predict_body(front.state, body), [JSON_HEADER]
+
+
+def _prepare_infer(front: FrontDoor, headers: RawHeaders) -> BodyCollector:
+    check_api_key(front.api_keys, headers)
+    require_infer_type(headers)
+    return BodyCollector(headers, front.max_body_bytes)
+
+
+async def _run_infer(
+    front: FrontDoor, headers: RawHeaders, body: bytes, model: str, version: str | None
+) -> tuple[bytes, Headers]:
+    payload, header_length = await v2.infer_body(
+        front.state, body, headers.get(v2.HEADER_LENGTH), model, version
+    )
+    if header_length is None:
+        return payload, [JSON_HEADER]
+    return payload, [BINARY_HEADER, (HEADER_LENGTH_BYTES, str(header_length).encode())]
+
+
+PREDICT_ROUTE = HotRoute(PREDICT, _prepare_predict, _run_predict)
