@@ -1,7 +1,11 @@
-"""The app's own cost per request: the ASGI app called in-process (no HTTP, no uvicorn).
+"""The app's own cost per request, in-process: no socket, no kernel, no load generator.
 
 Calls `create_app()` (both bundled models, metrics on, every default) with a fixed
 `POST /predict` or binary v2 infer body on uvloop, and prints microseconds per request.
+`--via asgi` (the default) calls the ASGI app; `--via protocol` feeds the request's bytes to
+verdict's HTTP protocol (`service.protocol`, what `python -m service` serves with) over an
+in-memory transport, so the HTTP parsing and the answer's bytes are counted too; `--via
+uvicorn` does the same through uvicorn's stock httptools protocol and its ASGI cycle.
 Cheap models already run on the event loop (`VERDICT_INLINE_MAX_US`); `--inline` also
 replaces the hand-over to the model's dedicated thread, where runs over the inline budget
 go, by a direct call (measurement only: what the thread hand-over costs).
@@ -15,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import MutableMapping
@@ -116,6 +121,88 @@ async def _measure(path: str, body: bytes, headers: list[tuple[bytes, bytes]], n
         return (time.perf_counter() - start) / n
 
 
+class _Transport:
+    """Just enough of an asyncio transport for the protocol: writes go to `on_write`."""
+
+    def __init__(self, on_write: Any) -> None:
+        self.on_write = on_write
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name in ("peername", "sockname") else default
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.on_write(b"".join(chunks))
+
+    def write(self, data: bytes) -> None:
+        self.on_write(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _measure_protocol(
+    path: str, body: bytes, headers: list[tuple[bytes, bytes]], n: int, stock: bool = False
+) -> float:
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from service.app import create_app
+    from service.protocol import HTTP_PROTOCOL
+
+    app = create_app()
+    http = "httptools" if stock else HTTP_PROTOCOL
+    config = uvicorn.Config(app, http=http, log_level="warning")
+    config.load()
+    async with app.router.lifespan_context(app):
+        deadline = time.monotonic() + 30
+        while not app.state.repository.ready and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        lines = [f"POST {path} HTTP/1.1", "host: 127.0.0.1", f"content-length: {len(body)}"]
+        lines += [f"{k.decode()}: {v.decode()}" for k, v in headers]
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+        loop = asyncio.get_running_loop()
+        answered: list[asyncio.Future[bytes]] = []
+
+        received = bytearray()
+
+        def on_write(data: bytes) -> None:
+            # uvicorn's own protocol writes the head and the body apart: wait for the body.
+            received.extend(data)
+            head, sep, rest = bytes(received).partition(b"\r\n\r\n")
+            length = re.search(rb"content-length: (\d+)", head, re.I)
+            if sep and length and len(rest) >= int(length.group(1)):
+                answered[0].set_result(bytes(received))
+                received.clear()
+
+        protocol: Any = config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=ServerState(), app_state={}, _loop=loop
+        )
+        protocol.connection_made(_Transport(on_write))
+
+        async def one() -> bytes:
+            answered[:] = [loop.create_future()]
+            protocol.data_received(request)
+            return await answered[0]
+
+        for _ in range(max(200, n // 10)):
+            first = await one()
+        if not first.startswith(b"HTTP/1.1 200"):
+            raise SystemExit(f"asgi_path: the protocol answered {first[:200]!r}")
+        start = time.perf_counter()
+        for _ in range(n):
+            await one()
+        return (time.perf_counter() - start) / n
+
+
 def main() -> None:
     """Print microseconds per request of the in-process app for one body."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -124,6 +211,7 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("json", "v2-binary"), default="json")
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--inline", action="store_true")
+    parser.add_argument("--via", choices=("asgi", "protocol", "uvicorn"), default="asgi")
     args = parser.parse_args()
     if args.inline:
         _run_inline()
@@ -133,10 +221,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["VERDICT_FEEDBACK_DB"] = str(Path(scratch) / "feedback.sqlite3")
-        per_request = uvloop.run(_measure(path, body, headers, args.requests))
+        if args.via == "asgi":
+            run = _measure(path, body, headers, args.requests)
+        else:
+            run = _measure_protocol(path, body, headers, args.requests, args.via == "uvicorn")
+        per_request = uvloop.run(run)
     mode = "thread hand-over inline (measurement only)" if args.inline else "product path"
     print(
-        f"{args.model} {args.rows} row(s) {args.protocol}, {mode}: "
+        f"{args.model} {args.rows} row(s) {args.protocol} via {args.via}, {mode}: "
         f"{per_request * 1e6:.1f} us/request in-process"
     )
 

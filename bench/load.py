@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +94,10 @@ def run_wrk(
     seconds: int,
     cpus: str,
 ) -> dict[str, float]:
-    """Run wrk (one thread, pinned to `cpus`) for `seconds`; return its JSON summary."""
+    """Run wrk (one thread, pinned to `cpus`) for `seconds`; return its JSON summary, plus
+    `loadgen_cpu_s`: the CPU time wrk used (user + system)."""
     body_file.write_bytes(body.data)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     command = [
         "taskset",
         "-c",
@@ -126,6 +129,10 @@ def run_wrk(
     for line in done.stdout.splitlines():
         if line.startswith(MARKER):
             summary: dict[str, float] = json.loads(line[len(MARKER) :])
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            summary["loadgen_cpu_s"] = (after.ru_utime - before.ru_utime) + (
+                after.ru_stime - before.ru_stime
+            )
             return summary
     raise LoadError(
         f"wrk printed no summary (exit {done.returncode}):\n{done.stdout}\n{done.stderr}"

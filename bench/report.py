@@ -21,6 +21,9 @@ def add_ratios(records: list[Record]) -> None:
       with the same model, rows per request and connections.
     - `ratio_vs_one_worker`: 2 workers against 1 worker, same case.
     - `ratio_vs_ceiling`: rows/s against in-process session.run rows/s at the same batch size.
+    - `per_cpu_vs_one_worker`: 2 workers' requests/s per CPU left to them (2 less the share
+      wrk used of the CPU it shares with a worker) against 1 worker's on its own CPU. An
+      estimate of the scaling on free cores, shown beside the target, never instead of it.
     """
     cases = [r for r in records if r["kind"] == "case"]
     ceilings = {(r["model"], r["batch"]): r for r in records if r["kind"] == "ceiling"}
@@ -51,6 +54,10 @@ def add_ratios(records: list[Record]) -> None:
         r["ratio_vs_obvious_requests"] = _ratio(r["requests_per_s"], obvious, "requests_per_s")
         r["ratio_vs_obvious_rows"] = _ratio(r["rows_per_s"], obvious, "rows_per_s")
         r["ratio_vs_one_worker"] = _ratio(r["requests_per_s"], one, "requests_per_s")
+        r["per_cpu_vs_one_worker"] = None
+        share = r.get("wrk_cpu_share")
+        if r["ratio_vs_one_worker"] is not None and share is not None and share < 1:
+            r["per_cpu_vs_one_worker"] = r["ratio_vs_one_worker"] / (2 - share)
         r["ratio_vs_ceiling"] = _ratio(r["rows_per_s"], ceiling, "rows_per_s")
 
 
@@ -67,6 +74,13 @@ def _spread(values: list[float], fmt: str) -> str:
     if len(values) == 1:
         return format(med, fmt)
     return f"{format(med, fmt)} [{format(min(values), fmt)}–{format(max(values), fmt)}]"
+
+
+def _by_model(records: list[Record]) -> dict[str, list[Record]]:
+    out: dict[str, list[Record]] = {}
+    for r in records:
+        out.setdefault(r["model"], []).append(r)
+    return out
 
 
 def _select(records: Iterable[Record], **match: Any) -> list[Record]:
@@ -213,8 +227,8 @@ def render(records: list[Record]) -> str:
         "### Cases",
         "",
         "| Model | Case | Server | req/s | rows/s | p50 ms | p90 ms | p99 ms | errors "
-        "| × obvious (req/s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| × obvious (req/s) | wrk CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = list(dict.fromkeys((r["model"], r["case"], r["server"]) for r in cases))
     for model, case, server in keys:
@@ -227,8 +241,23 @@ def render(records: list[Record]) -> str:
             f"| {_spread(_values(rs, 'p90_ms'), '.3f')} "
             f"| {_spread(_values(rs, 'p99_ms'), '.3f')} "
             f"| {sum(int(r['errors']) for r in rs)} "
-            f"| {_spread(_values(rs, 'ratio_vs_obvious_requests'), '.2f')} |"
+            f"| {_spread(_values(rs, 'ratio_vs_obvious_requests'), '.2f')} "
+            f"| {_spread([100 * v for v in _values(rs, 'wrk_cpu_share')], '.0f')}% |"
         )
+    two = [r for r in cases if r.get("per_cpu_vs_one_worker") is not None]
+    if two:
+        lines += [
+            "",
+            "2 workers share CPU 1 with wrk (the *wrk CPU* column: its share of that CPU). "
+            "Their requests/s per CPU left to them (2 less wrk's share), against 1 worker's "
+            "on a CPU of its own: "
+            + "; ".join(
+                f"{model} {_spread(_values(rs, 'per_cpu_vs_one_worker'), '.2f')}"
+                for model, rs in _by_model(two).items()
+            )
+            + " (1.00 = each CPU left does as much as one worker alone; an estimate, not the "
+            "target above).",
+        ]
     servers = _select(records, kind="server")
     lines += [
         "",

@@ -219,6 +219,8 @@ class Bench:
                 if k.startswith("errors_")
             },
             "body_bytes": len(body.data),
+            # The share of one CPU that wrk used; with 2 workers, that CPU is a server's too.
+            "wrk_cpu_share": result["loadgen_cpu_s"] / seconds if seconds > 0 else 0.0,
         }
         print(
             f"  {server.name:<10} {case.model:<13} {case.name:<16} "

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from bench import load, report
@@ -58,6 +59,7 @@ def _check_records(records: list[dict[str, Any]], servers: set[str]) -> None:
         assert r["requests"] > 0
         assert r["errors"] == 0, r
         assert r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert 0 < r["wrk_cpu_share"] <= 1.5, r  # wrk did work, on one CPU
     server_records = [r for r in records if r["kind"] == "server"]
     assert {r["server"] for r in server_records} == servers
     for r in server_records:
@@ -130,7 +132,7 @@ def test_ratios_are_taken_within_a_round() -> None:
         case("verdict", 300.0),
         case("obvious", 100.0),
         case("verdict", 50.0, conns=32),
-        case("verdict-2w", 80.0, conns=32),
+        dict(case("verdict-2w", 80.0, conns=32), wrk_cpu_share=0.4),
         {"kind": "ceiling", "model": "m", "batch": 1, "rows_per_s": 1000.0},
     ]
     report.add_ratios(records)
@@ -139,6 +141,9 @@ def test_ratios_are_taken_within_a_round() -> None:
     assert records[1]["ratio_vs_obvious_requests"] is None
     assert records[2]["ratio_vs_obvious_requests"] is None
     assert records[3]["ratio_vs_one_worker"] == 1.6
+    # 80 req/s on the 1.6 CPUs wrk left: 50 per CPU, as much as one worker alone.
+    assert records[3]["per_cpu_vs_one_worker"] == pytest.approx(1.0)
+    assert records[2]["per_cpu_vs_one_worker"] is None
 
 
 def test_docs_table_is_replaced_between_the_markers(tmp_path: Path) -> None:
