@@ -187,6 +187,10 @@ class FrontDoor:
             if method == "POST":
                 if not self.admit():
                     status = 503
+                    # Labelled as `service.protocol` labels it: the predict route's template.
+                    hot = self.route(scope["path"]) if self.hot else None
+                    if hot is not None:
+                        template = hot.template
                     cors = self._cors_headers(scope) if self.cors_origins else None
                     await self._send(send, 503, self.refusal, JSON_HEADER, id_header, True, cors)
                     return

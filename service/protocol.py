@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from time import perf_counter
 from typing import Any
 
@@ -59,15 +60,19 @@ def front_door(app: Any) -> FrontDoor | None:
     return None
 
 
-_date_headers: list[Any] = [None, b""]  # uvicorn's default-headers list, and it encoded
+# uvicorn's default-headers list (`date`: a new list once a second) and it as header lines;
+# one tuple, replaced whole, so servers sharing a process never read each other's half.
+_encoded: tuple[Any, bytes] = (None, b"")
 
 
 def _default_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """uvicorn's default headers (`date`, once a second a new list) as header lines."""
-    if _date_headers[0] is not headers:
-        _date_headers[1] = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
-        _date_headers[0] = headers
-    return _date_headers[1]
+    """uvicorn's default headers as header lines, encoded once per list."""
+    global _encoded
+    seen, lines = _encoded
+    if seen is not headers:
+        lines = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        _encoded = (headers, lines)
+    return lines
 
 
 class HotCycle:
@@ -112,13 +117,12 @@ class HotCycle:
         """Its turn on the connection: admit it, then answer at once or when the body is in."""
         self.started = True
         self.start_time = perf_counter()
-        self.request_id = checked_request_id(self.headers._raw.get(REQUEST_ID_HEADER))
+        self.request_id = checked_request_id(self.headers.raw(REQUEST_ID_HEADER))
+        if self.disconnected or self.protocol.transport.is_closing():
+            self.response_complete = True  # nobody to answer; never admitted
+            return
         if not self.front.admit():
-            token = REQUEST_ID.set(self.request_id)
-            try:
-                self.respond(503, self.front.refusal, [JSON_HEADER, *RETRY])
-            finally:
-                REQUEST_ID.reset(token)
+            self.answer(503, self.front.refusal, [JSON_HEADER, *RETRY])
             return
         self.admitted = True
         if self.error is not None:
@@ -162,13 +166,27 @@ class HotCycle:
             self.fail(timeout_error(timeout_s))
 
     def fail(self, exc: BaseException) -> None:
-        """Answer an error found outside `run` (headers, body, admission, deadline)."""
+        """Answer an error found outside `run` (headers, body, deadline)."""
         token = REQUEST_ID.set(self.request_id)  # for the log lines, as in `run`
         try:
             status, payload, extra = error_answer(exc, self.path)
-            self.respond(status, payload, [JSON_HEADER, *extra])
         finally:
             REQUEST_ID.reset(token)
+        self.answer(status, payload, [JSON_HEADER, *extra])
+
+    def answer(self, status: int, payload: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        """Answer now, outside `run`; or, while the client is not reading what it was sent,
+        once it has (so a client that never reads cannot grow the server's write buffer)."""
+        if self.protocol.flow.write_paused and not self.disconnected:
+            self.spawn(self.drain_then(status, payload, headers))
+        else:
+            self.respond(status, payload, headers)
+
+    async def drain_then(
+        self, status: int, payload: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        await self.protocol.flow.drain()
+        self.respond(status, payload, headers)
 
     def dispatch(self) -> None:
         if self.timer is not None:
@@ -181,10 +199,25 @@ class HotCycle:
             self.fail(exc)
             return
         self.collector = None
+        self.spawn(self.run(body))
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task the server waits for (and cancels) at shutdown."""
         protocol = self.protocol
-        task = protocol.loop.create_task(self.run(body))
+        task = protocol.loop.create_task(coro)
         protocol.tasks.add(task)
-        task.add_done_callback(protocol.tasks.discard)
+        task.add_done_callback(self.task_done)
+
+    def task_done(self, task: asyncio.Task[None]) -> None:
+        """A task that ended without answering (cancelled by a forced shutdown, even before
+        its first step, or failed): no answer, the connection closes, admission returns."""
+        self.protocol.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("answering POST %s failed", self.path, exc_info=task.exception())
+        if not self.response_complete:
+            self.response_complete = True
+            self.finish(500)
+            self.protocol.transport.close()
 
     async def run(self, body: bytes) -> None:
         token = REQUEST_ID.set(self.request_id)
@@ -200,12 +233,6 @@ class HotCycle:
             if flow.write_paused and not self.disconnected:
                 await flow.drain()
             self.respond(status, payload, headers)
-        except BaseException:  # cancelled (a forced shutdown): no answer, no connection
-            if not self.response_complete:
-                self.response_complete = True
-                self.finish(500)
-                self.protocol.transport.close()
-            raise
         finally:
             REQUEST_ID.reset(token)
 
@@ -217,30 +244,40 @@ class HotCycle:
             self.timer = None
         protocol = self.protocol
         transport = protocol.transport
-        if not self.disconnected and not transport.is_closing():
-            head = [
-                STATUS_LINE[status],
-                _default_headers(protocol.server_state.default_headers),
-                b"content-length: %d\r\nx-request-id: %s\r\n"
-                % (len(payload), self.request_id.encode("ascii")),
-            ]
-            for name, value in headers:
-                head.append(name + b": " + value + b"\r\n")
-            if not self.keep_alive:
-                head.append(CLOSE)
-            head.append(b"\r\n")
-            head.append(payload)
-            transport.writelines(head)
-            if not self.keep_alive:
-                transport.close()
-        self.finish(status)
+        try:
+            if not self.disconnected and not transport.is_closing():
+                head = [
+                    STATUS_LINE[status],
+                    _default_headers(protocol.server_state.default_headers),
+                    b"content-length: %d\r\nx-request-id: %s\r\n"
+                    % (len(payload), self.request_id.encode("ascii")),
+                ]
+                for name, value in headers:
+                    if name == b"connection":  # an error that ends the connection
+                        self.keep_alive = self.keep_alive and b"close" not in value.lower()
+                        continue
+                    head.append(name + b": " + value + b"\r\n")
+                if not self.keep_alive:
+                    head.append(CLOSE)
+                head.append(b"\r\n")
+                head.append(payload)
+                transport.writelines(head)
+                if not self.keep_alive:
+                    transport.close()
+        finally:
+            self.finish(status)
         protocol.on_response_complete()
 
     def finish(self, status: int) -> None:
-        self.front.finish(
-            self.route.template, "POST", self.path, status, self.start_time, self.admitted
-        )
-        self.admitted = False
+        """Release admission, observe, and write the access log line under the request id."""
+        token = REQUEST_ID.set(self.request_id)
+        try:
+            self.front.finish(
+                self.route.template, "POST", self.path, status, self.start_time, self.admitted
+            )
+        finally:
+            self.admitted = False
+            REQUEST_ID.reset(token)
 
 
 class VerdictHttpProtocol(HttpToolsProtocol):
@@ -249,7 +286,12 @@ class VerdictHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         front = front_door(self.app)
-        usable = front is not None and front.hot and self.limit_concurrency is None
+        usable = (
+            front is not None
+            and front.hot
+            and self.limit_concurrency is None
+            and not getattr(self.config, "reset_contextvars", False)
+        )
         self.front = front if usable else None
 
     def on_message_begin(self) -> None:
@@ -310,7 +352,10 @@ class VerdictHttpProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if type(cycle) is HotCycle:
-            cycle.start()
+            # On the next loop turn, as uvicorn starts a task: a queued request answered at
+            # once (401, 415, 503) would otherwise start the next one inside its own call,
+            # and a long pipeline of them would go as deep as the Python stack allows.
+            self.loop.call_soon(cycle.start)
         else:
             super()._start_asgi_task(cycle, app)
 

@@ -120,6 +120,10 @@ class RawHeaders:
         value = self._raw.get(name.lower().encode("latin-1"))
         return default if value is None else value.decode("latin-1")
 
+    def raw(self, name: bytes) -> bytes | None:
+        """The header's bytes by lower-case name, or None."""
+        return self._raw.get(name)
+
 
 Headers = RawHeaders | Any  # Starlette's Headers has the same `get`
 

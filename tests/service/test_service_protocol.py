@@ -300,10 +300,78 @@ def test_hot_requests_are_counted_like_the_others(server: ThreadServer) -> None:
     assert count("415") == before_bad + 1
 
 
-def test_the_protocol_is_what_python_dash_m_service_runs() -> None:
-    from service.__main__ import _parse  # noqa: F401  (the module builds the config)
-    from service.protocol import HTTP_PROTOCOL, VerdictHttpProtocol
+def test_python_dash_m_service_serves_with_this_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
 
-    assert HTTP_PROTOCOL is VerdictHttpProtocol
-    source = (Path(__file__).parents[2] / "service" / "__main__.py").read_text()
-    assert '"http": "service.protocol:HTTP_PROTOCOL"' in source
+    import service.__main__ as entry
+    from service.protocol import VerdictHttpProtocol
+
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(entry, "serve_one", seen.append)
+    entry.main(["--port", "0"])
+    config = uvicorn.Config(**seen[0])
+    config.load()
+    assert config.http_protocol_class is VerdictHttpProtocol  # not uvicorn's, as a fallback
+
+
+def test_a_long_pipeline_of_early_answers_is_answered_whole(server: ThreadServer) -> None:
+    refused = request("POST", "/predict", b"", Content_Type="text/plain")
+    with connect(server) as sock:
+        sock.sendall(request("POST", "/predict", PREDICT) + refused * 400)
+        reader = Reader(sock)
+        statuses = [reader.response()[0] for _ in range(401)]
+    assert statuses == [200] + [415] * 400
+    assert server.app.front.active == 0
+
+
+def test_the_admission_limit_refuses_with_503_while_a_request_is_in(tmp_path: Path) -> None:
+    from service.app import create_app
+
+    write_binary(tmp_path / "models")
+    settings = make_settings(tmp_path / "models", tmp_path, max_inflight_requests=1)
+    srv = ThreadServer(create_app(settings))
+    try:
+        with connect(srv) as first, connect(srv) as second:
+            first.sendall(request("POST", "/predict", PREDICT)[:-4])  # admitted, body pending
+            time.sleep(0.2)
+            second.sendall(request("POST", "/predict", PREDICT, X_Request_ID="late"))
+            status, headers, body = Reader(second).response()
+            assert status == 503 and headers["retry-after"] == "1"
+            assert headers["x-request-id"] == "late"
+            assert json.loads(body)["code"] == "overloaded"
+            first.sendall(PREDICT[-4:])
+            assert Reader(first).response()[0] == 200
+        assert srv.app.front.active == 0
+        text = httpx.get(f"{srv.url}/metrics").text
+        refused = 'verdict_http_request_duration_seconds_count{code="503",method="POST",'
+        assert refused + 'route="/predict"} 1.0' in text
+    finally:
+        srv.stop()
+
+
+def test_a_client_that_does_not_read_is_not_read_from_either(server: ThreadServer) -> None:
+    """Answers nobody reads fill the socket; then the server stops reading requests, as
+    uvicorn's ASGI cycle does (without that, its write buffer would grow without bound)."""
+    refused = request("POST", "/predict", b"", Content_Type="text/plain")
+    burst = refused * 200
+    sent = 0
+    stalled = False
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.setblocking(False)
+        deadline = time.monotonic() + 8
+        last_progress = time.monotonic()
+        while time.monotonic() < deadline:
+            try:
+                sent += sock.send(burst)
+                last_progress = time.monotonic()
+            except BlockingIOError:
+                if time.monotonic() - last_progress > 1.0:  # not read from for a second
+                    stalled = True
+                    break
+                time.sleep(0.01)
+    assert stalled, f"the server read {sent} bytes of requests whose answers nobody read"
+    time.sleep(0.2)
+    assert server.app.front.active == 0
