@@ -39,6 +39,16 @@ def raw_request(port: int, head: str, body: bytes = b"") -> socket.socket:
     return sock
 
 
+def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    """Status and headers (lower-case names) of a response head, without its blank line."""
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers
+
+
 def read_response(sock: socket.socket, timeout_s: float = 10.0) -> tuple[int, dict[str, str], Any]:
     """Status, headers (lower-case names) and JSON body of one response on a raw socket."""
     sock.settimeout(timeout_s)
@@ -49,12 +59,7 @@ def read_response(sock: socket.socket, timeout_s: float = 10.0) -> tuple[int, di
             raise AssertionError(f"connection closed before a response: {data!r}")
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    status, headers = parse_head(head)
     length = int(headers.get("content-length", "0"))
     while len(rest) < length:
         chunk = sock.recv(65536)

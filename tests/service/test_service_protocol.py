@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings, write_binary, write_image
+from tests.reliability.rel_support import parse_head
 
 ROW = [0.1, -0.2, 0.3]
 PREDICT = json.dumps({"model": "bin", "instances": [ROW]}).encode()
@@ -101,17 +102,13 @@ class Reader:
         while b"\r\n\r\n" not in self.buf:
             assert self._more(), f"closed before an answer: {self.buf!r}"
         head, _, rest = self.buf.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+        status, headers = parse_head(head)
         length = int(headers.get("content-length", "0"))
         while len(rest) < length:
             assert self._more(), "closed mid-answer"
             rest = self.buf.partition(b"\r\n\r\n")[2]
         self.buf = rest[length:]
-        return int(lines[0].split()[1]), headers, rest[:length]
+        return status, headers, rest[:length]
 
 
 def connect(server: ThreadServer) -> socket.socket:
