@@ -129,9 +129,26 @@ class HotCycle:
             self.fail(self.error)
         elif self.body_done:
             self.dispatch()
-        else:
+        # Else the body deadline is armed by `arm_deadline`, once the bytes at hand are parsed:
+        # usually the whole body is among them, and no timer is needed at all.
+
+    def start_queued(self) -> None:
+        """`start`, for a request that waited behind another (outside `data_received`)."""
+        self.start()
+        self.arm_deadline()
+
+    def arm_deadline(self) -> None:
+        """Time the body from the request's start, if it is still coming."""
+        if (
+            self.started
+            and self.timer is None
+            and self.collector is not None
+            and not self.body_done
+            and not self.response_complete
+        ):
             timeout_s = self.front.deadlines.timeout_s
-            self.timer = self.protocol.loop.call_later(timeout_s, self.expire, timeout_s)
+            left = timeout_s - (perf_counter() - self.start_time)
+            self.timer = self.protocol.loop.call_later(max(left, 0.0), self.expire, timeout_s)
 
     def add(self, chunk: bytes) -> None:
         """A piece of the body (the parser has taken off any chunked framing)."""
@@ -313,6 +330,12 @@ class VerdictHttpProtocol(HttpToolsProtocol):
             "state": self.app_state.copy(),
         }
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        cycle = self.cycle
+        if type(cycle) is HotCycle:
+            cycle.arm_deadline()
+
     def on_headers_complete(self) -> None:
         cycle = self._hot_cycle()
         if cycle is None:
@@ -355,7 +378,7 @@ class VerdictHttpProtocol(HttpToolsProtocol):
             # On the next loop turn, as uvicorn starts a task: a queued request answered at
             # once (401, 415, 503) would otherwise start the next one inside its own call,
             # and a long pipeline of them would go as deep as the Python stack allows.
-            self.loop.call_soon(cycle.start)
+            self.loop.call_soon(cycle.start_queued)
         else:
             super()._start_asgi_task(cycle, app)
 

@@ -240,6 +240,19 @@ def test_a_stalled_body_gets_408_and_the_connection_closes(server: ThreadServer)
     assert httpx.post(f"{server.url}/predict", content=PREDICT).status_code == 200
 
 
+def test_a_stalled_body_behind_another_request_gets_408_too(server: ThreadServer) -> None:
+    with connect(server) as sock:
+        first = request("POST", "/predict", PREDICT, X_Request_ID="first")
+        stalled = request("POST", "/predict", PREDICT, X_Request_ID="stalled")[:-5]
+        sock.sendall(first + stalled)  # the second waits behind the first, then stalls
+        reader = Reader(sock)
+        assert reader.response()[0] == 200
+        status, headers, _ = reader.response()
+        assert status == 408 and headers["x-request-id"] == "stalled"
+        assert reader.closed()
+    assert server.app.front.active == 0
+
+
 def test_over_the_limit_bodies_get_413_and_the_connection_goes_on(server: ThreadServer) -> None:
     big = b"[" + b"1," * 4000 + b"1]"
     with connect(server) as sock:
