@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
 from typing import Any, NamedTuple
 
+from service.batching import ALONE
 from service.errors import ClientDisconnectedError, VerdictError, error_body
 from service.logs import REQUEST_ID
 from service.middleware import REQUEST_ID_HEADER, VALID_REQUEST_ID, new_request_id
@@ -134,18 +135,19 @@ class FrontDoor:
         )
 
     def admit(self) -> bool:
-        """Count one more POST in flight, or False when the limit is reached (answer 503)."""
-        if self.limit > 0:
-            if self.active >= self.limit:
-                return False
-            self.active += 1
+        """Count one more POST in flight, or False when the limit is reached (answer 503).
+        Counted with no limit too: a predict request alone in flight runs its model at once
+        (`service.protocol`)."""
+        if 0 < self.limit <= self.active:
+            return False
+        self.active += 1
         return True
 
     def finish(
         self, template: str, method: str, path: str, status: int, start: float, admitted: bool
     ) -> None:
         """A request is answered: release its admission, observe its duration, log it."""
-        if admitted and self.limit > 0:
+        if admitted:
             self.active -= 1
         elapsed = perf_counter() - start
         key = (template, method, status)
@@ -195,6 +197,7 @@ class FrontDoor:
                     await self._send(send, 503, self.refusal, JSON_HEADER, id_header, True, cors)
                     return
                 admitted = True
+                alone = ALONE.set(self.active == 1)  # see `Batcher.run_now`
             route = self.route(scope["path"]) if method == "POST" and self.hot else None
             if route is not None:
                 template = route.template
@@ -215,6 +218,8 @@ class FrontDoor:
                 template = getattr(found, "path", None) or "unmatched"
         finally:
             self.finish(template, method, scope["path"], status, start, admitted)
+            if admitted:
+                ALONE.reset(alone)
             REQUEST_ID.reset(token)
 
     def _cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from service.batching import BatchResult
+from service.batching import ALONE, BatchResult
 from service.errors import InferenceError, OverloadedError
 from service.metrics import observe_many
 from service.repository import ModelVersion
@@ -31,10 +32,18 @@ class Decided:
 
 
 async def infer(mv: ModelVersion, x: np.ndarray, observers: list[Observer]) -> Decided:
-    """Run a validated batch through the model version's batcher and decide each row."""
+    """Run a validated batch through the model version's batcher and decide each row.
+
+    A lone request's rows run at once (`Batcher.run_now`): the call then returns without
+    waiting on the loop. What is counted of a prediction (metrics, the observers) is counted
+    on the next callback of the loop, after the caller has written the answer.
+    """
     m = mv.metrics
+    batcher = mv.batcher
     try:
-        result = await mv.batcher.submit(x)
+        result = batcher.run_now(x) if ALONE.get() else None
+        if result is None:
+            result = await batcher.submit(x)
     except OverloadedError:
         raise
     except InferenceError:
@@ -46,10 +55,24 @@ async def infer(mv: ModelVersion, x: np.ndarray, observers: list[Observer]) -> D
         score = probs[:, pos]
         hit = score >= mv.threshold  # the positive class (a NaN score never is)
         class_index = (hit if pos == 1 else ~hit).astype(np.intp)
-        observe_many(m.score, score)
     else:
         class_index = probs.argmax(axis=1)
         score = probs.max(axis=1)
+    asyncio.get_running_loop().call_soon(_count, mv, x, class_index, score, observers)
+    return Decided(probs, class_index, score, result)
+
+
+def _count(
+    mv: ModelVersion,
+    x: np.ndarray,
+    class_index: np.ndarray,
+    score: np.ndarray,
+    observers: list[Observer],
+) -> None:
+    """Count one answered batch: metrics, then each observer (drift)."""
+    m = mv.metrics
+    if mv.positive_index is not None and mv.threshold is not None:
+        observe_many(m.score, score)
     m.ok.inc()
     mv.issued += len(class_index)
     if len(class_index) == 1:
@@ -61,4 +84,3 @@ async def infer(mv: ModelVersion, x: np.ndarray, observers: list[Observer]) -> D
             observe(mv, x, class_index, score)
         except Exception:
             log.exception("prediction observer failed")
-    return Decided(probs, class_index, score, result)

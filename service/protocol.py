@@ -15,6 +15,7 @@ arrives while another is in flight waits in uvicorn's pipeline queue.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Coroutine
 from time import perf_counter
@@ -23,6 +24,7 @@ from typing import Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from service.batching import ALONE
 from service.errors import ClientDisconnectedError, VerdictError
 from service.hotpath import JSON_HEADER, FrontDoor, HotRoute, checked_request_id, error_answer
 from service.logs import REQUEST_ID
@@ -216,12 +218,44 @@ class HotCycle:
             self.fail(exc)
             return
         self.collector = None
-        self.spawn(self.run(body))
+        if self.front.active == 1:
+            self.run_eagerly(self.run(body))
+        else:
+            self.spawn(self.run(body))
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def run_eagerly(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` at once, up to the first thing it waits for. A lone request whose model
+        runs at once (`Batcher.run_now`) is answered before this returns: no task, no turn
+        of the loop. One that waits (merged with others, on the model's thread, for the
+        write buffer) goes on in a task once what it waits for is done: the task's first
+        step resumes it there. This is what Python 3.12's eager tasks do."""
+        context = contextvars.copy_context()
+        context.run(ALONE.set, True)
+        try:
+            waiting = context.run(coro.send, None)
+        except StopIteration:
+            return
+        except BaseException as exc:
+            self.task_failed(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        blocking = getattr(waiting, "_asyncio_future_blocking", None)
+        if waiting is None:  # a bare yield: go on on the next turn
+            self.spawn(coro, context)
+        elif blocking:
+            waiting._asyncio_future_blocking = False  # as a task does with what it awaits
+            waiting.add_done_callback(lambda _: self.spawn(coro, context))
+        else:  # only an asyncio future can be awaited here, as in a task
+            coro.close()
+            self.task_failed(RuntimeError(f"a hot route waited on {waiting!r}"))
+
+    def spawn(
+        self, coro: Coroutine[Any, Any, None], context: contextvars.Context | None = None
+    ) -> None:
         """Run `coro` as a task the server waits for (and cancels) at shutdown."""
         protocol = self.protocol
-        task = protocol.loop.create_task(coro)
+        task = protocol.loop.create_task(coro, context=context)
         protocol.tasks.add(task)
         task.add_done_callback(self.task_done)
 
@@ -229,8 +263,12 @@ class HotCycle:
         """A task that ended without answering (cancelled by a forced shutdown, even before
         its first step, or failed): no answer, the connection closes, admission returns."""
         self.protocol.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("answering POST %s failed", self.path, exc_info=task.exception())
+        self.task_failed(None if task.cancelled() else task.exception())
+
+    def task_failed(self, exc: BaseException | None) -> None:
+        """What answering raised (None: cancelled), or nothing: see `task_done`."""
+        if exc is not None:
+            log.error("answering POST %s failed", self.path, exc_info=exc)
         if not self.response_complete:
             self.response_complete = True
             self.finish(500)
