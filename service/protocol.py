@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from time import perf_counter
 from typing import Any
 
@@ -109,6 +109,8 @@ class HotCycle:
         self.request_id = ""
         self.collector: BodyCollector | None = None
         self.error: BaseException | None = None
+        # A coroutine started at once that went on in a task (`run_eagerly`), and its context.
+        self.detached: tuple[Coroutine[Any, Any, None], contextvars.Context] | None = None
         self.timer: asyncio.TimerHandle | None = None
         try:
             self.collector = route.prepare(self.front, self.headers)
@@ -227,8 +229,8 @@ class HotCycle:
         """Run `coro` at once, up to the first thing it waits for. A lone request whose model
         runs at once (`Batcher.run_now`) is answered before this returns: no task, no turn
         of the loop. One that waits (merged with others, on the model's thread, for the
-        write buffer) goes on in a task once what it waits for is done: the task's first
-        step resumes it there. This is what Python 3.12's eager tasks do."""
+        write buffer) goes on in a task, in the same context, that resumes it where it
+        waits. This is what Python 3.12's eager tasks do."""
         context = contextvars.copy_context()
         context.run(ALONE.set, True)
         try:
@@ -240,15 +242,15 @@ class HotCycle:
             if not isinstance(exc, Exception):
                 raise
             return
-        blocking = getattr(waiting, "_asyncio_future_blocking", None)
-        if waiting is None:  # a bare yield: go on on the next turn
-            self.spawn(coro, context)
-        elif blocking:
-            waiting._asyncio_future_blocking = False  # as a task does with what it awaits
-            waiting.add_done_callback(lambda _: self.spawn(coro, context))
-        else:  # only an asyncio future can be awaited here, as in a task
-            coro.close()
+        if waiting is not None and not getattr(waiting, "_asyncio_future_blocking", False):
+            context.run(coro.close)  # only an asyncio future can be awaited here, as in a task
             self.task_failed(RuntimeError(f"a hot route waited on {waiting!r}"))
+            return
+        # It goes on in a task at once, as 3.12's eager tasks do: uvicorn's shutdown sees it
+        # (`server_state.tasks`) and can cancel it, and the cancellation reaches `coro` where
+        # it waits. The task waits on the future `coro` yielded.
+        self.detached = (coro, context)
+        self.spawn(_go_on(coro, waiting), context)
 
     def spawn(
         self, coro: Coroutine[Any, Any, None], context: contextvars.Context | None = None
@@ -263,6 +265,11 @@ class HotCycle:
         """A task that ended without answering (cancelled by a forced shutdown, even before
         its first step, or failed): no answer, the connection closes, admission returns."""
         self.protocol.tasks.discard(task)
+        if self.detached is not None:
+            coro, context = self.detached
+            self.detached = None
+            if getattr(coro, "cr_frame", None) is not None:  # cancelled before it went on
+                context.run(coro.close)
         self.task_failed(None if task.cancelled() else task.exception())
 
     def task_failed(self, exc: BaseException | None) -> None:
@@ -335,6 +342,37 @@ class HotCycle:
             REQUEST_ID.reset(token)
 
 
+class _Rest:
+    """The rest of a coroutine that was started at once and is suspended on `waiting`, as an
+    awaitable: a task awaiting it waits on `waiting`, and what the task is then sent or
+    thrown (a cancellation) goes on to the coroutine, where it waits."""
+
+    __slots__ = ("coro", "waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self.coro = coro
+        self.waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, waiting = self.coro, self.waiting
+        while True:
+            try:
+                sent = yield waiting
+            except BaseException as exc:
+                step: Callable[[Any], Any] = coro.throw
+                arg: Any = exc
+            else:
+                step, arg = coro.send, sent
+            try:
+                waiting = step(arg)
+            except StopIteration:
+                return
+
+
+async def _go_on(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    await _Rest(coro, waiting)
+
+
 class VerdictHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with the predict routes answered by `HotCycle`."""
 
@@ -350,6 +388,9 @@ class VerdictHttpProtocol(HttpToolsProtocol):
         self.front = front if usable else None
 
     def on_message_begin(self) -> None:
+        # A request answered inside `data_received` (run at once) armed the keep-alive timer
+        # while the next request in the same bytes was still to be parsed: one has begun.
+        self._unset_keepalive_if_required()
         # uvicorn builds the ASGI scope here; a hot request never needs it (see below).
         self.url = b""
         self.expect_100_continue = False

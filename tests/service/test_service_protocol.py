@@ -32,14 +32,14 @@ INFER = json.dumps(
 class ThreadServer:
     """uvicorn with verdict's protocol, serving `app` from a thread."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, **options: Any) -> None:
         import uvicorn
 
         from service.protocol import HTTP_PROTOCOL
 
         self.app = app
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, http=HTTP_PROTOCOL, log_level="warning"
+            app, host="127.0.0.1", port=0, http=HTTP_PROTOCOL, log_level="warning", **options
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -11,7 +11,9 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -286,3 +288,74 @@ def test_a_lone_request_that_waits_for_the_model_thread_is_answered(
     assert server.app.front.active == 0
     r = httpx.post(f"{server.url}/predict", content=PREDICT)  # and the next lone one is fine
     assert r.status_code == 200
+
+
+def _slow_img(app: Any, monkeypatch: pytest.MonkeyPatch, seconds: float) -> bytes:
+    """Make `img` run on its thread and take `seconds`; a /predict body for it."""
+    batcher = app.state.repository.resolve("img").batcher
+    original = batcher._run
+
+    def run(x: np.ndarray) -> np.ndarray:
+        time.sleep(seconds)
+        return original(x)
+
+    monkeypatch.setattr(batcher, "estimate_s", lambda rows: 1.0)  # over the inline budget
+    monkeypatch.setattr(batcher, "_run", run)
+    return json.dumps({"model": "img", "instances": [[0.5] * 16]}).encode()
+
+
+def _own_server(tmp_path: Path, **options: Any) -> ThreadServer:
+    from service.app import create_app
+
+    write_binary(tmp_path / "models")
+    write_image(tmp_path / "models")
+    return ThreadServer(create_app(make_settings(tmp_path / "models", tmp_path)), **options)
+
+
+def test_a_request_answered_at_once_does_not_time_out_the_next_one_in_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first request's answer, written inside `data_received`, arms the keep-alive timer;
+    the next request in the same bytes has begun, and must not be cut off by it."""
+    srv = _own_server(tmp_path, timeout_keep_alive=1)
+    try:
+        slow = _slow_img(srv.app, monkeypatch, 2.0)
+        with connect(srv) as sock:
+            reader = Reader(sock)
+            sock.sendall(
+                request("POST", "/predict", PREDICT, X_Request_ID="first")
+                + request("POST", "/predict", slow, X_Request_ID="second")
+            )
+            assert reader.response()[0] == 200
+            status, headers, _ = reader.response()
+            assert status == 200 and headers["x-request-id"] == "second"
+    finally:
+        srv.stop()
+
+
+def test_shutdown_reaches_a_lone_request_that_waits(tmp_path: Path) -> None:
+    """A lone request started at once that waits (here for a write buffer that never drains)
+    is in a task uvicorn knows: at the end of the graceful shutdown it is cancelled, its
+    admission returns and its connection closes."""
+    srv = _own_server(tmp_path, timeout_graceful_shutdown=1)
+    front, state = srv.app.front, srv.server.server_state
+    with connect(srv) as sock:
+        sock.sendall(request("GET", "/v2/health/live"))
+        assert Reader(sock).response()[0] == 200
+        (protocol,) = [
+            p for p in state.connections if getattr(p, "client", None) == sock.getsockname()
+        ]
+        loop = srv.server.servers[0].get_loop()
+        # What the transport does once the client reads nothing past the high-water mark.
+        loop.call_soon_threadsafe(protocol.pause_writing)
+        time.sleep(0.1)
+        sock.sendall(request("POST", "/predict", PREDICT))
+        deadline = time.monotonic() + 5
+        while front.active != 1:
+            assert time.monotonic() < deadline, "the request was not admitted"
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert len(state.tasks) == 1  # waiting for the drain, in a task
+        srv.stop()
+        assert front.active == 0
+        assert not srv.thread.is_alive()
