@@ -23,9 +23,8 @@ from service.metrics import VersionMetrics
 
 log = logging.getLogger(__name__)
 
-# True in the context of a request that was the only one in flight when it started (set by
-# the HTTP protocol): its rows may run at once (`Batcher.run_now`) rather than wait to be
-# merged with others at the end of the loop's turn.
+# True in the context of a request that has nothing to be merged with (`FrontDoor.lone`): its
+# rows may run at once (`Batcher.run_now`) rather than wait for the end of the loop's turn.
 ALONE: ContextVar[bool] = ContextVar("verdict_alone", default=False)
 
 # Weight of each new run in the moving average of measured / predicted run time.
@@ -144,7 +143,6 @@ class Batcher:
         self._tick: deque[list[_Pending]] = deque()
         self._group_rows = 0  # rows of the last group
         self._tick_scheduled = False
-        self._turn = False  # a request ran at once (`run_now`) in this loop turn
         self.inline_runs = 0
         self.name = name
         self.max_batch_rows = max_batch_rows
@@ -279,44 +277,34 @@ class Batcher:
         return await future
 
     def run_now(self, x: np.ndarray) -> BatchResult | None:
-        """Run a request's rows at once, on the loop, when nothing is waiting to be merged
-        with them: the first request of a loop turn (of the requests read in one poll of the
-        sockets) whose run is predicted within the inline budget, with no group waiting for
-        the end of the turn. Its answer can then be written before the loop turns at all.
-        None: `submit` it (the requests after it in the turn merge, as before). The run's
-        metrics are observed after the answer is written (on the next callback)."""
+        """Run a request's rows at once, on the loop, for a request that has nothing to be
+        merged with (the caller knows: see `FrontDoor.lone`), when the run is predicted
+        within the inline budget and no group waits for the end of this loop turn (it would
+        go first). Its answer can then be written before the loop turns at all. None:
+        `submit` it. The run's metrics are observed on the loop's next callback, after the
+        answer is written."""
         rows = len(x)
         if (
-            self._turn
-            or self._tick
+            self._tick
             or self.inline_budget_s <= 0
             or not 0 < rows <= self.max_batch_rows
             or self.estimate_s(rows) > self.inline_budget_s
         ):
             return None
-        loop = asyncio.get_running_loop()
         self._admit(rows)
-        self._turn = True
-        result: BatchResult | None = None
         start = perf_counter()
         try:
             out = self._run(x)
-            result = BatchResult(out, 0.0, perf_counter() - start)
         except Exception as exc:
             log.exception("run of %d rows failed on %s", rows, self.name)
             raise _as_inference_error(self.name, exc) from exc
         finally:
             self._release(rows)
-            loop.call_soon(self._turn_over, rows, result)
+        result = BatchResult(out, 0.0, perf_counter() - start)
         self.inline_runs += 1
         self.batches_run += 1
+        asyncio.get_running_loop().call_soon(self._observe, rows, [result])
         return result
-
-    def _turn_over(self, rows: int, result: BatchResult | None) -> None:
-        """After a run at once: the next request may run at once too; observe the run."""
-        self._turn = False
-        if result is not None:
-            self._observe(rows, [result])
 
     def _run_tick(self) -> None:
         """Run the groups waiting for the loop, in order, each group one run; once this

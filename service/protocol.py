@@ -220,13 +220,14 @@ class HotCycle:
             self.fail(exc)
             return
         self.collector = None
-        if self.front.active == 1:
+        if self.front.lone():
             self.run_eagerly(self.run(body))
         else:
             self.spawn(self.run(body))
 
     def run_eagerly(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run `coro` at once, up to the first thing it waits for. A lone request whose model
+        """Run `coro` at once, up to the first thing it waits for (for a request that
+        `FrontDoor.lone` says has nothing to be merged with). A lone request whose model
         runs at once (`Batcher.run_now`) is answered before this returns: no task, no turn
         of the loop. One that waits (merged with others, on the model's thread, for the
         write buffer) goes on in a task, in the same context, that resumes it where it

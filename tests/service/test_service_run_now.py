@@ -48,7 +48,7 @@ def _batcher(run: Any = None, **kw: Any) -> Batcher:
     return Batcher(run or (lambda x: x @ W), name="t-1", **opts)
 
 
-def test_run_now_runs_on_the_loop_at_once_and_once_a_turn() -> None:
+def test_run_now_runs_on_the_loop_at_once() -> None:
     calls: list[int] = []
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -64,12 +64,27 @@ def test_run_now_runs_on_the_loop_at_once_and_once_a_turn() -> None:
         assert first is not None
         np.testing.assert_array_equal(first.probabilities, x @ W)
         assert calls == [threading.get_ident()]
-        assert b.run_now(x) is None  # the next request of this turn is merged instead
-        assert b._queued_rows == 0
-        await asyncio.sleep(0)  # the loop turns
-        assert b.run_now(x) is not None
-        assert b.inline_runs == 2
+        assert b._queued_rows == 0 and b.inline_runs == 1
         await b.close()
+
+    asyncio.run(main())
+
+
+def test_one_lone_request_a_loop_turn() -> None:
+    """Only the first request of a turn with nothing else in flight runs at once; the
+    requests read after it in the same turn are merged."""
+    from service.hotpath import FrontDoor
+
+    async def main() -> None:
+        front = FrontDoor.__new__(FrontDoor)
+        front.active, front.limit, front._lone_turn = 1, 0, False
+        assert front.lone()
+        assert not front.lone()  # same turn
+        await asyncio.sleep(0)
+        assert front.lone()
+        await asyncio.sleep(0)
+        front.active = 2  # another request is in flight
+        assert not front.lone()
 
     asyncio.run(main())
 
@@ -104,7 +119,7 @@ def test_run_now_leaves_to_submit_what_must_be_merged_or_is_not_cheap() -> None:
     asyncio.run(main())
 
 
-def test_a_failed_run_now_raises_releases_its_rows_and_ends_the_turn() -> None:
+def test_a_failed_run_now_raises_and_releases_its_rows() -> None:
     fail = [True]
 
     def run(x: np.ndarray) -> np.ndarray:
