@@ -19,7 +19,7 @@ from tests.conftest import make_settings, wait_ready
 W = np.arange(6, dtype=np.float32).reshape(3, 2)
 
 
-def _batcher(run: Any, **kw: Any) -> Batcher:
+def _batcher(run: Any = None, **kw: Any) -> Batcher:
     opts: dict[str, Any] = {
         "max_batch_rows": 16,
         "max_queue_delay_ms": 5.0,
@@ -27,7 +27,18 @@ def _batcher(run: Any, **kw: Any) -> Batcher:
         "inline_budget_s": 0.001,
     }
     opts.update(kw)
-    return Batcher(run, name="t-1", **opts)
+    return Batcher(run or (lambda x: x @ W), name="t-1", **opts)
+
+
+def _failing_run(fail: list[bool]) -> Any:
+    """A model run that raises while `fail[0]` is True."""
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if fail[0]:
+            raise RuntimeError("boom")
+        return x @ W
+
+    return run
 
 
 def _recording(calls: list[tuple[int, int]]) -> Any:
@@ -96,13 +107,8 @@ def test_uncalibrated_or_zero_budget_never_runs_on_the_loop() -> None:
 def test_a_failed_inline_run_fails_each_of_its_requests_and_the_next_run_works() -> None:
     fail = [True]
 
-    def run(x: np.ndarray) -> np.ndarray:
-        if fail[0]:
-            raise RuntimeError("boom")
-        return x @ W
-
     async def main() -> None:
-        b = _batcher(run)
+        b = _batcher(_failing_run(fail))
         b.calibrate(0.0, 0.0)
         b.start()
         results = await asyncio.gather(

@@ -25,6 +25,7 @@ from service.batching import ALONE, Batcher
 from service.errors import InferenceError, ShuttingDownError
 from service.inference import infer
 from tests.conftest import make_settings, write_binary, write_image
+from tests.service.test_service_inline import W, _batcher, _failing_run
 from tests.service.test_service_protocol import (
     INFER,
     PREDICT,
@@ -33,19 +34,6 @@ from tests.service.test_service_protocol import (
     connect,
     request,
 )
-
-W = np.arange(6, dtype=np.float32).reshape(3, 2)
-
-
-def _batcher(run: Any = None, **kw: Any) -> Batcher:
-    opts: dict[str, Any] = {
-        "max_batch_rows": 16,
-        "max_queue_delay_ms": 5.0,
-        "max_queue_rows": 1000,
-        "inline_budget_s": 0.001,
-    }
-    opts.update(kw)
-    return Batcher(run or (lambda x: x @ W), name="t-1", **opts)
 
 
 def test_run_now_runs_on_the_loop_at_once() -> None:
@@ -122,13 +110,8 @@ def test_run_now_leaves_to_submit_what_must_be_merged_or_is_not_cheap() -> None:
 def test_a_failed_run_now_raises_and_releases_its_rows() -> None:
     fail = [True]
 
-    def run(x: np.ndarray) -> np.ndarray:
-        if fail[0]:
-            raise RuntimeError("boom")
-        return x @ W
-
     async def main() -> None:
-        b = _batcher(run)
+        b = _batcher(_failing_run(fail))
         b.calibrate(0.0, 0.0)
         b.start()
         with pytest.raises(InferenceError):
