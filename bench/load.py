@@ -93,12 +93,18 @@ def run_wrk(
     connections: int,
     seconds: int,
     cpus: str,
+    batch: bool = False,
 ) -> dict[str, float]:
     """Run wrk (one thread, pinned to `cpus`) for `seconds`; return its JSON summary, plus
-    `loadgen_cpu_s`: the CPU time wrk used (user + system)."""
+    `loadgen_cpu_s`: the CPU time wrk used (user + system).
+
+    `batch` runs wrk under SCHED_BATCH (`chrt --batch 0`): its wake-ups then never preempt
+    the task running on its CPU, which matters where that task is the server under test.
+    """
     body_file.write_bytes(body.data)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     command = [
+        *(["chrt", "--batch", "0"] if batch else []),
         "taskset",
         "-c",
         cpus,

@@ -215,7 +215,9 @@ def render(records: list[Record]) -> str:
         "per case).",
         f"Machine: {meta.get('cpu', '?')}, {meta.get('cores', '?')} cores; server on CPU "
         f"{meta.get('server_cpu', '?')}, wrk on CPU {meta.get('wrk_cpu', '?')} "
-        "(2 workers: server on both, sharing with wrk).",
+        "(2 workers: server on both, sharing with wrk); wrk's scheduling policy "
+        f"`{meta.get('wrk_policy', 'normal')}` (auto: SCHED_BATCH only on a CPU it shares "
+        "with the server).",
         "Cells: median over rounds [min–max].",
         "",
         "### Targets",

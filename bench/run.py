@@ -183,9 +183,10 @@ class Bench:
         body = self.body(server, case)
         body_file = self.work / "body.bin"
         wrk_cpu = self.wrk_cpu
-        run_wrk(server.port, body, body_file, case.connections, self.plan.warmup_s, wrk_cpu)
+        batch = wrk_batch(self.args.wrk_policy, wrk_cpu, server.cpus)
+        run_wrk(server.port, body, body_file, case.connections, self.plan.warmup_s, wrk_cpu, batch)
         result = run_wrk(
-            server.port, body, body_file, case.connections, self.plan.duration_s, wrk_cpu
+            server.port, body, body_file, case.connections, self.plan.duration_s, wrk_cpu, batch
         )
         seconds = result["duration_us"] / 1e6
         requests = int(result["requests"])
@@ -198,6 +199,7 @@ class Bench:
             "workers": server.workers,
             "server_cpus": server.cpus,
             "wrk_cpus": wrk_cpu,
+            "wrk_policy": "batch" if batch else "normal",
             "model": case.model,
             "case": case.name,
             "protocol": case.protocol,
@@ -378,6 +380,7 @@ class Bench:
             "target": self.args.target,
             "server_cpu": self.server_cpu,
             "wrk_cpu": self.wrk_cpu,
+            "wrk_policy": self.args.wrk_policy,
             "models": {
                 m: str(v.relative_to(self.repository.parent))
                 if v.is_relative_to(self.repository.parent)
@@ -405,8 +408,21 @@ class Bench:
         return self.records
 
 
+def wrk_batch(policy: str, wrk_cpus: str, server_cpus: str) -> bool:
+    """Whether wrk runs under SCHED_BATCH: always, never, or (`auto`) when it shares a CPU
+    with the server under test, as with 2 workers on a 2-core machine.
+
+    A normal-policy wrk on a server's CPU is woken by every response and preempts the worker
+    in the middle of its loop turn (thousands of times a second), which measures the load
+    generator's intrusion, not the server; on a CPU of its own the policy changes nothing.
+    """
+    if policy != "auto":
+        return policy == "batch"
+    return bool(set(wrk_cpus.split(",")) & set(server_cpus.split(",")))
+
+
 def _check_tools(args: argparse.Namespace) -> None:
-    for tool in ("wrk", "taskset"):
+    for tool in ("wrk", "taskset", "chrt"):
         if shutil.which(tool) is None:
             raise SystemExit(f"bench: `{tool}` is not installed (run `make sysdeps`)")
     if args.target in ("all", "verdict"):
@@ -449,6 +465,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, help="override the mode's number of rounds")
     parser.add_argument("--warmup", type=int, help="override the warm-up seconds per case")
     parser.add_argument("--duration", type=int, help="override the measured seconds per case")
+    parser.add_argument(
+        "--wrk-policy",
+        choices=("auto", "normal", "batch"),
+        default="auto",
+        help="wrk's scheduling policy; auto: SCHED_BATCH where it shares a CPU with the server",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the .jsonl")
     parser.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help="Markdown file to update")
     docs = parser.add_mutually_exclusive_group()

@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bench import load, report
+from bench import load, report, run
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -76,6 +76,9 @@ def test_smoke_run_against_verdict_and_obvious_server(tmp_path: Path) -> None:
     _check_records(records, {"verdict", "obvious"})
     verdict = next(r for r in records if r["kind"] == "case" and r["server"] == "verdict")
     assert verdict["ratio_vs_obvious_requests"] > 0
+    # auto: wrk keeps the normal policy on a CPU of its own.
+    shared = records[0]["server_cpu"] == records[0]["wrk_cpu"]
+    assert verdict["wrk_policy"] == ("batch" if shared else "normal")
     assert DOCS.read_bytes() == docs_before, "--smoke must not rewrite docs/benchmarks.md"
 
 
@@ -110,9 +113,21 @@ def _tiny_repository(root: Path) -> Path:
 def test_smoke_run_against_obvious_server_on_a_tiny_model(tmp_path: Path) -> None:
     repository = _tiny_repository(tmp_path / "models")
     records = _run_smoke(
-        tmp_path / "results", "--target", "obvious", "--model-repository", str(repository)
+        tmp_path / "results",
+        *("--target", "obvious", "--model-repository", str(repository)),
+        *("--wrk-policy", "batch"),
     )
     _check_records(records, {"obvious"})
+    assert records[0]["wrk_policy"] == "batch"
+    assert {r["wrk_policy"] for r in records if r["kind"] == "case"} == {"batch"}
+
+
+def test_wrk_runs_batch_only_where_it_shares_a_cpu_with_the_server() -> None:
+    assert not run.wrk_batch("auto", "1", "0")
+    assert run.wrk_batch("auto", "1", "0,1")
+    assert run.wrk_batch("auto", "0", "0")
+    assert not run.wrk_batch("normal", "1", "0,1")
+    assert run.wrk_batch("batch", "1", "0")
 
 
 def test_ratios_are_taken_within_a_round() -> None:
