@@ -25,6 +25,7 @@ SUPERVISE_EVERY_S = 0.5
 STARTUP_GRACE_S = 10.0
 RESTART_DELAY_S = 0.5
 MAX_RESTART_DELAY_S = 30.0
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def _server_class() -> type[Any]:
@@ -90,11 +91,34 @@ def _reuseport_socket(host: str, port: int, listen: bool) -> socket.socket:
     return sock
 
 
-def serve_worker(config_kwargs: dict[str, Any]) -> None:
+def _stop_with(supervisor: int) -> None:
+    """Linux: have the kernel send this worker SIGTERM when its supervisor dies, however it
+    dies (SIGKILL, OOM killer), so that no worker keeps serving the port on its own; the
+    worker then drains and exits like after any SIGTERM. Elsewhere a no-op.
+
+    The signal follows the thread that started the worker: the supervisor starts every
+    worker from its main thread, which lives as long as it does."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return
+    if os.getppid() != supervisor:  # it died before the request above was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def serve_worker(config_kwargs: dict[str, Any], supervisor: int | None = None) -> None:
     """One worker: its own listening socket on the shared port (SO_REUSEPORT), so the kernel
-    spreads new connections over the workers instead of the first one to wake taking most."""
+    spreads new connections over the workers instead of the first one to wake taking most.
+    `supervisor`: the pid whose death stops this worker."""
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
+
+    if supervisor is not None:
+        _stop_with(supervisor)
 
     # A (re)started worker takes connections only once its models are loaded: the others
     # keep serving meanwhile, instead of the new one answering 503 "not ready".
@@ -146,7 +170,7 @@ def serve_workers(config_kwargs: dict[str, Any], workers: int, drain_s: float) -
         signal.signal(sig, request_stop)
 
     def start() -> Any:
-        proc = ctx.Process(target=serve_worker, args=(config,), daemon=False)
+        proc = ctx.Process(target=serve_worker, args=(config, os.getpid()), daemon=False)
         proc.start()
         return proc
 

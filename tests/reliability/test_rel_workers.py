@@ -1,5 +1,6 @@
 """`--workers N`: the supervisor restarts a dead worker, drains all on SIGTERM and exits 0,
-and stops with exit code 3 when a worker cannot start."""
+stops with exit code 3 when a worker cannot start, and takes its workers with it when it
+is killed."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import ROOT, LiveServer, free_port
 from tests.reliability.rel_support import live_env
@@ -30,6 +32,15 @@ def _workers(supervisor: int) -> list[int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == supervisor and b"spawn_main" in cmdline:
             found.append(int(entry.name))
     return sorted(found)
+
+
+def _running(pid: int) -> bool:
+    """A process that exists and is not a zombie (an orphan's zombie may wait for a reaper)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _predict_ok(url: str) -> None:
@@ -84,3 +95,26 @@ def test_a_worker_that_cannot_start_stops_the_server_with_exit_3(
             timeout=60,
         )
     assert proc.returncode == 3, proc.stderr[-2000:]
+
+
+def test_workers_stop_when_the_supervisor_is_killed(live_repo: Path, tmp_path: Path) -> None:
+    env = live_env(live_repo, metrics_multiproc_dir=tmp_path / "prom")
+    server = LiveServer(env, ["--workers", "2"])
+    workers: list[int] = []
+    try:
+        server.wait_ready()
+        workers = _workers(server.proc.pid)
+        assert len(workers) == 2
+        server.proc.kill()  # SIGKILL: the supervisor cannot stop anything itself
+        server.proc.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_running(pid) for pid in workers), "a worker outlived its supervisor"
+        with pytest.raises(httpx.TransportError):  # nothing serves the port any more
+            httpx.get(f"{server.url}/v2/health/live", timeout=2)
+    finally:
+        server.stop()
+        for pid in workers:  # without the fix, do not leave orphans behind
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
