@@ -26,6 +26,7 @@ STARTUP_GRACE_S = 10.0
 RESTART_DELAY_S = 0.5
 MAX_RESTART_DELAY_S = 30.0
 PR_SET_PDEATHSIG = 1  # prctl(2)
+PROBE_TIMEOUT_S = 1.0
 
 
 def _server_class() -> type[Any]:
@@ -110,6 +111,17 @@ def _stop_with(supervisor: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _someone_listens(host: str, port: int) -> bool:
+    """Whether a server already accepts connections on host:port (a wildcard host is
+    probed on loopback)."""
+    probe = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    try:
+        with socket.create_connection((probe, port), timeout=PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
 def serve_worker(config_kwargs: dict[str, Any], supervisor: int | None = None) -> None:
     """One worker: its own listening socket on the shared port (SO_REUSEPORT), so the kernel
     spreads new connections over the workers instead of the first one to wake taking most.
@@ -159,7 +171,17 @@ def serve_workers(config_kwargs: dict[str, Any], workers: int, drain_s: float) -
         host, port = config_kwargs["host"], config_kwargs["port"]
         print(f"verdict: cannot bind {host}:{port}: {exc}", file=sys.stderr)
         return STARTUP_FAILURE
-    config = dict(config_kwargs, port=reserve.getsockname()[1])
+    host, port = config_kwargs["host"], reserve.getsockname()[1]
+    if _someone_listens(host, port):
+        # SO_REUSEPORT would let these workers join that server's and take a share of its
+        # connections without either one knowing; uvicorn alone would fail to bind.
+        print(
+            f"verdict: cannot bind {host}:{port}: another server already listens there",
+            file=sys.stderr,
+        )
+        reserve.close()
+        return STARTUP_FAILURE
+    config = dict(config_kwargs, port=port)
     ctx = multiprocessing.get_context("spawn")
     stop = threading.Event()
 

@@ -118,3 +118,35 @@ def test_workers_stop_when_the_supervisor_is_killed(live_repo: Path, tmp_path: P
         for pid in workers:  # without the fix, do not leave orphans behind
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_second_server_on_the_same_port_is_refused(live_repo: Path, tmp_path: Path) -> None:
+    first = LiveServer(
+        live_env(live_repo, metrics_multiproc_dir=tmp_path / "prom1"), ["--workers", "2"]
+    )
+    try:
+        first.wait_ready()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VERDICT_")}
+        env.update(live_env(live_repo, metrics_multiproc_dir=tmp_path / "prom2"))
+        env["PYTHONPATH"] = str(ROOT)
+        second = subprocess.Popen(
+            [sys.executable, "-m", "service", "--port", str(first.port), "--workers", "2"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            _, err = second.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # it joined the first one's port (SO_REUSEPORT)
+            os.killpg(second.pid, signal.SIGKILL)
+            second.communicate()
+            raise AssertionError("a second server started on a port already served") from None
+        assert second.returncode == 3, err[-2000:]
+        assert "another server already listens" in err
+        _predict_ok(first.url)
+        assert len(_workers(first.proc.pid)) == 2
+    finally:
+        first.stop()
