@@ -34,6 +34,14 @@ def _workers(supervisor: int) -> list[int]:
     return sorted(found)
 
 
+def _service_env(live_repo: Path, prom: Path) -> dict[str, str]:
+    """The environment of a `python -m service` run outside `LiveServer`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VERDICT_")}
+    env.update(live_env(live_repo, metrics_multiproc_dir=prom))
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
 def _running(pid: int) -> bool:
     """A process that exists and is not a zombie (an orphan's zombie may wait for a reaper)."""
     try:
@@ -83,9 +91,7 @@ def test_a_worker_that_cannot_start_stops_the_server_with_exit_3(
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VERDICT_")}
-        env.update(live_env(live_repo, metrics_multiproc_dir=tmp_path / "prom"))
-        env["PYTHONPATH"] = str(ROOT)
+        env = _service_env(live_repo, tmp_path / "prom")
         proc = subprocess.run(
             [sys.executable, "-m", "service", "--port", str(port), "--workers", "2"],
             cwd=ROOT,
@@ -126,9 +132,7 @@ def test_a_second_server_on_the_same_port_is_refused(live_repo: Path, tmp_path: 
     )
     try:
         first.wait_ready()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VERDICT_")}
-        env.update(live_env(live_repo, metrics_multiproc_dir=tmp_path / "prom2"))
-        env["PYTHONPATH"] = str(ROOT)
+        env = _service_env(live_repo, tmp_path / "prom2")
         second = subprocess.Popen(
             [sys.executable, "-m", "service", "--port", str(first.port), "--workers", "2"],
             cwd=ROOT,
