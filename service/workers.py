@@ -165,13 +165,13 @@ def serve_workers(config_kwargs: dict[str, Any], workers: int, drain_s: float) -
 
     # Bound (not listening) in the supervisor: reserves the port, and resolves port 0 once
     # for every worker.
+    host = config_kwargs["host"]
     try:
-        reserve = _reuseport_socket(config_kwargs["host"], config_kwargs["port"], listen=False)
+        reserve = _reuseport_socket(host, config_kwargs["port"], listen=False)
     except OSError as exc:
-        host, port = config_kwargs["host"], config_kwargs["port"]
-        print(f"verdict: cannot bind {host}:{port}: {exc}", file=sys.stderr)
+        print(f"verdict: cannot bind {host}:{config_kwargs['port']}: {exc}", file=sys.stderr)
         return STARTUP_FAILURE
-    host, port = config_kwargs["host"], reserve.getsockname()[1]
+    port = reserve.getsockname()[1]
     if _someone_listens(host, port):
         # SO_REUSEPORT would let these workers join that server's and take a share of its
         # connections without either one knowing; uvicorn alone would fail to bind.
