@@ -1,19 +1,20 @@
-"""`verdict-serve` / `python -m service`: run the service under uvicorn."""
+"""`verdict-serve` / `python -m service`: serve every model in the model repository."""
 
 from __future__ import annotations
 
 import argparse
-import math
+import logging
+import logging.config
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
-from service.settings import Settings
-from service.workers import serve_one, serve_workers
+from service.settings import Settings, outdated
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+DEFAULT_MULTIPROC_DIR = Path("var") / "prometheus-multiproc"
+CONFIG_ERROR = 2  # exit code: a setting is wrong
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -28,7 +29,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def prepare_multiproc_dir(path: str) -> None:
-    """Wipe and export the prometheus multiprocess folder before workers start."""
+    """Wipe and export the prometheus multiprocess folder before any worker starts (it must
+    be set before prometheus_client is imported: it picks its value class then)."""
     folder = Path(path)
     if folder.exists():
         shutil.rmtree(folder)
@@ -37,8 +39,13 @@ def prepare_multiproc_dir(path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse flags, build the settings, run uvicorn with the app factory."""
+    """Parse flags, check the environment, build the settings and serve."""
     args = _parse(argv)
+    errors, warnings = outdated()
+    for message in errors:
+        print(f"verdict: {message}", file=sys.stderr)
+    if errors:
+        sys.exit(CONFIG_ERROR)
     overrides: dict[str, object] = {}
     if args.host:
         overrides["host"] = args.host
@@ -46,34 +53,22 @@ def main(argv: list[str] | None = None) -> None:
         overrides["port"] = args.port
     if args.model_repository:
         overrides["model_repository"] = args.model_repository
-        os.environ["VERDICT_MODEL_REPOSITORY"] = args.model_repository
     settings = Settings(**overrides)  # type: ignore[arg-type]
-    multiproc = settings.metrics_multiproc_dir or os.environ.get(MULTIPROC_ENV)
+    multiproc = os.environ.get(MULTIPROC_ENV)
     if args.workers > 1 and not multiproc:
-        multiproc = str(Path("var") / "prometheus-multiproc")
+        multiproc = str(DEFAULT_MULTIPROC_DIR)
     if multiproc:
-        # Must happen before prometheus_client is imported (it picks its value class then).
         prepare_multiproc_dir(multiproc)
-        os.environ["VERDICT_METRICS_MULTIPROC_DIR"] = multiproc
 
+    from service.http.processes import serve_one, serve_workers
     from service.logs import configure_logging
 
-    config: dict[str, Any] = {
-        "app": "service.app:create_app",
-        "factory": True,
-        "host": settings.host,
-        "port": settings.port,
-        # uvicorn takes whole seconds; never None here, which would wait forever.
-        "timeout_graceful_shutdown": math.ceil(settings.drain_seconds),
-        "log_config": configure_logging(settings.log_json),
-        "access_log": False,
-        "server_header": False,
-        # httptools, with the predict routes answered without ASGI (service.protocol).
-        "http": "service.protocol:HTTP_PROTOCOL",
-    }
+    logging.config.dictConfig(configure_logging(settings.log_json))
+    for message in warnings:
+        logging.getLogger("service").warning("%s; ignored", message)
     if args.workers > 1:
-        sys.exit(serve_workers(config, args.workers, settings.drain_seconds))
-    serve_one(config)
+        sys.exit(serve_workers(settings, overrides, args.workers))
+    serve_one(settings)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from contextvars import ContextVar
 
 import orjson
 
-# The id of the request being handled (set by service.middleware), "-" outside requests.
+# The id of the request being handled (set by the HTTP edge), "-" outside requests.
 REQUEST_ID: ContextVar[str] = ContextVar("verdict_request_id", default="-")
 
 
@@ -38,7 +38,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(json_lines: bool, level: int = logging.INFO) -> dict:
-    """A logging dict config for uvicorn (and the service's own loggers)."""
+    """A logging dict config (for `logging.config.dictConfig`) of every logger."""
     formatter = (
         {"()": f"{__name__}.JsonFormatter"}
         if json_lines
@@ -57,8 +57,5 @@ def configure_logging(json_lines: bool, level: int = logging.INFO) -> dict:
                 "stream": "ext://sys.stderr",
             }
         },
-        "loggers": {
-            "": {"handlers": ["default"], "level": level},
-            "uvicorn.access": {"level": logging.WARNING},
-        },
+        "loggers": {"": {"handlers": ["default"], "level": level}},
     }

@@ -1,14 +1,33 @@
-"""Service settings, read from VERDICT_* environment variables (pydantic-settings)."""
+"""Service settings, read from VERDICT_* environment variables (pydantic-settings).
+
+Each field says when an operator would change it; the README's table says the same.
+Tuning that only a benchmark needs lives as a constant next to the code it tunes.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-GraphOptimizationLevel = Literal["disable", "basic", "extended", "all"]
+# Settings of earlier releases: a renamed one stops the server (its value would be lost
+# silently), a removed one is ignored with a warning that says why.
+RENAMED = {"VERDICT_BODY_TIMEOUT_S": "VERDICT_READ_TIMEOUT_S"}
+REMOVED = {
+    "VERDICT_INLINE_MAX_US": "cheap CPU runs go on the event loop by a fixed budget",
+    "VERDICT_DRIFT_MAX_ROWS_PER_S": "drift samples by a fixed rate cap",
+    "VERDICT_BATCHING_ENABLED": "set VERDICT_MAX_BATCH_ROWS=1 or VERDICT_UNBATCHED_MODELS",
+    "VERDICT_INTER_OP_THREADS": "sessions run sequentially; inter-op threads had no effect",
+    "VERDICT_GRAPH_OPTIMIZATION_LEVEL": "graphs are always fully optimised",
+    "VERDICT_METRICS_MULTIPROC_DIR": "set PROMETHEUS_MULTIPROC_DIR (or use --workers)",
+    "VERDICT_FEEDBACK_BUSY_TIMEOUT_S": "a locked store is waited for 5 s",
+    "VERDICT_FEEDBACK_MAX_ITEMS": "one POST /feedback takes at most 1000 items",
+    "VERDICT_LISTEN_WHEN_READY": "--workers always loads before listening",
+}
 
 
 def _split_commas(value: object) -> object:
@@ -16,6 +35,16 @@ def _split_commas(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+def outdated(environ: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """(errors for renamed settings, warnings for removed ones) found in the environment."""
+    env = os.environ if environ is None else environ
+    errors = [f"{old} was renamed {new}" for old, new in RENAMED.items() if old in env]
+    warnings = [
+        f"{name} is no longer a setting ({why})" for name, why in REMOVED.items() if name in env
+    ]
+    return errors, warnings
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,48 +86,46 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VERDICT_", extra="ignore")
 
-    model_repository: str = Field(default="models", description="Folder holding <name>/<version>/.")
-    host: str = Field(default="127.0.0.1", description="Address to bind.")
+    model_repository: str = Field(
+        default="models", description="Folder holding <name>/<version>/; where your models are."
+    )
+    host: str = Field(
+        default="127.0.0.1", description="Address to bind; 0.0.0.0 to take traffic from others."
+    )
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind.")
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["auto"],
         description="ONNX Runtime execution providers in order, comma-separated, or `auto` "
-        "(CUDA when onnxruntime reports it, else CPU).",
+        "(CUDA when onnxruntime reports it, else CPU); set it to pin a provider.",
     )
     intra_op_threads: int = Field(
-        default=1, ge=0, description="ORT intra-op threads (0 = ORT default)."
-    )
-    inter_op_threads: int = Field(
-        default=1, ge=0, description="ORT inter-op threads (0 = ORT default)."
-    )
-    graph_optimization_level: GraphOptimizationLevel = Field(
-        default="all", description="ORT graph optimisation level: disable, basic, extended or all."
+        default=1,
+        ge=0,
+        description="Threads one model run may use (0 = ONNX Runtime's default); raise it for "
+        "large models on many cores served by one process.",
     )
     max_batch_rows: int = Field(
-        default=64, ge=1, description="Most rows merged into one session.run."
+        default=64,
+        ge=1,
+        description="Most rows merged into one model run; 1 merges nothing. Raise it for "
+        "models that gain from larger batches (GPUs).",
     )
     max_queue_delay_ms: float = Field(
         default=1.0,
         ge=0,
-        description="Longest wait to fill a batch while other requests are queued.",
+        description="Longest wait to fill a batch while other requests are queued; raise it to "
+        "trade latency for throughput.",
     )
     max_queue_rows: int = Field(
-        default=4096, ge=1, description="Rows that may wait per model version before answering 503."
-    )
-    inline_max_us: float = Field(
-        default=200.0,
-        ge=0,
-        description="CPU model runs predicted (from warm-up timings, then every run) to take "
-        "at most this many microseconds run on the event loop, the requests of one loop turn "
-        "merged, and the runs of one turn stop at about this much (the rest wait for the next "
-        "turn); slower runs, and every GPU model, run on the model's own thread "
-        "(0 = always on the thread).",
-    )
-    batching_enabled: bool = Field(
-        default=True, description="Merge concurrent requests into batches."
+        default=4096,
+        ge=1,
+        description="Rows that may wait per model version before answering 503; lower it to "
+        "shed load sooner.",
     )
     unbatched_models: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Models (comma-separated) for which batching is off."
+        default_factory=list,
+        description="Models (comma-separated) whose requests are never merged: for a model "
+        "whose answers depend on what else is in its batch.",
     )
     version_policy: str = Field(
         default="all",
@@ -106,21 +133,31 @@ class Settings(BaseSettings):
         "latest, latest:N, or specific:1,3.",
     )
     poll_interval_s: float = Field(
-        default=0.0, ge=0, description="Re-scan the model repository every N seconds (0 = off)."
+        default=0.0,
+        ge=0,
+        description="Re-scan the model repository every N seconds (0 = off); set it to pick up "
+        "new versions without the admin API.",
     )
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1, description="Largest request body.")
-    max_rows_per_request: int = Field(default=10_000, ge=1, description="Most rows in one request.")
-    body_timeout_s: float = Field(
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1, description="Largest request body (413 beyond)."
+    )
+    max_rows_per_request: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most rows in one request; lower it so that one client cannot hold a model "
+        "for long.",
+    )
+    read_timeout_s: float = Field(
         default=10.0,
         gt=0,
-        description="Longest time to receive a whole request body; slower bodies get 408.",
+        description="Longest time to receive a whole request, headers and body, from its first "
+        "byte; a slower or stalled one gets 408 and the connection closes.",
     )
     max_inflight_requests: int = Field(
         default=64,
         ge=0,
         description="Most POST requests handled at once (bodies being read or waiting for a "
-        "model); beyond it the answer is 503 with Retry-After before the body is read "
-        "(0 = no limit).",
+        "model); beyond it 503 with Retry-After before the body is read (0 = no limit).",
     )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
@@ -128,55 +165,45 @@ class Settings(BaseSettings):
     )
     admin_api_key: SecretStr | None = Field(
         default=None,
-        description="Bearer key for the repository extension; unset = extension disabled.",
+        description="Bearer key for the repository extension (load, unload, index); unset = "
+        "that extension is disabled.",
     )
     feedback_db: str = Field(
-        default="var/feedback.sqlite3", description="SQLite file for feedback."
-    )
-    feedback_max_items: int = Field(
-        default=1000, ge=1, description="Most items in one POST /feedback."
-    )
-    feedback_busy_timeout_s: float = Field(
-        default=5.0, ge=0, description="How long a feedback write waits for a locked store."
+        default="var/feedback.sqlite3",
+        description="SQLite file for ground-truth labels; put it on a persistent volume.",
     )
     prediction_id_key: SecretStr | None = Field(
         default=None,
-        description="Key that signs prediction ids (share it across replicas); unset = generated "
-        "once and kept in <dir of feedback_db>/prediction-id.key (mode 0600).",
+        description="Key that signs prediction ids; set the same one on every replica. Unset = "
+        "generated once and kept in <dir of feedback_db>/prediction-id.key (mode 0600).",
     )
     drain_seconds: float = Field(
-        default=10.0, ge=0, description="Graceful shutdown: time to finish requests in flight."
-    )
-    metrics_multiproc_dir: str | None = Field(
-        default=None,
-        description="prometheus-client multiprocess folder (several worker processes).",
+        default=10.0,
+        ge=0,
+        description="Graceful shutdown: time to finish requests in flight; keep it below your "
+        "orchestrator's kill grace period.",
     )
     metrics_require_key: bool = Field(
         default=False,
         description="When true and API keys are set, GET /metrics needs one of them too.",
     )
-    log_json: bool = Field(default=False, description="Log one JSON object per line.")
+    log_json: bool = Field(
+        default=False, description="Log one JSON object per line (for log collectors)."
+    )
     access_log: bool = Field(
         default=False,
-        description="Log one line per request (method, route, status, duration, request id).",
+        description="Log one line per request (method, path, status, duration, request id).",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Allowed CORS origins (comma-separated); empty = off."
+        default_factory=list,
+        description="Allowed CORS origins (comma-separated, or *) for browser clients; "
+        "empty = CORS off.",
     )
     monitored_features_max: int = Field(
-        default=32, ge=0, description="Most input features counted into drift histograms per model."
-    )
-    listen_when_ready: bool = Field(
-        default=False,
-        description="Load every model before accepting connections (each worker of "
-        "--workers N does; a single process answers liveness at once and loads in the "
-        "background).",
-    )
-    drift_max_rows_per_s: float = Field(
-        default=10_000,
+        default=32,
         ge=0,
-        description="Rows per second and model version binned for drift; beyond it a uniform "
-        "sample of whole requests (0 = every row).",
+        description="Most input features counted into drift histograms per model; raise it for "
+        "wide models whose every feature matters.",
     )
 
     @field_validator("providers", "unbatched_models", "cors_origins", "api_keys", mode="before")
@@ -196,5 +223,15 @@ class Settings(BaseSettings):
         return VersionPolicy.parse(self.version_policy)
 
     def batching_for(self, model: str) -> bool:
-        """Whether requests to this model are merged into batches."""
-        return self.batching_enabled and model not in self.unbatched_models
+        """Whether requests to this model may be merged with others."""
+        return model not in self.unbatched_models
+
+    def keys(self) -> list[str]:
+        """The configured API keys (empty ones dropped)."""
+        return [k.get_secret_value() for k in self.api_keys if k.get_secret_value()]
+
+    def admin_key(self) -> str | None:
+        """The admin key, or None when the repository extension is off."""
+        if self.admin_api_key is None or not self.admin_api_key.get_secret_value():
+            return None
+        return self.admin_api_key.get_secret_value()

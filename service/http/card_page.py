@@ -1,4 +1,5 @@
-"""Model cards: find a version's MODEL_CARD.md and render it as a safe HTML page (no torch)."""
+"""Model cards as web pages: find a version's MODEL_CARD.md and its PNGs, and render the card
+as a safe, self-contained HTML page (no torch)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,13 @@ import html
 import re
 from collections.abc import Callable
 from pathlib import Path
+
+from service.errors import (
+    BadRequestError,
+    ModelNotFoundError,
+    NotFoundError,
+    VersionNotFoundError,
+)
 
 CARD_FILE = "MODEL_CARD.md"
 MANIFEST_FILE = "manifest.json"
@@ -31,44 +39,12 @@ figure{margin:1rem 0}
 """
 
 
-class CardError(Exception):
-    """Base of the card lookups' errors; carries the HTTP status and a stable code."""
-
-    status_code = 404
-    code = "not_found"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class ModelNotFoundError(CardError):
-    code = "model_not_found"
-
-
-class VersionNotFoundError(CardError):
-    code = "version_not_found"
-
-
-class CardNotFoundError(CardError):
-    code = "card_not_found"
-
-
-class AssetNotFoundError(CardError):
-    code = "asset_not_found"
-
-
-class BadVersionError(CardError):
-    status_code = 400
-    code = "bad_request"
-
-
 def parse_version(version: str | None) -> int | None:
     """`?version=N` as a positive integer, None when absent."""
     if version is None or version == "":
         return None
     if not (version.isascii() and version.isdigit()) or len(version) > 9 or int(version) < 1:
-        raise BadVersionError(f"version must be a positive integer, got {version[:40]!r}")
+        raise BadRequestError(f"version must be a positive integer, got {version[:40]!r}")
     return int(version)
 
 
@@ -102,9 +78,10 @@ def read_card(folder: Path, name: str, version: int) -> str:
     """MODEL_CARD.md's text for a version folder."""
     path = folder / CARD_FILE
     if not path.is_file():
-        raise CardNotFoundError(
+        raise NotFoundError(
             f"model {name!r} version {version} has no {CARD_FILE}; write it with "
-            f"`python -m training card <repository>/{name}/{version}`"
+            f"`python -m training card <repository>/{name}/{version}`",
+            "card_not_found",
         )
     return path.read_text(encoding="utf-8", errors="replace")
 
@@ -112,10 +89,10 @@ def read_card(folder: Path, name: str, version: int) -> str:
 def asset_path(folder: Path, file: str) -> Path:
     """A PNG that lies in the version folder itself (no sub-folders, links or other types)."""
     if not ASSET_RE.fullmatch(file):
-        raise AssetNotFoundError(f"asset {file[:80]!r} not found")
+        raise NotFoundError(f"asset {file[:80]!r} not found", "asset_not_found")
     path = folder / file
     if path.is_symlink() or not path.is_file():
-        raise AssetNotFoundError(f"asset {file!r} not found")
+        raise NotFoundError(f"asset {file!r} not found", "asset_not_found")
     return path
 
 

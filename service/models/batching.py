@@ -1,17 +1,29 @@
-"""Dynamic batching: per model version, queued requests merge into one session.run."""
+"""Dynamic batching: per model version, the requests waiting at once merge into one model run.
+
+Where a run happens depends on what it is predicted to cost (`calibrate`, then every run):
+
+- A **cheap** run (predicted within `inline_budget_s`, CPU models only) is made on the event
+  loop. Handing a run to a thread and waking the loop afterwards costs several times what a
+  small model's run does, so the requests of one loop turn are merged and run at the end of
+  that turn (`_run_tick`); the runs of one turn stop once their predicted time would pass
+  the budget, and the rest wait for the next turn, after the loop has seen to its sockets.
+  A request with nothing to be merged with runs at once (`run_now`, decided by the caller).
+- Any other run goes to the version's own thread (`OrtThread`): a request that finds it idle
+  and nothing queued runs at once; requests that arrive meanwhile queue and go together in
+  the next run, up to `max_batch_rows`, after waiting up to `max_queue_delay_ms` for more
+  when several are queued.
+
+A failed run fails its own requests only, and never hangs one; the next run goes on.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import math
-import queue
-import threading
 from collections import deque
 from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -19,14 +31,14 @@ from typing import Any
 import numpy as np
 
 from service.errors import InferenceError, OverloadedError, ShuttingDownError
-from service.metrics import VersionMetrics
+from service.models.runtime import OrtThread
+from service.monitoring.metrics import VersionMetrics
 
 log = logging.getLogger(__name__)
 
-# True in the context of a request that has nothing to be merged with (`FrontDoor.lone`): its
-# rows may run at once (`Batcher.run_now`) rather than wait for the end of the loop's turn.
-ALONE: ContextVar[bool] = ContextVar("verdict_alone", default=False)
-
+# Longest predicted run made on the event loop, and the most run time one loop turn spends
+# on such runs: about what decoding one 64-row JSON body takes there anyway.
+INLINE_BUDGET_S = 200e-6
 # Weight of each new run in the moving average of measured / predicted run time.
 COST_SMOOTHING = 0.1
 
@@ -50,75 +62,8 @@ class _Pending:
         self.enqueued = perf_counter()
 
 
-def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-class OrtThread:
-    """One dedicated thread that runs ONNX Runtime calls handed over from the event loop.
-
-    Lighter than `loop.run_in_executor`: a SimpleQueue in, one `call_soon_threadsafe` out.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """Run fn(*args) on the thread; the answer comes back as a future of the running loop."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._queue.put((loop, future, fn, args))
-        return future
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            loop, future, fn, args = item
-            result: Any = None
-            error: BaseException | None = None
-            try:
-                result = fn(*args)
-            except BaseException as exc:
-                error = exc
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-                loop.call_soon_threadsafe(_resolve, future, result, error)
-
-    def shutdown(self) -> None:
-        """Let the thread finish what it holds, then stop."""
-        self._queue.put(None)
-
-
 class Batcher:
-    """Merges requests for one model version into ONNX Runtime runs.
-
-    Cheap runs are made on the event loop: the requests that arrive in one turn of the loop
-    are merged (up to `max_batch_rows` per run) and run at the end of that turn, without
-    handing them to a thread (the hand-over and the wake-up cost several times what a small
-    model's run does), when one run is predicted to take at most `inline_budget_s`. The runs
-    of one turn stop once their predicted time would pass that budget; the rest run in the
-    next turn, after the loop has polled its sockets again, so the loop is never held much
-    longer than the budget, and a cheap run never goes to the thread for want of budget in
-    a turn, nor because a slow run is on the thread. Runs predicted to take longer (and every
-    run when the budget is 0, as for GPU models) go to one dedicated thread: a request that
-    finds the thread idle and nothing queued runs at once; requests that arrive while a run
-    is in progress wait in the queue and go together in the next run, up to
-    `max_batch_rows`. When several requests are queued (or the last
-    run merged several), the batcher waits up to `max_queue_delay_ms` after the oldest
-    arrived to fill the batch further.
-
-    The cost estimate starts from the timings taken at warm-up (`calibrate`) and follows
-    every run after (a moving average of measured over predicted), so a model that turns out
-    slower than its warm-up moves to the thread by itself.
-    """
+    """Merges the requests for one model version into model runs (see the module's text)."""
 
     def __init__(
         self,
@@ -133,23 +78,22 @@ class Batcher:
         inline_budget_s: float = 0.0,
     ) -> None:
         self._run = run
-        self.inline_budget_s = inline_budget_s
-        # Seconds per run = (fixed + per_row * rows) * scale; unknown (never inline) until
-        # calibrate() is called.
-        self._cost_fixed = math.inf
-        self._cost_row = math.inf
-        self._cost_scale = 1.0
-        # Requests waiting to run on the loop, as the groups that run together (in order).
-        self._tick: deque[list[_Pending]] = deque()
-        self._group_rows = 0  # rows of the last group
-        self._tick_scheduled = False
-        self.inline_runs = 0
         self.name = name
         self.max_batch_rows = max_batch_rows
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0
         self.max_queue_rows = max_queue_rows
         self.enabled = enabled
+        self.inline_budget_s = inline_budget_s
         self._metrics = metrics
+        # Seconds per run = (fixed + per_row * rows) * scale; infinite (never inline) until
+        # calibrate() is called.
+        self._cost_fixed = math.inf
+        self._cost_row = math.inf
+        self._cost_scale = 1.0
+        # Groups of requests waiting to run on the loop at the end of this turn, in order.
+        self._tick: deque[list[_Pending]] = deque()
+        self._group_rows = 0
+        self._tick_scheduled = False
         self._thread = OrtThread(f"ort-{name}")
         self._queue: deque[_Pending] = deque()
         self._in_flight: list[_Pending] = []
@@ -159,18 +103,20 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.inline_runs = 0
         self.batches_run = 0
 
     def start(self) -> None:
         """Start the dispatch task on the running loop."""
-        # Everything alive once a model is loaded (the framework, ONNX Runtime, the
-        # manifests) lives for the process; moving it into the permanent generation keeps
-        # full collections, which otherwise stall the loop for tens of milliseconds (the
-        # p99 of 1 row x 32 connections went from ~54 ms to ~15 ms), to request garbage.
+        # What is alive once a model is loaded (the framework, ONNX Runtime, the manifests)
+        # lives for the process: in the permanent generation, full collections skip it and
+        # stop stalling the loop for tens of milliseconds (docs/benchmarks.md).
         gc.freeze()
         self._wakeup = asyncio.Event()
         if self.enabled:
             self._task = asyncio.get_running_loop().create_task(self._dispatch_loop())
+
+    # -- cost --------------------------------------------------------------------------------
 
     def calibrate(self, fixed_s: float, per_row_s: float) -> None:
         """Seconds one run costs: `fixed_s + per_row_s * rows` (measured at warm-up)."""
@@ -187,9 +133,12 @@ class Batcher:
         if 0 < predicted < math.inf:
             self._cost_scale += COST_SMOOTHING * (seconds / predicted - self._cost_scale)
 
-    def run_sync(self, x: np.ndarray) -> np.ndarray:
-        """Run directly on the calling thread (warm-up, before traffic)."""
-        return self._run(x)
+    def _cheap(self, rows: int) -> bool:
+        """Whether one run of `rows` rows belongs on the event loop."""
+        budget = self.inline_budget_s
+        return budget > 0 and 0 < rows <= self.max_batch_rows and self.estimate_s(rows) <= budget
+
+    # -- admission ---------------------------------------------------------------------------
 
     def _admit(self, rows: int) -> None:
         if self._closed:
@@ -201,19 +150,12 @@ class Batcher:
                 f"model {self.name} is overloaded: {self._queued_rows} rows already waiting "
                 f"(max_queue_rows {self.max_queue_rows})"
             )
-        self._queued_rows += rows
-        if self._metrics is not None:
-            self._metrics.queue_depth.set(self._queued_rows)
+        self._set_queued(self._queued_rows + rows)
 
-    def _release(self, rows: int) -> None:
-        self._queued_rows -= rows
+    def _set_queued(self, rows: int) -> None:
+        self._queued_rows = rows
         if self._metrics is not None:
-            self._metrics.queue_depth.set(self._queued_rows)
-
-    def _timed(self, x: np.ndarray, enqueued: float) -> BatchResult:
-        start = perf_counter()
-        out = self._run(x)
-        return BatchResult(out, start - enqueued, perf_counter() - start)
+            self._metrics.queue_depth.set(rows)
 
     def _observe(self, rows: int, results: list[BatchResult]) -> None:
         self._learn(rows, results[0].compute_s)
@@ -225,71 +167,19 @@ class Batcher:
             m.queue.observe(r.queue_s)
             m.compute.observe(r.compute_s)
 
-    async def submit(self, x: np.ndarray) -> BatchResult:
-        """Probabilities for a validated float32 batch; raises OverloadedError when full."""
-        rows = len(x)
-        self._admit(rows)
-        loop = asyncio.get_running_loop()
-        # Cheap runs stay on the loop even while a slow one is on the thread: they would only
-        # queue behind it there (ONNX Runtime sessions take concurrent runs).
-        if self.inline_budget_s > 0 and rows <= self.max_batch_rows:
-            budget = self.inline_budget_s
-            join = (
-                self.enabled
-                and bool(self._tick)
-                and self._group_rows + rows <= self.max_batch_rows
-                and self.estimate_s(self._group_rows + rows) <= budget
-            )
-            if join or self.estimate_s(rows) <= budget:
-                inline: asyncio.Future[BatchResult] = loop.create_future()
-                pending = _Pending(x, inline)
-                if join:
-                    self._tick[-1].append(pending)
-                    self._group_rows += rows
-                else:
-                    self._tick.append([pending])
-                    self._group_rows = rows
-                if not self._tick_scheduled:
-                    self._tick_scheduled = True
-                    loop.call_soon(self._run_tick)
-                return await inline
-        if not self.enabled or (not self._busy and not self._queue):
-            # Idle (or batching off): run now, no queueing.
-            self._busy = True
-            enqueued = perf_counter()
-            try:
-                result = await self._thread.submit(self._timed, x, enqueued)
-            except Exception as exc:
-                raise _as_inference_error(self.name, exc) from exc
-            finally:
-                self._busy = False
-                self._release(rows)
-                self._last_batch_requests = 1
-                if self._queue and self._wakeup is not None:
-                    self._wakeup.set()
-            self.batches_run += 1
-            self._observe(rows, [result])
-            return result
-        future: asyncio.Future[BatchResult] = loop.create_future()
-        self._queue.append(_Pending(x, future))
-        assert self._wakeup is not None
-        self._wakeup.set()
-        return await future
+    # -- running -----------------------------------------------------------------------------
+
+    def run_sync(self, x: np.ndarray) -> np.ndarray:
+        """Run directly on the calling thread (warm-up, before traffic)."""
+        return self._run(x)
 
     def run_now(self, x: np.ndarray) -> BatchResult | None:
-        """Run a request's rows at once, on the loop, for a request that has nothing to be
-        merged with (the caller knows: see `FrontDoor.lone`), when the run is predicted
-        within the inline budget and no group waits for the end of this loop turn (it would
-        go first). Its answer can then be written before the loop turns at all. None:
-        `submit` it. The run's metrics are observed on the loop's next callback, after the
-        answer is written."""
+        """Run at once, on the loop, a request that has nothing to be merged with (the caller
+        knows), when the run is cheap and no group waits for the end of this turn (it would
+        go first); its answer can then be written before the loop turns at all. None:
+        `submit` it. Metrics are observed on the loop's next callback."""
         rows = len(x)
-        if (
-            self._tick
-            or self.inline_budget_s <= 0
-            or not 0 < rows <= self.max_batch_rows
-            or self.estimate_s(rows) > self.inline_budget_s
-        ):
+        if self._tick or not self._cheap(rows):
             return None
         self._admit(rows)
         start = perf_counter()
@@ -299,17 +189,66 @@ class Batcher:
             log.exception("run of %d rows failed on %s", rows, self.name)
             raise _as_inference_error(self.name, exc) from exc
         finally:
-            self._release(rows)
+            self._set_queued(self._queued_rows - rows)
         result = BatchResult(out, 0.0, perf_counter() - start)
         self.inline_runs += 1
         self.batches_run += 1
         asyncio.get_running_loop().call_soon(self._observe, rows, [result])
         return result
 
+    async def submit(self, x: np.ndarray) -> BatchResult:
+        """Probabilities for a validated float32 batch; raises OverloadedError when full."""
+        rows = len(x)
+        self._admit(rows)
+        loop = asyncio.get_running_loop()
+        # A cheap run stays on the loop even while a slow one is on the thread: it would only
+        # queue behind it there (ONNX Runtime sessions take concurrent runs).
+        if self.inline_budget_s > 0:
+            join = self.enabled and bool(self._tick) and self._cheap(self._group_rows + rows)
+            if join or self._cheap(rows):
+                future: asyncio.Future[BatchResult] = loop.create_future()
+                pending = _Pending(x, future)
+                if join:
+                    self._tick[-1].append(pending)
+                    self._group_rows += rows
+                else:
+                    self._tick.append([pending])
+                    self._group_rows = rows
+                if not self._tick_scheduled:
+                    self._tick_scheduled = True
+                    loop.call_soon(self._run_tick)
+                return await future
+        if not self.enabled or (not self._busy and not self._queue):
+            return await self._run_alone_on_thread(x)
+        future = loop.create_future()
+        self._queue.append(_Pending(x, future))
+        assert self._wakeup is not None
+        self._wakeup.set()
+        return await future
+
+    async def _run_alone_on_thread(self, x: np.ndarray) -> BatchResult:
+        """Idle (or batching off): run now on the thread, no queueing."""
+        rows = len(x)
+        self._busy = True
+        enqueued = perf_counter()
+        try:
+            out, start, compute_s = await self._thread.submit(_timed_run, self._run, [x])
+        except Exception as exc:
+            raise _as_inference_error(self.name, exc) from exc
+        finally:
+            self._busy = False
+            self._set_queued(self._queued_rows - rows)
+            self._last_batch_requests = 1
+            if self._queue and self._wakeup is not None:
+                self._wakeup.set()
+        result = BatchResult(out, start - enqueued, compute_s)
+        self.batches_run += 1
+        self._observe(rows, [result])
+        return result
+
     def _run_tick(self) -> None:
-        """Run the groups waiting for the loop, in order, each group one run; once this
-        turn's predicted run time would pass the inline budget, the rest wait for the next
-        turn (after the loop has seen to its sockets)."""
+        """Run the groups waiting for the loop, in order, one run each, until this turn's
+        predicted run time would pass the budget; the rest wait for the next turn."""
         self._tick_scheduled = False
         groups = self._tick
         spent = 0.0
@@ -323,32 +262,28 @@ class Batcher:
                 group = groups.popleft()
                 if not groups:
                     self._group_rows = 0
-                self._run_inline(group, rows)
+                self._run_group(group, rows)
         finally:
             # Also after an unexpected error: the groups left must not wait for a next submit.
             if groups and not self._tick_scheduled:
                 self._tick_scheduled = True
                 asyncio.get_running_loop().call_soon(self._run_tick)
 
-    def _run_inline(self, group: list[_Pending], rows: int) -> None:
-        start = perf_counter()
+    def _run_group(self, group: list[_Pending], rows: int) -> None:
         try:
-            x = group[0].x if len(group) == 1 else np.concatenate([p.x for p in group])
-            out = self._run(x)
+            out, start, compute_s = _timed_run(self._run, [p.x for p in group])
         except Exception as exc:
             log.exception("inline run of %d rows failed on %s", rows, self.name)
-            error = _as_inference_error(self.name, exc)
-            for p in group:
-                if not p.future.done():
-                    p.future.set_exception(error)
-            self._release(rows)
+            _fail(group, _as_inference_error(self.name, exc))
+            self._set_queued(self._queued_rows - rows)
             return
-        compute_s = perf_counter() - start
         self.inline_runs += 1
         self.batches_run += 1
         results = _hand_out(group, out, start, compute_s)
-        self._release(rows)
+        self._set_queued(self._queued_rows - rows)
         self._observe(rows, results)
+
+    # -- the thread's queue ------------------------------------------------------------------
 
     async def _wait(self, timeout: float | None = None) -> bool:
         assert self._wakeup is not None
@@ -371,12 +306,6 @@ class Batcher:
             batch.append(item)
         return batch
 
-    def _run_batch(self, xs: list[np.ndarray]) -> tuple[np.ndarray, float, float]:
-        start = perf_counter()
-        x = xs[0] if len(xs) == 1 else np.concatenate(xs)
-        out = self._run(x)
-        return out, start, perf_counter() - start
-
     async def _dispatch_loop(self) -> None:
         """Run the dispatcher; should it ever fail, fail every waiting request, never hang one."""
         while True:
@@ -385,16 +314,12 @@ class Batcher:
                 return
             except Exception:
                 log.exception("the batcher of %s failed; failing its waiting requests", self.name)
-                error = InferenceError(f"inference failed on {self.name}: batcher error")
                 waiting = self._in_flight + list(self._queue)
                 self._queue.clear()
                 self._in_flight = []
                 self._busy = False
-                self._queued_rows = 0
-                self._release(0)
-                for p in waiting:
-                    if not p.future.done():
-                        p.future.set_exception(error)
+                self._set_queued(0)
+                _fail(waiting, InferenceError(f"inference failed on {self.name}: batcher error"))
 
     async def _dispatch(self) -> None:
         while True:
@@ -422,19 +347,16 @@ class Batcher:
             self._busy = True
             try:
                 out, start, compute_s = await self._thread.submit(
-                    self._run_batch, [p.x for p in batch]
+                    _timed_run, self._run, [p.x for p in batch]
                 )
             except Exception as exc:
                 log.exception("batch of %d rows failed on %s", rows, self.name)
-                error = _as_inference_error(self.name, exc)
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(error)
+                _fail(batch, _as_inference_error(self.name, exc))
                 self._in_flight = []
                 continue
             finally:
                 self._busy = False
-                self._release(rows)
+                self._set_queued(self._queued_rows - rows)
             self._last_batch_requests = len(batch)
             self.batches_run += 1
             results = _hand_out(batch, out, start, compute_s)
@@ -453,6 +375,15 @@ class Batcher:
         self._thread.shutdown()
 
 
+def _timed_run(
+    run: Callable[[np.ndarray], np.ndarray], xs: list[np.ndarray]
+) -> tuple[np.ndarray, float, float]:
+    """One run over the rows of every request in `xs`: (output, start, seconds)."""
+    start = perf_counter()
+    out = run(xs[0] if len(xs) == 1 else np.concatenate(xs))
+    return out, start, perf_counter() - start
+
+
 def _hand_out(
     batch: list[_Pending], out: np.ndarray, start: float, compute_s: float
 ) -> list[BatchResult]:
@@ -466,6 +397,12 @@ def _hand_out(
         if not p.future.done():
             p.future.set_result(result)
     return results
+
+
+def _fail(waiting: list[_Pending], error: Exception) -> None:
+    for p in waiting:
+        if not p.future.done():
+            p.future.set_exception(error)
 
 
 def _rows_of(group: list[_Pending]) -> int:

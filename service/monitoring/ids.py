@@ -13,11 +13,10 @@ a one-time value that SHAKE256 keyed with a second derived key draws for (reques
 Changing the request part or the row index gives an unknown pad; changing the class or the
 score of a seen id needs k; either way a forgery is right with probability about 2^-61 per
 try. One SHAKE call draws the pads of 64 rows, so a batch costs one hash call per 64 rows
-plus a multiply-add per row, where a keyed hash per row (`p2`) cost ~0.5 µs each.
+plus a multiply-add per row instead of a keyed hash per row (docs/benchmarks.md).
 
-`p2` ids (keyed BLAKE2b per row) and `p1` ids (HMAC-SHA256) issued by earlier releases
-still verify. Only the canonical text of an id verifies, so one prediction has one id
-string (the feedback store keys labels by that string).
+`p3` is the one format (the tag leaves room for a later one). Only the canonical text of an
+id verifies, so one prediction has one id string (the feedback store keys labels by it).
 """
 
 from __future__ import annotations
@@ -28,15 +27,11 @@ import hashlib
 import hmac
 import os
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 PREFIX = "p3"
-P2_PREFIX = "p2"  # keyed BLAKE2b per row; still verified, no longer issued
-LEGACY_PREFIX = "p1"  # HMAC-SHA256 over a 26-byte head; still verified, no longer issued
-MAC_BYTES = 12  # p2 and p1 MACs
 P61 = (1 << 61) - 1  # the prime field of the p3 tag
 PAD_BLOCK_ROWS = 64  # rows whose pads one SHAKE call draws
 NONCE_BYTES = 12  # per request; a repeat within one millisecond would reuse pads
@@ -52,8 +47,6 @@ _ROW_HEAD = struct.Struct(">IHf")
 _ROW_BITS = struct.Struct(">IHIQ")  # the same bytes, the score read as its bit pattern
 _ROW_DTYPE = np.dtype([("row", ">u4"), ("class_index", ">u2"), ("score", ">f4"), ("tag", ">u8")])
 _ROW_CHARS = _ROW.size * 4 // 3
-_P2_HEAD = struct.Struct(">IHfQ9s")
-_P1_HEAD = struct.Struct(">IHfQ8s")
 MAX_ID_CHARS = 256
 SMALL_BATCH = 8
 
@@ -98,9 +91,6 @@ class PredictionIds:
         # that has absorbed the prefix skips it for every block.
         self._pads = hashlib.shake_256(derive(b"p3 pad"))
         self._k = 1 + int.from_bytes(derive(b"p3 multiplier")) % (P61 - 1)
-        # p2: the keyed state before any data; p1: HMAC-SHA256.
-        self._keyed = hashlib.blake2b(key=self._key, digest_size=MAC_BYTES)
-        self._hmac = hmac.new(key, digestmod=hashlib.sha256)
 
     def _pad_bytes(self, block: int, common: bytes, rows: int) -> bytes:
         """8 pad bytes per row for `rows` rows of block `block` of a request."""
@@ -174,13 +164,9 @@ class PredictionIds:
         parts = prediction_id.split(".")
         if len(parts) != 3:
             return None
-        if parts[0] == PREFIX:
-            return self._parse_p3(parts[1], parts[2])
-        if parts[0] == P2_PREFIX:
-            return self._parse_mac(parts[1], parts[2], _P2_HEAD, self._sign_p2)
-        if parts[0] == LEGACY_PREFIX:
-            return self._parse_mac(parts[1], parts[2], _P1_HEAD, self._sign_p1)
-        return None
+        if parts[0] != PREFIX:
+            return None
+        return self._parse_p3(parts[1], parts[2])
 
     def _parse_p3(self, request: str, row_text: str) -> PredictionRef | None:
         common = _unb64(request)
@@ -199,31 +185,4 @@ class PredictionIds:
         except UnicodeDecodeError:
             return None
         score = _ROW.unpack(raw)[2]
-        return PredictionRef(model, version, class_index, float(score), ms / 1000.0)
-
-    def _sign_p2(self, payload: bytes) -> bytes:
-        h = self._keyed.copy()
-        h.update(payload)
-        return h.digest()
-
-    def _sign_p1(self, payload: bytes) -> bytes:
-        mac = self._hmac.copy()
-        mac.update(payload)
-        return mac.digest()[:MAC_BYTES]
-
-    @staticmethod
-    def _parse_mac(
-        payload_text: str, mac_text: str, head: struct.Struct, sign: Callable[[bytes], bytes]
-    ) -> PredictionRef | None:
-        payload = _unb64(payload_text)
-        mac = _unb64(mac_text)
-        if payload is None or mac is None or len(payload) <= head.size:
-            return None
-        if not hmac.compare_digest(mac, sign(payload)):
-            return None
-        version, class_index, score, ms, _nonce = head.unpack_from(payload)
-        try:
-            model = payload[head.size :].decode("utf-8")
-        except UnicodeDecodeError:
-            return None
         return PredictionRef(model, version, class_index, float(score), ms / 1000.0)

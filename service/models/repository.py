@@ -1,9 +1,13 @@
-"""The model repository: finds models/<name>/<version>/, checks, loads, warms up and swaps."""
+"""The model repository: finds models/<name>/<version>/, loads each version, swaps and drains.
+
+The lifecycle of served versions: discovery, the version policy, loading off the event loop
+(`models.loading`), the atomic switch, retiring a replaced version once its last request is
+done, polling, and lookup by name and version.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import re
@@ -13,34 +17,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import orjson
-
-from service.batching import Batcher
-from service.codecs import ORT_TO_DTYPE, InputSpec
 from service.errors import (
     BadRequestError,
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
     VersionNotFoundError,
-    scrub_paths,
 )
-from service.metrics import Metrics, VersionMetrics
-from service.runtime import CPU, ModelSession, RuntimeOptions, create_session
+from service.models.batching import INLINE_BUDGET_S, Batcher
+from service.models.codecs import InputSpec
+from service.models.loading import Fingerprint, LoadedVersion, file_fingerprint, load_version
+from service.models.manifest import MANIFEST, read_manifest
+from service.models.runtime import CPU, ModelSession, RuntimeOptions
+from service.monitoring.metrics import Metrics, VersionMetrics
 from service.settings import Settings, VersionPolicy
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-WARMUP_ROWS = (1, 8)
-# Batch sizes and runs per size timed after warm-up to predict what a run costs.
-COST_ROWS = (1, 16)
-COST_RUNS = 7
-PROBABILITY_TOLERANCE = 1e-3
 
-Fingerprint = tuple[tuple[int, int, int, int], ...]
 Listener = Callable[["ModelVersion"], None]
 
 
@@ -61,7 +56,7 @@ class ModelVersion:
     session: ModelSession
     batcher: Batcher
     metrics: VersionMetrics
-    fingerprint: tuple[int, int, int, int]
+    fingerprint: Fingerprint
     loaded_at: float = field(default_factory=time.time)
     issued: int = 0  # rows predicted by this process on this version
     active: int = 0
@@ -78,247 +73,6 @@ class ModelVersion:
 
 
 @dataclass(slots=True)
-class _Checked:
-    """What the loading thread hands back: a session that passed every check."""
-
-    manifest: dict[str, Any]
-    spec: InputSpec
-    classes: list[str]
-    task: str
-    threshold: float | None
-    positive_index: int | None
-    session: ModelSession
-    fingerprint: tuple[int, int, int, int]
-    cost: tuple[float, float]  # seconds per run: fixed, per row (see Batcher.calibrate)
-
-
-def _file_fingerprint(folder: Path, model_file: str = "model.onnx") -> tuple[int, int, int, int]:
-    out: list[int] = []
-    for name in (MANIFEST, model_file):
-        try:
-            st = (folder / name).stat()
-            out += [st.st_mtime_ns, st.st_size]
-        except OSError:
-            out += [0, 0]
-    return (out[0], out[1], out[2], out[3])
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    """The manifest of a version folder; raises ModelLoadError when absent or not an object.
-
-    Messages name the folder relative to the repository (`name/version`), never the full path.
-    """
-    where = f"{folder.parent.name}/{folder.name}"
-    try:
-        doc = orjson.loads((folder / MANIFEST).read_bytes())
-    except FileNotFoundError:
-        raise ModelLoadError(f"{where}: no {MANIFEST}") from None
-    except OSError as exc:
-        raise ModelLoadError(f"{where}: {MANIFEST} is unreadable: {exc.strerror}") from None
-    except orjson.JSONDecodeError as exc:
-        raise ModelLoadError(f"{where}: {MANIFEST} is unreadable: {exc}") from None
-    if not isinstance(doc, dict):
-        raise ModelLoadError(f"{where}: {MANIFEST} is not a JSON object")
-    return doc
-
-
-def check_manifest(manifest: dict[str, Any], name: str, version: int) -> list[str]:
-    """Problems with a manifest on its own (before looking at the graph)."""
-    problems: list[str] = []
-    if manifest.get("name") != name:
-        problems.append(f"manifest name {manifest.get('name')!r} is not the folder name {name!r}")
-    if manifest.get("version") != version:
-        problems.append(f"manifest version {manifest.get('version')!r} is not the folder {version}")
-    model_file = manifest.get("model_file", "model.onnx")
-    if not isinstance(model_file, str) or "/" in model_file or model_file.startswith("."):
-        problems.append("model_file must be a file name inside the version folder")
-    elif not model_file.endswith(".onnx"):
-        problems.append(f"model_file must be an ONNX file (*.onnx); got {model_file!r}")
-    if not isinstance(manifest.get("sha256"), str):
-        problems.append("sha256 is missing")
-    inp = manifest.get("input")
-    out = manifest.get("output")
-    if not isinstance(inp, dict) or not isinstance(out, dict):
-        return [*problems, "input and output must be objects"]
-    shape = inp.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) < 2
-        or shape[0] != -1
-        or not all(isinstance(d, int) and d > 0 for d in shape[1:])
-    ):
-        problems.append(f"input.shape must be [-1, d1, ...] with positive dims; got {shape!r}")
-    if inp.get("dtype") != "float32":
-        problems.append(f"input.dtype must be float32; got {inp.get('dtype')!r}")
-    if not isinstance(inp.get("name"), str):
-        problems.append("input.name is missing")
-    features = inp.get("feature_names")
-    if features is not None:
-        if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
-            problems.append("input.feature_names must be a list of names or null")
-        elif isinstance(shape, list) and len(shape) == 2 and len(features) != shape[1]:
-            problems.append(
-                f"input.feature_names has {len(features)} names but the input has {shape[1]}"
-            )
-        elif len(set(features)) != len(features):
-            problems.append("input.feature_names has duplicates")
-    classes = out.get("classes")
-    if (
-        not isinstance(classes, list)
-        or len(classes) < 2
-        or not all(isinstance(c, str) for c in classes)
-        or len(set(classes)) != len(classes)
-    ):
-        problems.append("output.classes must be at least two distinct labels")
-        classes = None
-    oshape = out.get("shape")
-    if not isinstance(oshape, list) or len(oshape) != 2 or oshape[0] != -1:
-        problems.append(f"output.shape must be [-1, C]; got {oshape!r}")
-    elif classes is not None and oshape[1] != len(classes):
-        problems.append(f"output.shape has {oshape[1]} classes but output.classes {len(classes)}")
-    if out.get("dtype") != "float32":
-        problems.append(f"output.dtype must be float32; got {out.get('dtype')!r}")
-    if not isinstance(out.get("name"), str):
-        problems.append("output.name is missing")
-    task = manifest.get("task")
-    threshold = (manifest.get("decision") or {}).get("threshold")
-    if task == "binary":
-        if classes is not None and len(classes) != 2:
-            problems.append("a binary model needs exactly two classes")
-        if classes is not None and out.get("positive_class") not in classes:
-            problems.append("output.positive_class must be one of output.classes")
-        if (
-            not isinstance(threshold, int | float)
-            or isinstance(threshold, bool)
-            or not 0 <= threshold <= 1
-        ):
-            problems.append(f"decision.threshold must be in [0, 1]; got {threshold!r}")
-    elif task != "multiclass":
-        problems.append(f"task must be binary or multiclass; got {task!r}")
-    return problems
-
-
-def check_graph(manifest: dict[str, Any], session: ModelSession) -> list[str]:
-    """Problems between the manifest and the graph ONNX Runtime loaded."""
-    problems: list[str] = []
-    inp, out = manifest["input"], manifest["output"]
-    graph_inputs = session.graph_inputs()
-    names = [i[0] for i in graph_inputs]
-    if names != [inp["name"]]:
-        problems.append(f"graph inputs are {names}; the manifest says [{inp['name']!r}]")
-    else:
-        _, gtype, gshape = graph_inputs[0]
-        problems += _compare("input", inp, gtype, gshape)
-    graph_outputs = {o[0]: o for o in session.graph_outputs()}
-    if out["name"] not in graph_outputs:
-        problems.append(f"graph outputs are {sorted(graph_outputs)}; no {out['name']!r}")
-    else:
-        _, gtype, gshape = graph_outputs[out["name"]]
-        problems += _compare("output", out, gtype, gshape)
-    return problems
-
-
-def _compare(what: str, spec: dict[str, Any], gtype: str, gshape: list[Any]) -> list[str]:
-    problems = []
-    dtype = ORT_TO_DTYPE.get(gtype, gtype)
-    if dtype != spec["dtype"]:
-        problems.append(f"graph {what} dtype is {dtype}; the manifest says {spec['dtype']}")
-    shape = spec["shape"]
-    if len(gshape) != len(shape):
-        problems.append(f"graph {what} has rank {len(gshape)}; the manifest shape is {shape}")
-        return problems
-    if isinstance(gshape[0], int) and gshape[0] > 0:
-        problems.append(f"graph {what} has a fixed batch axis {gshape[0]}; it must be dynamic")
-    for i, (g, m) in enumerate(zip(gshape[1:], shape[1:], strict=True), start=1):
-        if isinstance(g, int) and g > 0 and g != m:
-            problems.append(f"graph {what} axis {i} is {g}; the manifest says {m}")
-    return problems
-
-
-def _warm_up(session: ModelSession, spec: InputSpec, n_classes: int) -> list[str]:
-    for rows in WARMUP_ROWS:
-        x = np.zeros((rows, *spec.dims), dtype=np.float32)
-        try:
-            y = session.run(x)
-        except Exception as exc:
-            return [f"warm-up run on {rows} rows failed: {scrub_paths(str(exc))}"]
-        if y.shape != (rows, n_classes):
-            expected = [rows, n_classes]
-            return [f"warm-up on {rows} rows gave shape {list(y.shape)}; expected {expected}"]
-        if not np.isfinite(y).all() or not np.allclose(
-            y.sum(axis=1), 1.0, atol=PROBABILITY_TOLERANCE
-        ):
-            return ["warm-up output is not a probability distribution (softmax missing?)"]
-    return []
-
-
-def _measure_cost(session: ModelSession, spec: InputSpec) -> tuple[float, float]:
-    """Seconds one run takes, as fixed + per row: medians of a few timed runs at two sizes."""
-    medians = []
-    for rows in COST_ROWS:
-        x = np.zeros((rows, *spec.dims), dtype=np.float32)
-        times = []
-        for _ in range(COST_RUNS):
-            start = time.perf_counter()
-            session.run(x)
-            times.append(time.perf_counter() - start)
-        medians.append(sorted(times)[len(times) // 2])
-    (r1, t1), (r2, t2) = zip(COST_ROWS, medians, strict=True)
-    per_row = max(t2 - t1, 0.0) / (r2 - r1)
-    return max(t1 - per_row * r1, 0.0), per_row
-
-
-def load_version(folder: Path, name: str, version: int, options: RuntimeOptions) -> _Checked:
-    """Read, check and warm up one version folder (blocking; call from a worker thread)."""
-    manifest = read_manifest(folder)
-    problems = check_manifest(manifest, name, version)
-    if problems:
-        raise ModelLoadError(f"{name} v{version} refused: " + "; ".join(problems))
-    model_file = manifest.get("model_file", "model.onnx")
-    fingerprint = _file_fingerprint(folder, model_file)
-    try:
-        raw = (folder / model_file).read_bytes()
-    except OSError as exc:
-        reason = f"{name} v{version} refused: cannot read {model_file}: {exc.strerror}"
-        raise ModelLoadError(reason) from None
-    digest = hashlib.sha256(raw).hexdigest()
-    if digest != manifest["sha256"].lower():
-        raise ModelLoadError(
-            f"{name} v{version} refused: sha256 of {model_file} is {digest}, "
-            f"the manifest says {manifest['sha256']}"
-        )
-    try:
-        session, providers = create_session(raw, options)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{name} v{version} refused: onnxruntime cannot load {model_file}: "
-            + scrub_paths(str(exc))
-        ) from None
-    inp, out = manifest["input"], manifest["output"]
-    ms = ModelSession(session, providers, inp["name"], out["name"])
-    problems = check_graph(manifest, ms)
-    features = inp.get("feature_names")
-    spec = InputSpec(
-        inp["name"], tuple(inp["shape"][1:]), tuple(features) if features is not None else None
-    )
-    classes = list(out["classes"])
-    if not problems:
-        problems = _warm_up(ms, spec, len(classes))
-    if problems:
-        raise ModelLoadError(f"{name} v{version} refused: " + "; ".join(problems))
-    task = manifest["task"]
-    threshold = float(manifest["decision"]["threshold"]) if task == "binary" else None
-    positive = classes.index(out["positive_class"]) if task == "binary" else None
-    try:
-        cost = _measure_cost(ms, spec)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"{name} v{version} refused: timing runs failed: {scrub_paths(str(exc))}"
-        ) from None
-    return _Checked(manifest, spec, classes, task, threshold, positive, ms, fingerprint, cost)
-
-
-@dataclass(slots=True)
 class _VersionState:
     state: str
     reason: str = ""
@@ -332,18 +86,13 @@ class Repository:
         self.settings = settings
         self.metrics = metrics
         self.policy: VersionPolicy = settings.policy
-        self.options = RuntimeOptions(
-            tuple(settings.providers),
-            settings.intra_op_threads,
-            settings.inter_op_threads,
-            settings.graph_optimization_level,
-        )
+        self.options = RuntimeOptions(tuple(settings.providers), settings.intra_op_threads)
         self._served: dict[str, dict[int, ModelVersion]] = {}
         self._latest: dict[str, ModelVersion] = {}
         self._expected: set[str] = set()
         self._states: dict[tuple[str, int], _VersionState] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._seen: dict[str, Fingerprint] = {}
+        self._seen: dict[str, tuple[Fingerprint, ...]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._manifests: dict[tuple[str, int], tuple[int, dict[str, Any]]] = {}
         self.started = False
@@ -385,14 +134,14 @@ class Repository:
                 found[model_dir.name] = sorted(versions)
         return found
 
-    def _fingerprint(self, name: str) -> Fingerprint:
+    def _fingerprint(self, name: str) -> tuple[Fingerprint, ...]:
         folder = self.root / name
         if not folder.is_dir():
             return ()
         out = []
         for v in sorted(folder.iterdir()):
             if v.is_dir() and v.name.isascii() and v.name.isdigit():
-                out.append(_file_fingerprint(v))
+                out.append(file_fingerprint(v))
         return tuple(out)
 
     # -- loading ---------------------------------------------------------------------------
@@ -437,7 +186,7 @@ class Repository:
                     break
                 folder = self.root / name / str(v)
                 old = current.get(v)
-                if old is not None and old.fingerprint == _file_fingerprint(
+                if old is not None and old.fingerprint == file_fingerprint(
                     folder, old.manifest.get("model_file", "model.onnx")
                 ):
                     new[v] = old
@@ -475,7 +224,7 @@ class Repository:
                 raise ModelLoadError(f"{why} (still serving versions {sorted(new)})")
             return sorted(new)
 
-    def _activate(self, name: str, version: int, folder: Path, c: _Checked) -> ModelVersion:
+    def _activate(self, name: str, version: int, folder: Path, c: LoadedVersion) -> ModelVersion:
         vm = self.metrics.version_metrics(name, version, c.classes)
         s = self.settings
         batcher = Batcher(
@@ -486,7 +235,9 @@ class Repository:
             max_queue_rows=s.max_queue_rows,
             enabled=s.batching_for(name),
             metrics=vm,
-            inline_budget_s=s.inline_max_us / 1e6 if c.session.providers == [CPU] else 0.0,
+            # Only a CPU run can be cheap enough for the event loop (a GPU run waits on the
+            # device); see Batcher.
+            inline_budget_s=INLINE_BUDGET_S if c.session.providers == [CPU] else 0.0,
         )
         batcher.calibrate(*c.cost)
         batcher.start()
@@ -623,10 +374,10 @@ class Repository:
         """Served versions of a model."""
         return sorted(self._served.get(name, {}))
 
-    def predictions_issued(self, model: str, version: int) -> tuple[float, float] | None:
+    def predictions_issued(self, model: str, version: int) -> tuple[int, float] | None:
         """(rows this process predicted on a served version, since when), or None."""
         mv = self._served.get(model, {}).get(version)
-        return None if mv is None else (float(mv.issued), mv.loaded_at)
+        return None if mv is None else (mv.issued, mv.loaded_at)
 
     @property
     def ready(self) -> bool:

@@ -6,11 +6,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, Request, Response
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse
 
-from service.card import (
+from service.errors import NotFoundError
+from service.http.card_page import (
     CONTENT_SECURITY_POLICY,
-    CardError,
     asset_path,
     card_page,
     find_version,
@@ -28,12 +28,8 @@ _HEADERS = {
 
 
 def _repository(request: Request) -> Path:
-    # The integrator's app keeps its Settings on app.state.settings (model_repository field).
+    # The app keeps its Settings on app.state.settings (model_repository field).
     return Path(request.app.state.settings.model_repository)
-
-
-def _error(exc: CardError) -> JSONResponse:
-    return JSONResponse({"error": exc.message, "code": exc.code}, status_code=exc.status_code)
 
 
 @router.get(
@@ -47,17 +43,15 @@ def model_card(request: Request, name: str, version: str | None = None) -> Respo
     try:
         folder, v = find_version(_repository(request), name, parse_version(version))
         md = read_card(folder, name, v)
-    except CardError as exc:
-        return _error(exc)
     except OSError:  # the folder went away or cannot be read: no card, not a server error
-        return _error(CardError(f"no readable model card for model {name!r}"))
+        raise NotFoundError(f"no readable model card for model {name!r}", "card_not_found") from None
 
     def image_src(src: str) -> str | None:
         # Only PNGs that lie in this version's folder; they are served by the route below,
         # relative to this page so a proxy's path prefix keeps working.
         try:
             asset_path(folder, src)
-        except CardError:
+        except NotFoundError:
             return None
         return f"card/assets/{quote(src)}?version={v}"
 
@@ -77,10 +71,10 @@ def model_card_asset(
     try:
         folder, _ = find_version(_repository(request), name, parse_version(version))
         path = asset_path(folder, file)
-    except CardError as exc:
-        return _error(exc)
     except OSError:
-        return _error(CardError(f"no readable card asset {file!r} for model {name!r}"))
+        raise NotFoundError(
+            f"no readable card asset {file!r} for model {name!r}", "asset_not_found"
+        ) from None
     return FileResponse(path, media_type="image/png", headers=_HEADERS)
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from service.errors import VerdictError
+from service.errors import StoreUnavailableError
 
 # Ordered migrations: entry i takes the schema from user_version i to i + 1. Append, never edit.
 MIGRATIONS: tuple[str, ...] = (
@@ -44,27 +44,6 @@ MIGRATIONS: tuple[str, ...] = (
 TIME_COLUMNS = {"received": "received_at", "observed": "observed_at", "issued": "issued_at"}
 
 RecordResult = Literal["accepted", "duplicate", "conflict"]
-
-
-class FeedbackError(VerdictError):
-    """Base of the feedback domain errors; carries the HTTP status and a stable code."""
-
-    status_code: int = 500
-    code: str = "feedback_error"
-
-    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message, headers)
-
-
-class StoreUnavailableError(FeedbackError):
-    """The store cannot be read or written now (locked, disk full, read-only, unreachable)."""
-
-    status_code = 503
-    code = "store_unavailable"
-
-    def __init__(self, message: str, retry_after_s: int = 5) -> None:
-        super().__init__(message, {"Retry-After": str(retry_after_s)})
-        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True, slots=True)

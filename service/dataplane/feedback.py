@@ -1,4 +1,5 @@
-"""Ground truth: checks labels against signed prediction ids, stores them once, counts outcomes."""
+"""Ground truth: checks labels against signed prediction ids, stores them once, counts outcomes,
+and reads labelled quality back from the store."""
 
 from __future__ import annotations
 
@@ -12,17 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-import orjson
-
-from service.ids import PredictionIds, PredictionRef
-from service.quality import confusion_matrix, summarise
-from service.store import (
-    TIME_COLUMNS,
-    CellCount,
-    FeedbackError,
-    FeedbackStore,
-    LabelRecord,
-)
+from service.errors import InvalidFeedbackError, ModelNotFoundError
+from service.monitoring.ids import PredictionIds, PredictionRef
+from service.monitoring.quality import confusion_matrix, summarise
+from service.monitoring.store import TIME_COLUMNS, CellCount, FeedbackStore, LabelRecord
 
 T = TypeVar("T")
 
@@ -37,25 +31,7 @@ WINDOWS = ("last_hour", "last_day", "all_time")
 ManifestOf = Callable[[str, int], Mapping[str, Any] | None]
 VersionsOf = Callable[[str], list[int]]
 # (predictions this process has issued for a model version, since when) or None when unknown.
-PredictionsIssued = Callable[[str, int], tuple[float, float] | None]
-
-
-class FeedbackRequestError(FeedbackError):
-    """The feedback body as a whole is unusable (not JSON, not a list of items, too many)."""
-
-    def __init__(
-        self, message: str, status_code: int = 422, code: str = "invalid_feedback"
-    ) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.code = code
-
-
-class ModelNotFoundError(FeedbackError):
-    """No such model: neither served nor labelled."""
-
-    status_code = 404
-    code = "model_not_found"
+PredictionsIssued = Callable[[str, int], tuple[int, float] | None]
 
 
 class _Family(Protocol):
@@ -82,16 +58,12 @@ class FeedbackMetrics(Protocol):
         """verdict_label_delay_seconds{model}"""
 
 
-def parse_body(raw: bytes) -> list[Any]:
-    """The items of a feedback body: `{"items": [...]}` or a bare list."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise FeedbackRequestError(f"body is not valid JSON: {exc}", 400, "invalid_json") from exc
+def items_of(body: Any) -> list[Any]:
+    """The items of a decoded feedback body: `{"items": [...]}` or a bare list."""
     if isinstance(body, dict) and set(body) == {"items"}:
         body = body["items"]
     if not isinstance(body, list):
-        raise FeedbackRequestError(
+        raise InvalidFeedbackError(
             'body must be {"items": [{"prediction_id": ..., "label": ...}, ...]} or a list of items'
         )
     return body
@@ -254,18 +226,16 @@ class FeedbackService:
     async def submit(self, items: Any) -> list[dict[str, Any]]:
         """An answer per item, in order. Accepted labels are committed before this returns.
 
-        Raises FeedbackRequestError for a body that is not a list or holds too many items, and
+        Raises InvalidFeedbackError for a body that is not a list or holds too many items, and
         StoreUnavailableError when the store cannot commit (then nothing is acknowledged).
         """
         if not isinstance(items, list):
-            raise FeedbackRequestError("items must be a list")
+            raise InvalidFeedbackError("items must be a list")
         if not items:
-            raise FeedbackRequestError("items must not be empty")
+            raise InvalidFeedbackError("items must not be empty")
         if len(items) > self.max_items:
-            raise FeedbackRequestError(
-                f"{len(items)} items in one request; at most {self.max_items}",
-                422,
-                "too_many_items",
+            raise InvalidFeedbackError(
+                f"{len(items)} items in one request; at most {self.max_items}", "too_many_items"
             )
         now = self.clock()
         checked = [self._check(item, now) for item in items]
@@ -319,8 +289,8 @@ class FeedbackService:
     async def quality(self, model: str, time_basis: str = "received") -> dict[str, Any]:
         """Confusion matrix, rates, objectives, cost and coverage per version, from the store."""
         if time_basis not in TIME_COLUMNS:
-            raise FeedbackRequestError(
-                f"time_basis must be one of {sorted(TIME_COLUMNS)}", 422, "invalid_query"
+            raise InvalidFeedbackError(
+                f"time_basis must be one of {sorted(TIME_COLUMNS)}", "invalid_query"
             )
         now = self.clock()
         cells, conflicts = await self._run(self._read, model, now, time_basis)

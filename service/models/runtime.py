@@ -1,8 +1,12 @@
-"""ONNX Runtime sessions: provider choice and CPU fallback, thread settings, warm-up."""
+"""ONNX Runtime: sessions (provider choice, CPU fallback, threads) and the thread runs go to."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,12 +18,6 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-OPTIMIZATION_LEVELS = {
-    "disable": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
-}
 
 SessionFactory = Callable[..., Any]
 
@@ -43,18 +41,15 @@ class RuntimeOptions:
 
     providers: tuple[str, ...] = ("auto",)
     intra_op_threads: int = 1
-    inter_op_threads: int = 1
-    graph_optimization_level: str = "all"
 
 
 def session_options(options: RuntimeOptions) -> ort.SessionOptions:
-    """ORT session options from the settings."""
+    """ORT session options from the settings: sequential execution (so one inter-op thread),
+    every graph optimisation."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = options.intra_op_threads
-    so.inter_op_num_threads = options.inter_op_threads
-    so.graph_optimization_level = getattr(
-        ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[options.graph_optimization_level]
-    )
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
     return so
@@ -91,16 +86,10 @@ class ModelSession:
         self.input_name = input_name
         self.output_name = output_name
         self._outputs = [output_name]
-        # On CPU, the binding's own run: the Python wrapper's per-call checks (every input
-        # fed, no foreign OrtValue, no WebGPU graph capture) always pass here, and its
-        # execution-provider fallback is for CUDA. ~15% of a one-row run of a small model.
-        binding = getattr(session, "_sess", None)
-        direct = getattr(binding, "run", None) if providers == [CPU] else None
-        self._run: Callable[..., list[np.ndarray]] = direct or session.run
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities for a float32 batch."""
-        result: np.ndarray = self._run(self._outputs, {self.input_name: batch}, None)[0]
+        result: np.ndarray = self.session.run(self._outputs, {self.input_name: batch})[0]
         return result
 
     def graph_inputs(self) -> list[tuple[str, str, list[Any]]]:
@@ -110,3 +99,45 @@ class ModelSession:
     def graph_outputs(self) -> list[tuple[str, str, list[Any]]]:
         """(name, type, shape) of each graph output."""
         return [(o.name, o.type, list(o.shape)) for o in self.session.get_outputs()]
+
+
+class OrtThread:
+    """One thread that runs model calls handed over from the event loop: a SimpleQueue in,
+    one `call_soon_threadsafe` out (lighter than `loop.run_in_executor`)."""
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Run fn(*args) on the thread; the answer comes back as a future of the running loop."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put((loop, future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            loop, future, fn, args = item
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = fn(*args)
+            except BaseException as exc:
+                error = exc
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_resolve, future, result, error)
+
+    def shutdown(self) -> None:
+        """Let the thread finish what it holds, then stop."""
+        self._queue.put(None)
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

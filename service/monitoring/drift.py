@@ -13,6 +13,10 @@ import numpy as np
 
 SCORE_FEATURE = "__score__"
 DEFAULT_MAX_FEATURES = 30
+# Rows a second per model version binned in full by the server; beyond it a uniform sample of
+# whole batches (DriftMonitor). Binning every row of a cheap model at 100k rows/s took about a
+# quarter of the CPU (docs/benchmarks.md); PSI is read from proportions, which a sample keeps.
+SERVER_MAX_ROWS_PER_S = 10_000
 # Batches up to this many (row, feature, edge) comparisons are binned with one broadcast
 # comparison; larger ones with one searchsorted per feature (less memory, log B per value).
 BROADCAST_MAX_CELLS = 1 << 16

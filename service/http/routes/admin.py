@@ -1,22 +1,16 @@
-"""The OIP repository extension (admin key only) and /metrics."""
+"""The OIP repository extension (the edge lets only the admin key through) and /metrics."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request, Response
 
-from service.codecs import decode_json
 from service.errors import BadRequestError
-from service.metrics import render
-from service.routes.common import (
-    json_response,
-    read_body,
-    require_admin,
-    require_metrics_key,
-)
-from service.routes.predict import ERRORS
-from service.schemas import ErrorResponse, RepositoryIndexEntry
+from service.http.routes import dataplane, json_response
+from service.http.schemas import ERRORS, ErrorResponse, RepositoryIndexEntry
+from service.monitoring.metrics import render
 
 router = APIRouter(tags=["admin"])
 
@@ -26,18 +20,17 @@ INDEX: dict[str, Any] = {"response_model": list[RepositoryIndexEntry], "response
 
 
 async def _index(request: Request) -> Response:
-    require_admin(request)
-    body = await read_body(request, request.app.state.settings.max_body_bytes)
+    body = await request.body()
     ready_only = False
     if body.strip():
-        doc = decode_json(body)
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BadRequestError("the request body is not valid JSON") from None
         if not isinstance(doc, dict):
             raise BadRequestError("the body must be a JSON object")
         ready_only = bool(doc.get("ready", False))
-    rows = request.app.state.repository.index()
-    if ready_only:
-        rows = [r for r in rows if r["state"] == "READY"]
-    return json_response(rows)
+    return json_response(dataplane(request).metadata.index(ready_only))
 
 
 @router.get("/v2/repository/index", summary="Repository index", **INDEX)
@@ -63,10 +56,8 @@ async def index_post(request: Request) -> Response:
 async def load(model: str, request: Request) -> Response:
     """(Re)load a model from disk; new versions are checked and warmed up before they take
     traffic, and requests in flight finish on the version they started on."""
-    require_admin(request)
-    await read_body(request, request.app.state.settings.max_body_bytes)
-    versions = await request.app.state.repository.load_model(model)
-    return json_response({"name": model, "versions": [str(v) for v in versions]})
+    versions = await dataplane(request).metadata.load(model)
+    return json_response({"name": model, "versions": versions})
 
 
 @router.post(
@@ -79,9 +70,7 @@ async def load(model: str, request: Request) -> Response:
 )
 async def unload(model: str, request: Request) -> Response:
     """Stop serving a model; requests in flight finish first."""
-    require_admin(request)
-    await read_body(request, request.app.state.settings.max_body_bytes)
-    await request.app.state.repository.unload_model(model)
+    await dataplane(request).metadata.unload(model)
     return json_response({"name": model})
 
 
@@ -99,9 +88,10 @@ async def unload(model: str, request: Request) -> Response:
 )
 async def metrics(request: Request) -> Response:
     """Prometheus text format (every worker's values in multiprocess mode)."""
-    require_metrics_key(request)
     state = request.app.state
-    for hook in state.before_metrics:  # e.g. flush buffered drift counts
-        hook()
-    body, content_type = render(state.registry, state.multiproc_dir)
+    # Buffered counts reach their series first (in multiprocess mode the collection below
+    # reads the files, not this registry, so nothing else would flush them).
+    state.drift.flush()
+    state.metrics.flush()
+    body, content_type = render(state.registry, state.metrics.multiproc)
     return Response(body, media_type=content_type)

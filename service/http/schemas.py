@@ -1,4 +1,5 @@
-"""Pydantic request/response types: they document the API (OpenAPI); the hot path uses orjson."""
+"""Pydantic request/response types: they document the API (OpenAPI); requests are decoded
+with orjson, not through these."""
 
 from __future__ import annotations
 
@@ -270,3 +271,89 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
 
     resolved: dict[str, Any] = resolve(schema)
     return resolved
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "Malformed JSON or request fields.",
+        401: "API key missing or wrong.",
+        404: "Unknown model or version.",
+        413: "Body over max_body_bytes.",
+        415: "Not JSON.",
+        422: "Rows that do not fit the model (count, names, non-finite values).",
+        503: "Overloaded (see Retry-After) or model not ready.",
+    }.items()
+}
+ERROR_CONTENT: dict[str, Any] = {
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["error", "code"],
+                "properties": {"error": {"type": "string"}, "code": {"type": "string"}},
+            }
+        }
+    }
+}
+
+
+
+def _json_content(model: type[BaseModel]) -> dict[str, Any]:
+    return {"application/json": {"schema": inline_schema(model)}}
+
+
+def _operation(summary: str, description: str, body: dict[str, Any], ok: type[BaseModel]) -> Any:
+    responses: dict[str, Any] = {"200": {"description": "OK", "content": _json_content(ok)}}
+    for code, doc in ERRORS.items():
+        responses[str(code)] = {
+            "description": doc["description"],
+            "content": _json_content(ErrorResponse),
+        }
+    return {
+        "post": {
+            "tags": ["inference"],
+            "summary": summary,
+            "description": description,
+            "requestBody": {"required": True, "content": body},
+            "responses": responses,
+        }
+    }
+
+
+def edge_paths() -> dict[str, Any]:
+    """OpenAPI path items of the routes the edge answers itself (the inference routes)."""
+    infer_body = {
+        **_json_content(InferRequestBody),
+        "application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"},
+            "description": "JSON header of Inference-Header-Content-Length bytes, then tensor "
+            "data.",
+        },
+    }
+    infer = _operation(
+        "Infer (latest version)",
+        "Open Inference Protocol inference, JSON or binary tensor data (the binary tensor data "
+        "extension). `parameters.prediction_ids: true` adds a signed prediction id per row.",
+        infer_body,
+        InferResponseBody,
+    )
+    version = _operation(
+        "Infer",
+        "Inference on one version of the model, as above.",
+        infer_body,
+        InferResponseBody,
+    )
+    predict = _operation(
+        "Predict labels for rows of features",
+        "Rows as lists in feature order or objects keyed by feature name; one answer per row "
+        "with a prediction id, the label, the class index and probabilities by label, and for "
+        "binary models the score and the decision at the model's threshold.",
+        _json_content(PredictRequest),
+        PredictResponse,
+    )
+    return {
+        "/predict": predict,
+        "/v2/models/{model}/infer": infer,
+        "/v2/models/{model}/versions/{version}/infer": version,
+    }

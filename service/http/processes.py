@@ -1,12 +1,16 @@
-"""Serving processes: one uvicorn server, or several workers on one port under a supervisor.
+"""Serving processes: one server, or several workers on one port under a supervisor.
 
-Kept out of `service.__main__` so that spawned workers can import what they run.
+A server process builds the app, runs its lifespan (store, models), listens, and on SIGTERM
+or SIGINT stops listening, drains (`drain_seconds`) and exits 0. Kept out of
+`service.__main__` so that spawned workers can import what they run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
+import logging
 import multiprocessing
 import os
 import signal
@@ -14,10 +18,17 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine
 from typing import Any
 
-LISTEN_BACKLOG = 2048  # uvicorn's default
+from service.http.app import create_app, lifespan
+from service.http.server import HttpServer
+from service.settings import Settings
+
+log = logging.getLogger("service")
+
+STARTUP_FAILURE = 3  # exit code: the server could not start (port taken, app error)
+LISTEN_BACKLOG = 2048
 GC_GEN0_THRESHOLD = 20_000  # net allocations of tracked objects between young collections
 SUPERVISE_EVERY_S = 0.5
 # A worker that dies this soon after it started is restarted only after a delay, doubled
@@ -29,66 +40,81 @@ PR_SET_PDEATHSIG = 1  # prctl(2)
 PROBE_TIMEOUT_S = 1.0
 
 
-def _server_class() -> type[Any]:
-    """A uvicorn Server that exits normally after a drain started by SIGTERM or SIGINT.
-
-    Stock uvicorn records the signal and re-raises it once shutdown is done, so the process
-    dies of it (exit code -15) even after a clean drain; orchestrators read that as a crash.
-    """
-    import uvicorn
-    from uvicorn.server import HANDLED_SIGNALS
-
-    class DrainingServer(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
-            try:
-                yield
-            finally:
-                for sig, handler in original.items():
-                    signal.signal(sig, handler)
-            # Unlike uvicorn, the captured signal is not raised again: the drain was clean.
-
-    return DrainingServer
+class StartupError(Exception):
+    """The server could not start: nothing was served."""
 
 
 def tune_gc() -> None:
-    """Collect the youngest generation after GC_GEN0_THRESHOLD net allocations, not 700.
-
-    A 64-row request holds a few hundred lists and dicts at once; with 8 in flight the default
-    threshold ran a collection several times per request, each walking every live request
-    object. 64-row JSON at 8 connections: +7-9% requests/s (three A/B pairs). Garbage is
-    still freed at once by reference counting; only cycles wait a little longer.
-    """
+    """Collect the youngest generation after GC_GEN0_THRESHOLD net allocations, not 700: a
+    64-row request keeps a few hundred lists and dicts alive at once, and the default ran a
+    collection several times per request (docs/benchmarks.md). Garbage is still freed at once
+    by reference counting; only cycles wait a little longer."""
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
-def serve_one(config_kwargs: dict[str, Any]) -> None:
-    """One process: run the draining server, exit 0 after a clean shutdown."""
-    import uvicorn
-    from uvicorn.config import STARTUP_FAILURE
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop when it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
+
+async def serve(settings: Settings, sock: socket.socket | None = None, load_first: bool = False) -> None:
+    """Serve until SIGTERM or SIGINT, then drain. `sock`: a bound socket to listen on (else
+    settings.host and settings.port); `load_first`: listen only once every model is loaded."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        app = create_app(settings)
+    except Exception as exc:
+        raise StartupError(f"the app cannot be built: {exc}") from exc
+    server = HttpServer(app.edge, settings.read_timeout_s)
+    async with lifespan(app, load_first=load_first):
+        try:
+            if sock is None:
+                listener = await loop.create_server(
+                    server.connection, settings.host, settings.port, backlog=LISTEN_BACKLOG
+                )
+            else:
+                listener = await loop.create_server(
+                    server.connection, sock=sock, backlog=LISTEN_BACKLOG
+                )
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+        where = listener.sockets[0].getsockname()
+        log.info("verdict %d serving on http://%s:%d", os.getpid(), where[0], where[1])
+        await stop.wait()
+        log.info("stopping: draining requests in flight (up to %g s)", settings.drain_seconds)
+        listener.close()
+        await server.drain(settings.drain_seconds)
+    log.info("stopped")
+
+
+def serve_one(settings: Settings) -> None:
+    """One process: serve, exit 0 after a clean drain, 3 when it cannot start."""
     tune_gc()
-    config = uvicorn.Config(**config_kwargs)
-    server = _server_class()(config)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run()
-    if not server.started:
+    try:
+        _run_loop(serve(settings))
+    except StartupError as exc:
+        print(f"verdict: {exc}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
+    except KeyboardInterrupt:
+        pass
 
 
-def _reuseport_socket(host: str, port: int, listen: bool) -> socket.socket:
+def _reuseport_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
-    if listen:
-        sock.listen(LISTEN_BACKLOG)
     return sock
 
 
@@ -122,66 +148,62 @@ def _someone_listens(host: str, port: int) -> bool:
         return False
 
 
-def serve_worker(config_kwargs: dict[str, Any], supervisor: int | None = None) -> None:
+def serve_worker(overrides: dict[str, Any], supervisor: int | None = None) -> None:
     """One worker: its own listening socket on the shared port (SO_REUSEPORT), so the kernel
     spreads new connections over the workers instead of the first one to wake taking most.
-    `supervisor`: the pid whose death stops this worker."""
-    import uvicorn
-    from uvicorn.config import STARTUP_FAILURE
+    It listens only once its models are loaded, so a restarted worker takes no traffic
+    before it is ready while the others serve. `supervisor`: the pid whose death stops it."""
+    import logging.config
+
+    from service.logs import configure_logging
 
     if supervisor is not None:
         _stop_with(supervisor)
-
-    # A (re)started worker takes connections only once its models are loaded: the others
-    # keep serving meanwhile, instead of the new one answering 503 "not ready".
-    os.environ["VERDICT_LISTEN_WHEN_READY"] = "true"
+    settings = Settings(**overrides)
+    logging.config.dictConfig(configure_logging(settings.log_json))
     tune_gc()
     try:
-        # Bound, not listening: uvicorn's create_server listens after the lifespan startup
-        # (the models loaded), so the kernel sends this worker nothing before that.
-        sock = _reuseport_socket(config_kwargs["host"], config_kwargs["port"], listen=False)
+        # Bound, not listening: the server listens after loading the models.
+        sock = _reuseport_socket(settings.host, settings.port)
     except OSError as exc:
         print(f"verdict worker cannot listen: {exc}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
-    config = uvicorn.Config(**config_kwargs)
-    server = _server_class()(config)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run(sockets=[sock])
-    if not server.started:
+    try:
+        _run_loop(serve(settings, sock=sock, load_first=True))
+    except StartupError as exc:
+        print(f"verdict worker: {exc}", file=sys.stderr)
         sys.exit(STARTUP_FAILURE)
+    except KeyboardInterrupt:
+        pass
 
 
-def serve_workers(config_kwargs: dict[str, Any], workers: int, drain_s: float) -> int:
+def serve_workers(settings: Settings, overrides: dict[str, Any], workers: int) -> int:
     """Run `workers` processes on one port; restart any that dies (with a growing delay when
     it keeps dying young); on SIGTERM or SIGINT, stop them all (each drains) and return 0.
     A worker that cannot start the first time (exit code 3: no socket, no app) stops
     everything; a restarted one is retried.
 
-    uvicorn's own supervisor shares one listening socket between its workers; with long-lived
-    connections (load balancers, benchmark clients) the worker that wakes first accepts most
-    of them (measured: 27 of 32 connections on one of 2 workers), and the other idles.
+    One listening socket shared by every worker would let the worker that wakes first
+    accept most long-lived connections (docs/serving.md); one socket per worker does not.
     """
-    from uvicorn.config import STARTUP_FAILURE
-
-    # Bound (not listening) in the supervisor: reserves the port, and resolves port 0 once
-    # for every worker.
-    host = config_kwargs["host"]
+    host = settings.host
     try:
-        reserve = _reuseport_socket(host, config_kwargs["port"], listen=False)
+        # Bound (not listening) here: reserves the port, and resolves port 0 once for all.
+        reserve = _reuseport_socket(host, settings.port)
     except OSError as exc:
-        print(f"verdict: cannot bind {host}:{config_kwargs['port']}: {exc}", file=sys.stderr)
+        print(f"verdict: cannot bind {host}:{settings.port}: {exc}", file=sys.stderr)
         return STARTUP_FAILURE
     port = reserve.getsockname()[1]
     if _someone_listens(host, port):
         # SO_REUSEPORT would let these workers join that server's and take a share of its
-        # connections without either one knowing; uvicorn alone would fail to bind.
+        # connections without either one knowing.
         print(
             f"verdict: cannot bind {host}:{port}: another server already listens there",
             file=sys.stderr,
         )
         reserve.close()
         return STARTUP_FAILURE
-    config = dict(config_kwargs, port=port)
+    overrides = dict(overrides, port=port)
     ctx = multiprocessing.get_context("spawn")
     stop = threading.Event()
 
@@ -192,7 +214,7 @@ def serve_workers(config_kwargs: dict[str, Any], workers: int, drain_s: float) -
         signal.signal(sig, request_stop)
 
     def start() -> Any:
-        proc = ctx.Process(target=serve_worker, args=(config, os.getpid()), daemon=False)
+        proc = ctx.Process(target=serve_worker, args=(overrides, os.getpid()), daemon=False)
         proc.start()
         return proc
 
@@ -230,7 +252,7 @@ def serve_workers(config_kwargs: dict[str, Any], workers: int, drain_s: float) -
             if proc.is_alive() and proc.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + drain_s + 5
+        deadline = time.monotonic() + settings.drain_seconds + 5
         for proc in procs:
             proc.join(max(deadline - time.monotonic(), 0.1))
             if proc.is_alive():

@@ -1,0 +1,495 @@
+"""The one HTTP edge: every request passes here, whichever route it takes and however it came.
+
+For each request (an `Exchange`) the edge sets the request id, admits or refuses a POST
+(`max_inflight_requests`), finds the route, checks what the route needs before any byte of
+the body (key, content type, declared length), reads the body under its size limit and
+deadline, answers through the route's handler (the data-plane routes, `service.http.rest`)
+or the framework (FastAPI: metadata, health, feedback, repository, metrics, docs), maps every
+error to the one error shape, builds the answer's headers, counts the request and logs it.
+
+Two faces feed it and write its answers, and share everything above:
+- `service.http.server`, verdict's HTTP/1.1 server (`python -m service`);
+- `Edge.asgi`, for any ASGI server (`uvicorn service.http.app:create_app --factory`,
+  Starlette's TestClient).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from time import perf_counter
+from typing import Any, NamedTuple
+from urllib.parse import unquote
+
+from service.dataplane.access import Access, Need
+from service.errors import (
+    BadRequestError,
+    ClientDisconnectedError,
+    OverloadedError,
+    RequestTimeoutError,
+    UnsupportedMediaTypeError,
+    VerdictError,
+    error_body,
+)
+from service.http.messages import (
+    BINARY,
+    JSON,
+    REQUEST_ID_HEADER,
+    Answer,
+    Body,
+    Headers,
+    RequestHeaders,
+    media_type,
+    presented_key,
+    request_id,
+)
+from service.logs import REQUEST_ID
+from service.monitoring.metrics import Metrics
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("service.access")
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
+Handler = Callable[["Exchange", bytes], Awaitable[Answer]]
+
+UNMATCHED = "unmatched"
+JSON_TYPES = ("application/json",)
+INFER_TYPES = ("application/json", "application/octet-stream")
+CORS_MAX_AGE = b"600"
+
+
+class Route(NamedTuple):
+    """A route the edge knows: its template, what it needs of the caller, which body types it
+    reads (empty: any), and its handler (None: the framework answers)."""
+
+    template: str
+    methods: frozenset[str]
+    need: Need = Need.NOTHING
+    body_types: tuple[str, ...] = ()
+    handler: Handler | None = None
+
+
+class Router:
+    """Path -> route and path parameters (`{name}` segments match one non-empty segment)."""
+
+    def __init__(self, routes: list[Route]) -> None:
+        self.routes = routes
+        self._static: dict[str, Route] = {}
+        self._patterns: dict[int, list[tuple[list[str], Route]]] = {}
+        for route in routes:
+            if "{" not in route.template:
+                self._static[route.template] = route
+            else:
+                parts = route.template.split("/")
+                self._patterns.setdefault(len(parts), []).append((parts, route))
+
+    def match(self, path: str) -> tuple[Route | None, dict[str, str]]:
+        """The route for `path` and its parameters, or (None, {})."""
+        route = self._static.get(path)
+        if route is not None:
+            return route, {}
+        segments = path.split("/")
+        for parts, route in self._patterns.get(len(segments), ()):
+            params: dict[str, str] = {}
+            for want, got in zip(parts, segments, strict=True):
+                if want[:1] == "{":
+                    if not got:
+                        break
+                    params[want[1:-1]] = got
+                elif want != got:
+                    break
+            else:
+                return route, params
+        return None, {}
+
+
+class Exchange:
+    """One request through the edge, from its headers to its answer."""
+
+    __slots__ = (
+        "admitted",
+        "answer",
+        "body",
+        "complete",
+        "deadline",
+        "edge",
+        "expired",
+        "headers",
+        "keep_alive",
+        "method",
+        "on_expire",
+        "params",
+        "path",
+        "query",
+        "raw_path",
+        "request_id",
+        "route",
+        "scope",
+        "start",
+        "timer",
+        "written",
+    )
+
+    def __init__(
+        self, edge: Edge, method: str, raw_path: bytes, query: bytes, headers: Headers
+    ) -> None:
+        self.edge = edge
+        self.method = method
+        self.raw_path = raw_path
+        path = raw_path.decode("latin-1")
+        self.path = unquote(path) if "%" in path else path
+        self.query = query
+        self.headers = RequestHeaders(headers)
+        self.start = perf_counter()
+        self.deadline = self.start + edge.read_timeout_s
+        self.request_id = request_id(self.headers.get(REQUEST_ID_HEADER))
+        self.route: Route | None = None
+        self.params: dict[str, str] = {}
+        self.admitted = False
+        self.answer: Answer | None = None  # decided before the handler: an early answer
+        self.body: Body | None = None  # None once answered early (the rest is discarded)
+        self.expired = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.on_expire: Callable[[], Any] | None = None
+        self.scope: Scope | None = None  # the ASGI scope, when an ASGI server brought it
+        self.complete = False  # the whole body is in (set by the face that reads it)
+        self.keep_alive = True  # the connection may go on after the answer
+        self.written = False  # the answer is written
+
+    @property
+    def template(self) -> str:
+        """The route template (the metrics' `route` label)."""
+        return self.route.template if self.route is not None else UNMATCHED
+
+    def feed(self, chunk: bytes) -> None:
+        """A piece of the body; over the limit (or undecodable), the answer is decided."""
+        body = self.body
+        if body is None:
+            return
+        try:
+            body.add(chunk)
+        except VerdictError as exc:
+            self.body = None
+            self.answer = self.edge.error_answer(exc)
+
+    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Time the request out at its deadline (408, and the connection closes)."""
+        if self.timer is None and self.answer is None:
+            self.timer = loop.call_later(max(self.deadline - perf_counter(), 0.0), self.expire)
+
+    def disarm(self) -> None:
+        """The request is in whole: no deadline any more."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def expire(self) -> None:
+        """Its deadline passed: the answer is 408 (and the connection closes)."""
+        self.timer = None
+        if self.answer is not None:
+            return
+        self.expired = True
+        self.body = None
+        timeout = self.edge.read_timeout_s
+        self.answer = self.edge.error_answer(
+            RequestTimeoutError(f"the request did not arrive within {timeout:g} s")
+        )
+        if self.on_expire is not None:
+            self.on_expire()
+
+
+class Edge:
+    """The edge of one app (see the module's text)."""
+
+    def __init__(
+        self,
+        routes: list[Route],
+        framework: ASGIApp,
+        access: Access,
+        metrics: Metrics,
+        *,
+        max_body_bytes: int,
+        read_timeout_s: float,
+        max_inflight_requests: int,
+        cors_origins: list[str],
+        access_log: bool,
+    ) -> None:
+        self.router = Router(routes)
+        self.framework = framework
+        self.access = access
+        self.max_body_bytes = max_body_bytes
+        self.read_timeout_s = read_timeout_s
+        self.limit = max_inflight_requests
+        self.active = 0  # POST requests admitted and not yet answered
+        self.cors_origins = cors_origins
+        self.access_log = access_log
+        self._histogram = metrics.http_duration
+        self._metrics = metrics
+        self._children: dict[tuple[str, str, int], Any] = {}
+
+    # -- a request's way through -------------------------------------------------------------
+
+    def open(self, method: str, raw_path: bytes, query: bytes, headers: Headers) -> Exchange:
+        """A request whose headers are in: admitted, routed and checked. `ex.answer` is set
+        when it is answered without a body (refused, a CORS preflight); else its body is
+        fed to `ex.feed` and `respond` answers it."""
+        ex = Exchange(self, method, raw_path, query, headers)
+        ex.route, ex.params = self.router.match(ex.path)
+        if method == "OPTIONS" and self.cors_origins:
+            preflight = self._preflight(ex)
+            if preflight is not None:
+                ex.answer = preflight
+                return ex
+        if method == "POST":
+            if 0 < self.limit <= self.active:
+                ex.answer = self.error_answer(
+                    OverloadedError(
+                        f"the server is handling {self.limit} requests already; retry shortly"
+                    )
+                )
+                return ex
+            self.active += 1
+            ex.admitted = True
+        try:
+            route = ex.route
+            if route is not None and method in route.methods:
+                need = route.need
+                if need is not Need.NOTHING:
+                    bearer_only = need is Need.ADMIN_KEY
+                    self.access.check(need, presented_key(ex.headers, bearer_only))
+                if route.body_types:
+                    _check_media_type(ex.headers, route.body_types)
+            ex.body = Body(ex.headers, self.max_body_bytes)
+        except VerdictError as exc:
+            ex.answer = self.error_answer(exc)
+        return ex
+
+    async def respond(self, ex: Exchange) -> Answer:
+        """The answer to a request whose body is in whole."""
+        if ex.answer is not None:
+            return ex.answer
+        token = REQUEST_ID.set(ex.request_id)
+        try:
+            assert ex.body is not None
+            body = ex.body.whole()
+            route = ex.route
+            if route is None or route.handler is None:
+                return await self._framework(ex, body)
+            if ex.method not in route.methods:
+                allowed = ", ".join(sorted(route.methods)).encode()
+                message = f"method {ex.method} is not allowed on {route.template}"
+                return Answer(
+                    405, error_body(message, "method_not_allowed"), headers=[(b"allow", allowed)]
+                )
+            return await route.handler(ex, body)
+        except Exception as exc:
+            return self.error_answer(exc, ex)
+        finally:
+            REQUEST_ID.reset(token)
+
+    def head(self, ex: Exchange, answer: Answer) -> Headers:
+        """The answer's headers (content type and length, request id, the answer's own, CORS)."""
+        headers = [
+            (b"content-type", answer.content_type),
+            (b"content-length", b"%d" % len(answer.body)),
+            (REQUEST_ID_HEADER, ex.request_id.encode("ascii")),
+        ]
+        if answer.headers:
+            headers += answer.headers
+        if self.cors_origins:
+            headers += self._cors_headers(ex)
+        return headers
+
+    def finish(self, ex: Exchange, status: int) -> None:
+        """The request is answered (or abandoned): release admission, count it, log it."""
+        ex.disarm()
+        if ex.admitted:
+            ex.admitted = False
+            self.active -= 1
+        elapsed = perf_counter() - ex.start
+        key = (ex.template, ex.method, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._metrics.histogram(self._histogram.labels(key[0], key[1], str(status)))
+            self._children[key] = child
+        child.observe(elapsed)
+        if self.access_log:
+            token = REQUEST_ID.set(ex.request_id)
+            access_log.info("%s %s %d %.1fms", ex.method, ex.path, status, elapsed * 1000.0)
+            REQUEST_ID.reset(token)
+
+    def reject(self, exc: BaseException) -> tuple[Exchange, Answer]:
+        """An answer for what never became a request (malformed HTTP, headers too large or
+        too slow), counted and logged like the others."""
+        ex = Exchange(self, "-", b"/", b"", [])
+        return ex, self.error_answer(exc)
+
+    def error_answer(self, exc: BaseException, ex: Exchange | None = None) -> Answer:
+        """The one error mapping: a `VerdictError` as its status and the error shape (500
+        `internal_error` for anything else, logged)."""
+        if not isinstance(exc, VerdictError):
+            where = f"{ex.method} {ex.path}" if ex is not None else "a request"
+            log.error("unhandled error on %s", where, exc_info=exc)
+            return Answer(500, error_body("internal server error", "internal_error"))
+        if exc.status_code >= 500:
+            log.warning("%s", exc.message)
+        headers: Headers = []
+        if exc.retry_after_s is not None:
+            headers.append((b"retry-after", b"%d" % exc.retry_after_s))
+        if exc.status_code == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="verdict"'))
+        # 408: the rest of the request may never come, so the connection cannot go on.
+        return Answer(
+            exc.status_code,
+            error_body(exc.message, exc.code),
+            headers=headers,
+            close=isinstance(exc, RequestTimeoutError),
+        )
+
+    # -- the framework's routes --------------------------------------------------------------
+
+    async def _framework(self, ex: Exchange, body: bytes) -> Answer:
+        """Ask the framework (FastAPI) with the body already read; collect what it sends."""
+        outer = ex.scope or {}
+        scope: Scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": outer.get("http_version", "1.1"),
+            "method": ex.method,
+            "scheme": outer.get("scheme", "http"),
+            "path": ex.path,
+            "raw_path": ex.raw_path,
+            "query_string": ex.query,
+            "root_path": outer.get("root_path", ""),
+            "headers": ex.headers.raw,
+            "client": outer.get("client"),
+            "server": outer.get("server"),
+            "state": dict(outer.get("state") or {}),
+        }
+        answered = asyncio.get_running_loop().create_future()
+        delivered = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await answered  # nothing more comes; "disconnect" once the answer is complete
+            return {"type": "http.disconnect"}
+
+        status = 500
+        content_type = b"application/octet-stream"
+        headers: Headers = []
+        chunks: list[bytes] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal status, content_type
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                for name, value in message.get("headers", ()):
+                    name = name.lower()
+                    if name == b"content-type":
+                        content_type = value
+                    elif name != b"content-length":
+                        headers.append((name, value))
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        try:
+            await self.framework(scope, receive, send)
+        finally:
+            answered.set_result(None)
+        return Answer(status, b"".join(chunks), content_type, headers)
+
+    # -- CORS --------------------------------------------------------------------------------
+
+    def _allowed_origin(self, ex: Exchange) -> bytes | None:
+        origin = ex.headers.get(b"origin")
+        if origin is None:
+            return None
+        if "*" in self.cors_origins or origin.decode("latin-1") in self.cors_origins:
+            return origin
+        return None
+
+    def _cors_headers(self, ex: Exchange) -> Headers:
+        origin = self._allowed_origin(ex)
+        if origin is None:
+            return []
+        if "*" in self.cors_origins:
+            return [(b"access-control-allow-origin", b"*")]
+        return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+
+    def _preflight(self, ex: Exchange) -> Answer | None:
+        """The answer to a CORS preflight (an OPTIONS with Origin and the method it asks)."""
+        wanted = ex.headers.get(b"access-control-request-method")
+        if wanted is None or ex.headers.get(b"origin") is None:
+            return None
+        if self._allowed_origin(ex) is None or wanted not in (b"GET", b"POST"):
+            return Answer(400, error_body("CORS request not allowed", "cors_refused"))
+        headers = [
+            (b"access-control-allow-methods", b"GET, POST"),
+            (b"access-control-allow-headers", ex.headers.get(b"access-control-request-headers")
+             or b"*"),
+            (b"access-control-max-age", CORS_MAX_AGE),
+        ]
+        return Answer(200, b"{}", headers=headers)
+
+    # -- the ASGI face -----------------------------------------------------------------------
+
+    async def asgi(self, scope: Scope, receive: Any, send: Any) -> None:
+        """One HTTP request from an ASGI server, through the same steps as every other."""
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        ex = self.open(scope["method"], raw_path, scope.get("query_string", b""), scope["headers"])
+        ex.scope = scope
+        status = 500
+        try:
+            if ex.answer is None:
+                await self._read(ex, receive)
+            answer = await self.respond(ex)
+            status = answer.status
+            await send(
+                {"type": "http.response.start", "status": status, "headers": self.head(ex, answer)}
+            )
+            await send({"type": "http.response.body", "body": answer.body})
+        finally:
+            self.finish(ex, status)
+
+    async def _read(self, ex: Exchange, receive: Any) -> None:
+        """Feed the body from ASGI messages until it is in, refused, or past its deadline."""
+        task = asyncio.current_task()
+        assert task is not None
+        ex.on_expire = task.cancel
+        ex.arm(asyncio.get_running_loop())
+        try:
+            while ex.answer is None:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    ex.body = None
+                    ex.answer = self.error_answer(
+                        ClientDisconnectedError("the client closed the connection mid-body")
+                    )
+                    return
+                ex.feed(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+        except asyncio.CancelledError:
+            # The deadline's own cancellation becomes its 408; any other goes on.
+            if not ex.expired or task.uncancel() > 0:
+                raise
+        finally:
+            ex.on_expire = None
+            ex.disarm()
+
+
+def _check_media_type(headers: RequestHeaders, accepted: tuple[str, ...]) -> None:
+    """415 unless the body's type is one the route reads (a missing type is taken as JSON)."""
+    kind = media_type(headers)
+    if kind is not None and kind not in accepted:
+        wanted = " or ".join(accepted)
+        raise UnsupportedMediaTypeError(
+            f"content type {headers.text(b'content-type')!r} is not supported; send {wanted}"
+        )
+
+

@@ -1,0 +1,353 @@
+"""verdict's HTTP/1.1 server: connections, parsing and writing; the edge does the rest.
+
+Built on asyncio (uvloop when installed) and httptools' request parser, public APIs both.
+Per connection, requests are answered in order (pipelined ones wait their turn, and the
+connection stops reading while one waits); keep-alive, `Connection: close`, HTTP/1.0,
+chunked bodies and `Expect: 100-continue` work as clients expect. Time limits: a request
+must arrive whole (headers and body) within `read_timeout_s` of its first byte, or of its
+turn when it waited behind another; an idle keep-alive connection closes after
+`KEEP_ALIVE_S`. An answer given before the body is in (413, 401, 415, 503) is written at
+once and the rest of the body is read and dropped, so that every client reads the answer
+(closing at once would reset a client still sending); the connection then goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from email.utils import formatdate
+from http import HTTPStatus
+from time import perf_counter
+import httptools
+
+from service.errors import BadRequestError, HeadersTooLargeError, RequestTimeoutError
+from service.http.edge import Edge, Exchange
+from service.http.messages import Answer
+
+log = logging.getLogger(__name__)
+
+KEEP_ALIVE_S = 5.0
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers
+MAX_HEADERS = 128
+STATUS_LINES = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode("ascii")) for s in HTTPStatus
+}
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+CLOSE = b"connection: close\r\n"
+
+
+class HttpServer:
+    """What the connections of one listening server share: the edge, the date header, the
+    connections and answer tasks (for the drain at shutdown)."""
+
+    def __init__(self, edge: Edge, read_timeout_s: float) -> None:
+        self.edge = edge
+        self.read_timeout_s = read_timeout_s
+        self.connections: set[Connection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
+        self._date_second = 0
+        self._date = b""
+
+    def date(self) -> bytes:
+        """The Date header line, made once a second."""
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second = now
+            self._date = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return self._date
+
+    def connection(self) -> Connection:
+        """A protocol for one new connection (asyncio's protocol factory)."""
+        return Connection(self)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking requests: idle connections close now, busy ones after their answer;
+        after `timeout_s`, what is left is cancelled and closed."""
+        self.closing = True
+        for conn in list(self.connections):
+            conn.finish_up()
+        deadline = time.monotonic() + timeout_s
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for task in list(self.tasks):
+            task.cancel()
+        for conn in list(self.connections):
+            conn.close()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class Connection(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.edge = server.edge
+        self.loop = asyncio.get_event_loop()
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.queue: deque[Exchange] = deque()  # requests in order; the first is answered next
+        self.current: Exchange | None = None  # the request whose body is being read
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.in_message = False  # a request has begun and its headers are not all in
+        self.message_start = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.paused = False  # reading paused: a request waits its turn, or writes are slow
+        self.write_paused = False
+        self.upgrade = False
+
+    # -- asyncio -----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(self)
+        if self.server.closing:
+            transport.close()
+            return
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.upgrade = True  # answered as a plain request; the connection then closes
+        except httptools.HttpParserError as exc:
+            # A callback's own error comes back as the context of the parser's.
+            cause = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else None
+            self._fail(cause if cause is not None else BadRequestError("malformed HTTP request"))
+            return
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self._cancel_timer()
+        for ex in self.queue:
+            ex.disarm()
+            # Nobody will read these answers; one being computed finishes on its own.
+            if not ex.written and not (ex.complete and ex.answer is None):
+                ex.written = True
+                self.edge.finish(ex, 400)
+        self.queue.clear()
+        self.current = None
+
+    def pause_writing(self) -> None:
+        # The client does not read what it was sent: read no more requests from it either.
+        self.write_paused = True
+        self._pause()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if len(self.queue) <= 1:
+            self._resume()
+
+    # -- httptools callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.head_bytes = 0
+        self.in_message = True
+        self.message_start = perf_counter()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+        self._count_head(len(name) + len(value))
+        if len(self.headers) > MAX_HEADERS:
+            raise HeadersTooLargeError(f"more than {MAX_HEADERS} headers")
+
+    def on_headers_complete(self) -> None:
+        self.in_message = False
+        parser = self.parser
+        try:
+            url = httptools.parse_url(self.url)
+        except httptools.HttpParserInvalidURLError:
+            raise BadRequestError("malformed request target") from None
+        method = parser.get_method().decode("ascii")
+        ex = self.edge.open(method, url.path, url.query or b"", self.headers)
+        ex.start = self.message_start
+        ex.deadline = self.message_start + self.server.read_timeout_s
+        ex.keep_alive = parser.should_keep_alive() and not self.server.closing
+        self.current = ex
+        self.queue.append(ex)
+        if len(self.queue) > 1:
+            self._pause()  # in order: it waits for the answers before it
+            return
+        self._turn(ex)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.current
+        if ex is None:
+            return
+        answered = ex.answer is not None
+        ex.feed(body)
+        if not answered and ex.answer is not None and self.queue[0] is ex:
+            self._write(ex, ex.answer)  # over the limit: answer now, drop the rest
+
+    def on_message_complete(self) -> None:
+        ex = self.current
+        if ex is None:
+            return
+        self.current = None
+        ex.complete = True
+        if self.queue and self.queue[0] is ex:
+            if ex.written:
+                self._next()
+            elif ex.answer is None:
+                self._dispatch(ex)
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def _turn(self, ex: Exchange) -> None:
+        """`ex` is first in line: answer it if it is decided or in whole, else read on."""
+        if ex.answer is not None:
+            self._write(ex, ex.answer)
+            if not ex.complete and ex.headers.get(b"expect") is not None:
+                self.close()  # the client holds its body back: it never comes
+        elif ex.complete:
+            self._dispatch(ex)
+        elif ex.headers.get(b"expect") == b"100-continue" and self.transport is not None:
+            self.transport.write(CONTINUE)
+
+    def _dispatch(self, ex: Exchange) -> None:
+        task = self.loop.create_task(self._answer(ex))
+        self.server.tasks.add(task)
+        task.add_done_callback(self.server.tasks.discard)
+
+    async def _answer(self, ex: Exchange) -> None:
+        try:
+            answer = await self.edge.respond(ex)
+        except asyncio.CancelledError:  # a forced shutdown: no answer, the connection closes
+            ex.written = True
+            self.edge.finish(ex, 500)
+            self.close()
+            raise
+        self._write(ex, answer)
+
+    def _write(self, ex: Exchange, answer: Answer) -> None:
+        """Write the answer (unless the client has gone), then let the connection go on."""
+        ex.written = True
+        transport = self.transport
+        close = answer.close or not ex.keep_alive or self.upgrade or self.server.closing
+        if transport is not None and not transport.is_closing():
+            lines = [STATUS_LINES.get(answer.status) or STATUS_LINES[500], self.server.date()]
+            lines += [name + b": " + value + b"\r\n" for name, value in self.edge.head(ex, answer)]
+            if close:
+                lines.append(CLOSE)
+            lines.append(b"\r\n")
+            lines.append(answer.body)
+            transport.write(b"".join(lines))
+            if close and (ex.complete or answer.close):
+                transport.close()
+        self.edge.finish(ex, answer.status)
+        if close and not ex.complete and not answer.close:
+            ex.keep_alive = False  # the rest of the body is read and dropped, then it closes
+        if ex.complete:
+            self._next()
+
+    def _next(self) -> None:
+        """The first request is answered: on to the next one in line."""
+        queue = self.queue
+        while queue and queue[0].written and queue[0].complete:
+            done = queue.popleft()
+            if not done.keep_alive and self.transport is not None:
+                self.transport.close()
+                return
+        if queue:
+            ex = queue[0]
+            ex.start = perf_counter()  # its turn: its time starts now
+            ex.deadline = ex.start + self.server.read_timeout_s
+            self._turn(ex)
+        if len(queue) <= 1 and not self.write_paused:
+            self._resume()
+        self._arm()
+
+    # -- time limits and flow ----------------------------------------------------------------
+
+    def _arm(self) -> None:
+        """One timer per connection: the first request's deadline while it is read (or its
+        unwanted body dropped), the deadline of headers coming in, or the idle limit."""
+        self._cancel_timer()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.queue:
+            ex = self.queue[0]
+            if ex.complete or (not ex.written and ex.answer is not None):
+                return  # being answered: no deadline on the answer
+            self.timer = self.loop.call_at(self._loop_time(ex.deadline), self._expire, ex)
+        elif self.in_message:
+            deadline = self.message_start + self.server.read_timeout_s
+            self.timer = self.loop.call_at(self._loop_time(deadline), self._expire, None)
+        elif not self.server.closing:
+            self.timer = self.loop.call_later(KEEP_ALIVE_S, transport.close)
+
+    def _loop_time(self, deadline: float) -> float:
+        return self.loop.time() + max(deadline - perf_counter(), 0.0)
+
+    def _expire(self, ex: Exchange | None) -> None:
+        self.timer = None
+        if ex is None:  # its headers never came in whole
+            timeout = self.server.read_timeout_s
+            self._fail(RequestTimeoutError(f"the request did not arrive within {timeout:g} s"))
+            return
+        if ex.written:  # its unwanted body never came in whole
+            self.close()
+            return
+        ex.expire()
+        if ex.answer is not None:
+            self._write(ex, ex.answer)
+            self.close()
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _fail(self, exc: BaseException) -> None:
+        """Answer what cannot be parsed or timed out before it was a request; then close."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        ex, answer = self.edge.reject(exc)
+        if not self.queue:  # else an answer is due first: the connection just closes
+            lines = [STATUS_LINES[answer.status], self.server.date()]
+            lines += [name + b": " + value + b"\r\n" for name, value in self.edge.head(ex, answer)]
+            transport.write(b"".join([*lines, CLOSE, b"\r\n", answer.body]))
+        self.edge.finish(ex, answer.status)
+        transport.close()
+
+    def _count_head(self, n: int) -> None:
+        self.head_bytes += n
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise HeadersTooLargeError(f"the request head is over {MAX_HEAD_BYTES} bytes")
+
+    def _pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self.paused and self.transport is not None and not self.transport.is_closing():
+            self.paused = False
+            self.transport.resume_reading()
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    def finish_up(self) -> None:
+        """Shutdown: close now when idle, else after the answer in progress."""
+        if not self.queue and not self.in_message and self.transport is not None:
+            self.transport.close()
+
+    def close(self) -> None:
+        """Close once what was written is sent."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()

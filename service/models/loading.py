@@ -1,0 +1,140 @@
+"""Loading one model version: checksum, session, checks against the manifest, warm-up, cost.
+
+Everything here blocks (file reads, ONNX Runtime): the repository calls `load_version`
+from a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import ModelLoadError, scrub_paths
+from service.models.codecs import InputSpec
+from service.models.manifest import MANIFEST, check_graph, check_manifest, read_manifest
+from service.models.runtime import ModelSession, RuntimeOptions, create_session
+
+WARMUP_ROWS = (1, 8)
+# Batch sizes and runs per size timed after warm-up to predict what a run costs.
+COST_ROWS = (1, 16)
+COST_RUNS = 7
+PROBABILITY_TOLERANCE = 1e-3
+
+Fingerprint = tuple[int, int, int, int]
+
+
+@dataclass(slots=True)
+class LoadedVersion:
+    """What the loading thread hands back: a session that passed every check."""
+
+    manifest: dict[str, Any]
+    spec: InputSpec
+    classes: list[str]
+    task: str
+    threshold: float | None
+    positive_index: int | None
+    session: ModelSession
+    fingerprint: Fingerprint
+    cost: tuple[float, float]  # seconds per run: fixed, per row (see Batcher.calibrate)
+
+
+def file_fingerprint(folder: Path, model_file: str = "model.onnx") -> Fingerprint:
+    """mtime and size of the manifest and the model file: what polling compares."""
+    out: list[int] = []
+    for name in (MANIFEST, model_file):
+        try:
+            st = (folder / name).stat()
+            out += [st.st_mtime_ns, st.st_size]
+        except OSError:
+            out += [0, 0]
+    return (out[0], out[1], out[2], out[3])
+
+
+def _warm_up(session: ModelSession, spec: InputSpec, n_classes: int) -> list[str]:
+    for rows in WARMUP_ROWS:
+        x = np.zeros((rows, *spec.dims), dtype=np.float32)
+        try:
+            y = session.run(x)
+        except Exception as exc:
+            return [f"warm-up run on {rows} rows failed: {scrub_paths(str(exc))}"]
+        if y.shape != (rows, n_classes):
+            expected = [rows, n_classes]
+            return [f"warm-up on {rows} rows gave shape {list(y.shape)}; expected {expected}"]
+        if not np.isfinite(y).all() or not np.allclose(
+            y.sum(axis=1), 1.0, atol=PROBABILITY_TOLERANCE
+        ):
+            return ["warm-up output is not a probability distribution (softmax missing?)"]
+    return []
+
+
+def _measure_cost(session: ModelSession, spec: InputSpec) -> tuple[float, float]:
+    """Seconds one run takes, as fixed + per row: medians of a few timed runs at two sizes."""
+    medians = []
+    for rows in COST_ROWS:
+        x = np.zeros((rows, *spec.dims), dtype=np.float32)
+        times = []
+        for _ in range(COST_RUNS):
+            start = time.perf_counter()
+            session.run(x)
+            times.append(time.perf_counter() - start)
+        medians.append(sorted(times)[len(times) // 2])
+    (r1, t1), (r2, t2) = zip(COST_ROWS, medians, strict=True)
+    per_row = max(t2 - t1, 0.0) / (r2 - r1)
+    return max(t1 - per_row * r1, 0.0), per_row
+
+
+def load_version(folder: Path, name: str, version: int, options: RuntimeOptions) -> LoadedVersion:
+    """Read, check and warm up one version folder (blocking; call from a worker thread)."""
+    manifest = read_manifest(folder)
+    problems = check_manifest(manifest, name, version)
+    if problems:
+        raise ModelLoadError(f"{name} v{version} refused: " + "; ".join(problems))
+    model_file = manifest.get("model_file", "model.onnx")
+    fingerprint = file_fingerprint(folder, model_file)
+    try:
+        raw = (folder / model_file).read_bytes()
+    except OSError as exc:
+        reason = f"{name} v{version} refused: cannot read {model_file}: {exc.strerror}"
+        raise ModelLoadError(reason) from None
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != manifest["sha256"].lower():
+        raise ModelLoadError(
+            f"{name} v{version} refused: sha256 of {model_file} is {digest}, "
+            f"the manifest says {manifest['sha256']}"
+        )
+    try:
+        session, providers = create_session(raw, options)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{name} v{version} refused: onnxruntime cannot load {model_file}: "
+            + scrub_paths(str(exc))
+        ) from None
+    inp, out = manifest["input"], manifest["output"]
+    ms = ModelSession(session, providers, inp["name"], out["name"])
+    problems = check_graph(manifest, ms)
+    features = inp.get("feature_names")
+    spec = InputSpec(
+        inp["name"], tuple(inp["shape"][1:]), tuple(features) if features is not None else None
+    )
+    classes = list(out["classes"])
+    if not problems:
+        problems = _warm_up(ms, spec, len(classes))
+    if problems:
+        raise ModelLoadError(f"{name} v{version} refused: " + "; ".join(problems))
+    task = manifest["task"]
+    threshold = float(manifest["decision"]["threshold"]) if task == "binary" else None
+    positive = classes.index(out["positive_class"]) if task == "binary" else None
+    try:
+        cost = _measure_cost(ms, spec)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{name} v{version} refused: timing runs failed: {scrub_paths(str(exc))}"
+        ) from None
+    return LoadedVersion(manifest, spec, classes, task, threshold, positive, ms, fingerprint, cost)
+
+
