@@ -226,7 +226,7 @@ def settings(model_repo: Path, tmp_path: Path) -> Any:
 @pytest.fixture
 def app(settings: Any) -> Any:
     """An app with its own registry."""
-    from service.app import create_app
+    from service.http.app import create_app
 
     return create_app(settings)
 

@@ -15,8 +15,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from service.card import markdown_to_html
-from service.routes.card import include_card_routes, router
+from service.http.card_page import markdown_to_html
+from service.http.routes.cards import include_card_routes, router
 
 CARD = """# Model card: demo, version {v}
 

@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from service.ids import PAD_BLOCK_ROWS, PredictionIds, _b64
+from service.monitoring.ids import PAD_BLOCK_ROWS, PredictionIds, _b64
 
 KEY = b"k" * 32
 
@@ -104,32 +104,25 @@ def test_only_the_canonical_text_verifies() -> None:
         assert ids.parse(variant) is None, variant
 
 
-def test_p2_ids_of_the_previous_release_still_verify() -> None:
-    payload = struct.pack(">IHfQ9s", 4, 1, 0.75, 5_000, b"n" * 9) + b"breast-cancer"
-    mac = hashlib.blake2b(payload, key=KEY, digest_size=12).digest()
-    p2 = f"p2.{_b64(payload)}.{_b64(mac)}"
-    ref = PredictionIds(KEY).parse(p2)
-    assert ref is not None
-    assert (ref.model, ref.version, ref.class_index, ref.score) == ("breast-cancer", 4, 1, 0.75)
-    assert ref.issued_at == 5.0
-    assert PredictionIds(b"other").parse(p2) is None
-    assert PredictionIds(KEY).parse(p2.replace("p2.", "p1.", 1)) is None
-
-
-def test_legacy_p1_ids_still_verify() -> None:
-    payload = struct.pack(">IHfQ8s", 2, 1, 0.25, 5_000, b"n" * 8) + b"bc"
-    mac = hmac.new(KEY, payload, hashlib.sha256).digest()[:12]
-    legacy = f"p1.{_b64(payload)}.{_b64(mac)}"
-    ref = PredictionIds(KEY).parse(legacy)
-    assert ref is not None and (ref.model, ref.version, ref.class_index) == ("bc", 2, 1)
-    assert PredictionIds(b"other").parse(legacy) is None
-    assert PredictionIds(KEY).parse(legacy.replace("p1.", "p2.", 1)) is None
+def test_ids_of_other_formats_do_not_verify() -> None:
+    """One format: ids signed the ways of unreleased builds (p1: HMAC-SHA256, p2: keyed
+    BLAKE2b per row) are refused even with the right key."""
+    p2_payload = struct.pack(">IHfQ9s", 4, 1, 0.75, 5_000, b"n" * 9) + b"breast-cancer"
+    p2_mac = hashlib.blake2b(p2_payload, key=KEY, digest_size=12).digest()
+    p1_payload = struct.pack(">IHfQ8s", 2, 1, 0.25, 5_000, b"n" * 8) + b"bc"
+    p1_mac = hmac.new(KEY, p1_payload, hashlib.sha256).digest()[:12]
+    ids = PredictionIds(KEY)
+    assert ids.parse(f"p2.{_b64(p2_payload)}.{_b64(p2_mac)}") is None
+    assert ids.parse(f"p1.{_b64(p1_payload)}.{_b64(p1_mac)}") is None
+    good = ids.issue("bc", 2, 1, 0.25, 5.0)
+    assert ids.parse(good) is not None
+    assert ids.parse("p4" + good[2:]) is None
 
 
 def test_the_few_row_and_many_row_paths_write_the_same_ids(monkeypatch) -> None:
     """struct for up to 8 rows, numpy above: the same data and nonce give the same text (the
     pads of a block are one SHAKE stream, so the first rows' pads do not depend on n)."""
-    import service.ids as ids_module
+    import service.monitoring.ids as ids_module
 
     monkeypatch.setattr(ids_module.os, "urandom", lambda n: bytes(range(n)))
     ids = PredictionIds(KEY)

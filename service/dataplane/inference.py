@@ -62,7 +62,7 @@ class Inference:
             except VerdictError:
                 mv.metrics.invalid.inc()
                 raise
-            return await self._decide(mv, x, with_ids=True)
+            return await self.run(mv, x, with_ids=True)
         finally:
             self._active -= 1
             self.repository.release(mv)
@@ -91,7 +91,7 @@ class Inference:
             except VerdictError:
                 mv.metrics.invalid.inc()
                 raise
-            return await self._decide(mv, x, with_ids)
+            return await self.run(mv, x, with_ids)
         finally:
             self._active -= 1
             self.repository.release(mv)
@@ -109,7 +109,9 @@ class Inference:
             )
         return x
 
-    async def _decide(self, mv: ModelVersion, x: np.ndarray, with_ids: bool) -> Decided:
+    async def run(self, mv: ModelVersion, x: np.ndarray, with_ids: bool) -> Decided:
+        """Run a validated float32 batch on a version and decide each row; the prediction is
+        counted (metrics, observers) on the loop's next callback, after the answer."""
         m = mv.metrics
         try:
             result = self._run_now(mv, x)

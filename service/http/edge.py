@@ -231,10 +231,13 @@ class Edge:
 
     # -- a request's way through -------------------------------------------------------------
 
-    def open(self, method: str, raw_path: bytes, query: bytes, headers: Headers) -> Exchange:
-        """A request whose headers are in: admitted, routed and checked. `ex.answer` is set
-        when it is answered without a body (refused, a CORS preflight); else its body is
-        fed to `ex.feed` and `respond` answers it."""
+    def open(
+        self, method: str, raw_path: bytes, query: bytes, headers: Headers, admit: bool = True
+    ) -> Exchange:
+        """A request whose headers are in: admitted (unless `admit` is False: a request that
+        waits behind others on its connection is admitted at its turn, `admit`), routed
+        and checked. `ex.answer` is set when it is answered without a body (refused, a CORS
+        preflight); else its body is fed to `ex.feed` and `respond` answers it."""
         ex = Exchange(self, method, raw_path, query, headers)
         ex.route, ex.params = self.router.match(ex.path)
         if method == "OPTIONS" and self.cors_origins:
@@ -242,16 +245,10 @@ class Edge:
             if preflight is not None:
                 ex.answer = preflight
                 return ex
-        if method == "POST":
-            if 0 < self.limit <= self.active:
-                ex.answer = self.error_answer(
-                    OverloadedError(
-                        f"the server is handling {self.limit} requests already; retry shortly"
-                    )
-                )
+        if admit:
+            self.admit(ex)
+            if ex.answer is not None:
                 return ex
-            self.active += 1
-            ex.admitted = True
         try:
             route = ex.route
             if route is not None and method in route.methods:
@@ -265,6 +262,19 @@ class Edge:
         except VerdictError as exc:
             ex.answer = self.error_answer(exc)
         return ex
+
+    def admit(self, ex: Exchange) -> None:
+        """Count a POST in flight, or refuse it (503) when `max_inflight_requests` are."""
+        if ex.method != "POST" or ex.admitted:
+            return
+        if 0 < self.limit <= self.active:
+            ex.body = None
+            ex.answer = self.error_answer(
+                OverloadedError(f"the server is handling {self.limit} requests already; retry shortly")
+            )
+            return
+        self.active += 1
+        ex.admitted = True
 
     async def respond(self, ex: Exchange) -> Answer:
         """The answer to a request whose body is in whole."""

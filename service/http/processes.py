@@ -18,10 +18,10 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from service.http.app import create_app, lifespan
+from service.http.app import VerdictApp, create_app, lifespan
 from service.http.server import HttpServer
 from service.settings import Settings
 
@@ -63,18 +63,30 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
     uvloop.run(main)
 
 
-async def serve(settings: Settings, sock: socket.socket | None = None, load_first: bool = False) -> None:
-    """Serve until SIGTERM or SIGINT, then drain. `sock`: a bound socket to listen on (else
-    settings.host and settings.port); `load_first`: listen only once every model is loaded."""
+async def serve(
+    settings: Settings,
+    *,
+    sock: socket.socket | None = None,
+    load_first: bool = False,
+    app: VerdictApp | None = None,
+    stop: asyncio.Event | None = None,
+    ready: Callable[[HttpServer, asyncio.Server], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT (or `stop`), then drain. `sock`: a bound socket to
+    listen on (else settings.host and settings.port); `load_first`: listen only once every
+    model is loaded; `app`: the app to serve (else one built from `settings`); `ready`:
+    called once listening."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        app = create_app(settings)
-    except Exception as exc:
-        raise StartupError(f"the app cannot be built: {exc}") from exc
+    if stop is None:
+        stop = asyncio.Event()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+    if app is None:
+        try:
+            app = create_app(settings)
+        except Exception as exc:
+            raise StartupError(f"the app cannot be built: {exc}") from exc
     server = HttpServer(app.edge, settings.read_timeout_s)
     async with lifespan(app, load_first=load_first):
         try:
@@ -90,6 +102,8 @@ async def serve(settings: Settings, sock: socket.socket | None = None, load_firs
             raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
         where = listener.sockets[0].getsockname()
         log.info("verdict %d serving on http://%s:%d", os.getpid(), where[0], where[1])
+        if ready is not None:
+            ready(server, listener)
         await stop.wait()
         log.info("stopping: draining requests in flight (up to %g s)", settings.drain_seconds)
         listener.close()

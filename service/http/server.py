@@ -126,10 +126,11 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self._cancel_timer()
-        for ex in self.queue:
+        for i, ex in enumerate(self.queue):
             ex.disarm()
-            # Nobody will read these answers; one being computed finishes on its own.
-            if not ex.written and not (ex.complete and ex.answer is None):
+            # Nobody will read these answers; the one being computed finishes on its own.
+            running = i == 0 and ex.complete and ex.answer is None
+            if not ex.written and not running:
                 ex.written = True
                 self.edge.finish(ex, 400)
         self.queue.clear()
@@ -172,7 +173,8 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserInvalidURLError:
             raise BadRequestError("malformed request target") from None
         method = parser.get_method().decode("ascii")
-        ex = self.edge.open(method, url.path, url.query or b"", self.headers)
+        first = not self.queue
+        ex = self.edge.open(method, url.path, url.query or b"", self.headers, admit=first)
         ex.start = self.message_start
         ex.deadline = self.message_start + self.server.read_timeout_s
         ex.keep_alive = parser.should_keep_alive() and not self.server.closing
@@ -181,7 +183,7 @@ class Connection(asyncio.Protocol):
         if len(self.queue) > 1:
             self._pause()  # in order: it waits for the answers before it
             return
-        self._turn(ex)
+        self._next()
 
     def on_body(self, body: bytes) -> None:
         ex = self.current
@@ -199,23 +201,43 @@ class Connection(asyncio.Protocol):
         self.current = None
         ex.complete = True
         if self.queue and self.queue[0] is ex:
-            if ex.written:
-                self._next()
-            elif ex.answer is None:
-                self._dispatch(ex)
+            self._next()
 
     # -- answering ---------------------------------------------------------------------------
 
-    def _turn(self, ex: Exchange) -> None:
-        """`ex` is first in line: answer it if it is decided or in whole, else read on."""
-        if ex.answer is not None:
-            self._write(ex, ex.answer)
-            if not ex.complete and ex.headers.get(b"expect") is not None:
-                self.close()  # the client holds its body back: it never comes
-        elif ex.complete:
-            self._dispatch(ex)
-        elif ex.headers.get(b"expect") == b"100-continue" and self.transport is not None:
-            self.transport.write(CONTINUE)
+    def _next(self) -> None:
+        """Go on with the first request in line: write its answer when it is decided (and on
+        to the next), start its answer when its body is in, else read on."""
+        queue = self.queue
+        while queue:
+            ex = queue[0]
+            if ex.written:
+                if not ex.complete:
+                    break  # the rest of its body is still to be read and dropped
+                queue.popleft()
+                if not ex.keep_alive:
+                    self.close()
+                    return
+                if queue:  # its turn: its time starts now, and it is admitted now
+                    turn = queue[0]
+                    turn.start = perf_counter()
+                    turn.deadline = turn.start + self.server.read_timeout_s
+                    self.edge.admit(turn)
+                continue
+            if ex.answer is not None:
+                self._write(ex, ex.answer)
+                if not ex.complete and ex.headers.get(b"expect") is not None:
+                    self.close()  # the client holds its body back: it never comes
+                    return
+                continue
+            if ex.complete:
+                self._dispatch(ex)
+            elif ex.headers.get(b"expect") == b"100-continue" and self.transport is not None:
+                self.transport.write(CONTINUE)
+            break
+        if len(queue) <= 1 and not self.write_paused:
+            self._resume()
+        self._arm()
 
     def _dispatch(self, ex: Exchange) -> None:
         task = self.loop.create_task(self._answer(ex))
@@ -231,12 +253,15 @@ class Connection(asyncio.Protocol):
             self.close()
             raise
         self._write(ex, answer)
+        self._next()
 
     def _write(self, ex: Exchange, answer: Answer) -> None:
-        """Write the answer (unless the client has gone), then let the connection go on."""
+        """Write the answer, unless the client has gone; count it."""
         ex.written = True
         transport = self.transport
         close = answer.close or not ex.keep_alive or self.upgrade or self.server.closing
+        if close:
+            ex.keep_alive = False  # after a body still coming is read and dropped
         if transport is not None and not transport.is_closing():
             lines = [STATUS_LINES.get(answer.status) or STATUS_LINES[500], self.server.date()]
             lines += [name + b": " + value + b"\r\n" for name, value in self.edge.head(ex, answer)]
@@ -245,30 +270,9 @@ class Connection(asyncio.Protocol):
             lines.append(b"\r\n")
             lines.append(answer.body)
             transport.write(b"".join(lines))
-            if close and (ex.complete or answer.close):
-                transport.close()
+            if answer.close:
+                transport.close()  # the rest of the request may never come
         self.edge.finish(ex, answer.status)
-        if close and not ex.complete and not answer.close:
-            ex.keep_alive = False  # the rest of the body is read and dropped, then it closes
-        if ex.complete:
-            self._next()
-
-    def _next(self) -> None:
-        """The first request is answered: on to the next one in line."""
-        queue = self.queue
-        while queue and queue[0].written and queue[0].complete:
-            done = queue.popleft()
-            if not done.keep_alive and self.transport is not None:
-                self.transport.close()
-                return
-        if queue:
-            ex = queue[0]
-            ex.start = perf_counter()  # its turn: its time starts now
-            ex.deadline = ex.start + self.server.read_timeout_s
-            self._turn(ex)
-        if len(queue) <= 1 and not self.write_paused:
-            self._resume()
-        self._arm()
 
     # -- time limits and flow ----------------------------------------------------------------
 
@@ -305,7 +309,6 @@ class Connection(asyncio.Protocol):
         ex.expire()
         if ex.answer is not None:
             self._write(ex, ex.answer)
-            self.close()
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:

@@ -134,7 +134,7 @@ def test_healthcheck_and_probe_routes_are_served(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("VERDICT_MODEL_REPOSITORY", str(ROOT / "models"))
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.http.app import create_app
 
     # Without the lifespan nothing is loaded; routing alone answers: a path the app serves
     # with other methods gives 405, an unknown path 404.

@@ -9,9 +9,9 @@ import pytest
 from feedback_support import KEY, Clock, Metrics, manifest_of
 from prometheus_client import CollectorRegistry
 
-from service.feedback import FeedbackService
-from service.ids import PredictionIds
-from service.store import FeedbackStore
+from service.dataplane.feedback import FeedbackService
+from service.monitoring.ids import PredictionIds
+from service.monitoring.store import FeedbackStore
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).par
 
 from feedback_support import KEY, Metrics, manifest_of  # noqa: E402
 
-from service.feedback import FeedbackService  # noqa: E402
-from service.ids import PredictionIds  # noqa: E402
-from service.routes.feedback import router  # noqa: E402
+from service.dataplane.feedback import FeedbackService  # noqa: E402
+from service.monitoring.ids import PredictionIds  # noqa: E402
+from service.http.routes.feedback import router  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from service.store import FeedbackStore  # noqa: E402
+from service.monitoring.store import FeedbackStore  # noqa: E402
 
 
 def main() -> None:

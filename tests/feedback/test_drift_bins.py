@@ -6,7 +6,7 @@ import numpy as np
 from feedback_support import BINARY, MULTICLASS, Metrics
 from prometheus_client import CollectorRegistry
 
-from service.drift import (
+from service.monitoring.drift import (
     SCORE_FEATURE,
     DriftMonitor,
     bin_index,

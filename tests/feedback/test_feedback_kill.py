@@ -15,7 +15,7 @@ import httpx
 import pytest
 from feedback_support import NOW
 
-from service.ids import PredictionIds
+from service.monitoring.ids import PredictionIds
 
 SERVER = Path(__file__).with_name("feedback_server.py")
 

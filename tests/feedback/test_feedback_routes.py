@@ -11,11 +11,11 @@ from fastapi.testclient import TestClient
 from feedback_support import NOW, Clock, Metrics, manifest_of
 from prometheus_client import CollectorRegistry
 
-from service.feedback import FeedbackService
-from service.ids import PredictionIds
-from service.routes.feedback import router
+from service.dataplane.feedback import FeedbackService
+from service.monitoring.ids import PredictionIds
+from service.http.routes.feedback import router
 from service.settings import Settings
-from service.store import FeedbackStore
+from service.monitoring.store import FeedbackStore
 
 
 @pytest.fixture

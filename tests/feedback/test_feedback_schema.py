@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from prometheus_client import CollectorRegistry
 from schemathesis.core.result import Ok
 
-from service.feedback import FeedbackService
-from service.ids import PredictionIds
-from service.routes.feedback import router
+from service.dataplane.feedback import FeedbackService
+from service.monitoring.ids import PredictionIds
+from service.http.routes.feedback import router
 from service.settings import Settings
-from service.store import FeedbackStore
+from service.monitoring.store import FeedbackStore
 
 
 def test_feedback_api_conforms_to_its_schema(tmp_path: Path) -> None:

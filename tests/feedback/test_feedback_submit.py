@@ -10,15 +10,15 @@ import pytest
 from feedback_support import NOW, Clock, Metrics, manifest_of
 from prometheus_client import CollectorRegistry
 
-from service.feedback import (
+from service.dataplane.feedback import (
     FeedbackRequestError,
     FeedbackService,
     parse_body,
     parse_time,
     tally,
 )
-from service.ids import PredictionIds
-from service.store import FeedbackStore, StoreUnavailableError
+from service.monitoring.ids import PredictionIds
+from service.monitoring.store import FeedbackStore, StoreUnavailableError
 
 BENIGN, MALIGNANT = 0, 1
 

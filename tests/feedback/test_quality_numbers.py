@@ -9,10 +9,10 @@ import pytest
 from feedback_support import BINARY, MULTICLASS, NOW, Clock, Metrics, manifest_of
 from prometheus_client import CollectorRegistry
 
-from service.feedback import FeedbackRequestError, FeedbackService, ModelNotFoundError
-from service.ids import PredictionIds
-from service.quality import confusion_matrix, expected_cost, rates, summarise
-from service.store import FeedbackStore
+from service.dataplane.feedback import FeedbackRequestError, FeedbackService, ModelNotFoundError
+from service.monitoring.ids import PredictionIds
+from service.monitoring.quality import confusion_matrix, expected_cost, rates, summarise
+from service.monitoring.store import FeedbackStore
 
 
 def test_binary_summary_by_hand() -> None:

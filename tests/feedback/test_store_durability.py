@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.store import MIGRATIONS, FeedbackStore, LabelRecord, StoreUnavailableError
+from service.monitoring.store import MIGRATIONS, FeedbackStore, LabelRecord, StoreUnavailableError
 
 
 def label(pid: str, actual: int = 1, predicted: int = 1) -> LabelRecord:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import service.store
-from service.store import FeedbackStore, LabelRecord
+from service.monitoring.store import FeedbackStore, LabelRecord
 
 SENDS = st.lists(
     st.lists(st.tuples(st.sampled_from("abcde"), st.integers(0, 2)), min_size=1, max_size=6),

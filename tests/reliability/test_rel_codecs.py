@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from service.codecs import HEADER_LENGTH, NUMERIC_DATATYPES
+from service.models.codecs import HEADER_LENGTH, NUMERIC_DATATYPES
 
 FIXTURE = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -234,7 +234,7 @@ def test_a_datatype_of_any_json_type_gets_400(client: TestClient, datatype: Any)
 
 
 def test_observed_at_past_float_range_is_invalid_not_a_crash() -> None:
-    from service.feedback import parse_time
+    from service.dataplane.feedback import parse_time
 
     assert parse_time(10**400) is None
     assert parse_time(-(10**400)) is None

@@ -59,7 +59,7 @@ def test_schema_fuzzing_finds_no_5xx_and_only_the_error_shape(
     # Keys on: the fuzzer sends what it likes in headers, so 401 paths are exercised too, and
     # a valid key (the admin key on the repository extension) on half of the cases lets
     # bodies reach the decoders and the repository.
-    from service.app import create_app
+    from service.http.app import create_app
 
     app = create_app(make_settings(model_repo, tmp_path, api_keys=API_KEY, admin_api_key=ADMIN_KEY))
     schema = schemathesis.openapi.from_dict(app.openapi())

@@ -204,7 +204,7 @@ def test_the_service_never_unpickles_anything() -> None:
 
 
 def test_a_pickled_model_file_is_refused_without_being_read(rel_repo: Path) -> None:
-    from service.repository import check_manifest
+    from service.models.manifest import check_manifest
 
     manifest = json.loads((rel_repo / "bin" / "1" / "manifest.json").read_text())
     manifest["model_file"] = "model.pkl"

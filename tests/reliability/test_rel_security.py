@@ -23,7 +23,7 @@ INFER = {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data
 
 
 def _client(model_repo: Path, tmp_path: Path, **overrides: Any) -> Iterator[TestClient]:
-    from service.app import create_app
+    from service.http.app import create_app
 
     app = create_app(make_settings(model_repo, tmp_path, **overrides))
     with TestClient(app) as c:

@@ -87,7 +87,7 @@ def test_the_store_is_closed_at_shutdown_even_when_draining_fails(
 ) -> None:
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.http.app import create_app
     from tests.conftest import make_settings, wait_ready
 
     app = create_app(make_settings(rel_repo, tmp_path))

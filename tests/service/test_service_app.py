@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from fastapi.testclient import TestClient
 
-from service.app import create_app
+from service.http.app import create_app
 
 PATHS = {
     "/predict": {"post"},

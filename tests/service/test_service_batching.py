@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.batching import Batcher
+from service.models.batching import Batcher
 from service.errors import InferenceError, OverloadedError
 
 

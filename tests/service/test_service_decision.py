@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.batching import BatchResult
-from service.inference import infer
-from service.metrics import Metrics
+from service.models.batching import BatchResult
+from service.dataplane.inference import Inference
+from service.monitoring.metrics import Metrics
 
 
 def _version(positive_index: int | None, threshold: float | None, probs: np.ndarray) -> Any:
@@ -42,7 +42,7 @@ def test_rows_at_or_over_the_threshold_are_the_positive_class(positive_index: in
     probs[:, positive_index] = pos_scores
     probs[:, 1 - positive_index] = 1 - pos_scores
     mv, registry = _version(positive_index, 0.3, probs)
-    decided = asyncio.run(infer(mv, np.zeros((5, 3), np.float32), []))
+    decided = asyncio.run(_run(mv, np.zeros((5, 3), np.float32)))
     positive = [False, True, True, True, False]  # a NaN score is never positive
     expected = [positive_index if p else 1 - positive_index for p in positive]
     assert decided.class_index.tolist() == expected
@@ -63,7 +63,7 @@ def test_class_counts_add_up_over_single_rows_and_held_batches() -> None:
         p = rng.random(n).astype(np.float32)
         probs = np.stack([p, 1 - p], axis=1)
         mv.batcher.submit = _returning(probs)
-        decided = asyncio.run(infer(mv, np.zeros((n, 3), np.float32), []))
+        decided = asyncio.run(_run(mv, np.zeros((n, 3), np.float32)))
         for c in decided.class_index.tolist():
             expected[c] += 1
     for c, label in enumerate(["a", "b"]):
@@ -72,6 +72,11 @@ def test_class_counts_add_up_over_single_rows_and_held_batches() -> None:
         )
         assert got == expected[c]
     assert mv.issued == sum(expected)
+
+
+async def _run(mv: Any, x: np.ndarray) -> Any:
+    inference = Inference(SimpleNamespace(), SimpleNamespace(), max_rows=10_000)  # type: ignore[arg-type]
+    return await inference.run(mv, x, with_ids=False)
 
 
 def _returning(probs: np.ndarray) -> Any:

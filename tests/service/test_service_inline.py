@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.batching import Batcher
+from service.http.app import create_app
+from service.models.batching import Batcher
 from service.errors import InferenceError
 from tests.conftest import make_settings, wait_ready
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from service.metrics import Metrics
+from service.monitoring.metrics import Metrics
 
 BOUNDED_LABELS = {
     "model",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from service.metrics import SCORE_BUCKETS, observe_many
+from service.monitoring.buffers import observe_many
+from service.monitoring.metrics import SCORE_BUCKETS
 
 
 def _exposition(registry: CollectorRegistry) -> list[str]:
@@ -30,7 +31,7 @@ def test_batches_match_one_observe_per_value() -> None:
 def test_a_buffered_histogram_counts_no_bucket_for_nan() -> None:
     from prometheus_client import CollectorRegistry, Histogram
 
-    from service.metrics import BufferedHistogram
+    from service.monitoring.buffers import BufferedHistogram
 
     registry = CollectorRegistry()
     child = Histogram("h", "h", buckets=(0.5, 1.0), registry=registry)
@@ -47,7 +48,7 @@ def test_a_buffered_histogram_counts_no_bucket_for_nan() -> None:
 def test_a_retired_versions_buffers_are_flushed_and_dropped() -> None:
     from prometheus_client import CollectorRegistry
 
-    from service.metrics import Metrics
+    from service.monitoring.metrics import Metrics
 
     registry = CollectorRegistry()
     metrics = Metrics(registry)
@@ -62,7 +63,7 @@ def test_a_retired_versions_buffers_are_flushed_and_dropped() -> None:
 
 
 def test_held_batches_count_exactly_when_the_hold_fills_and_at_every_flush() -> None:
-    from service.metrics import BufferedHistogram
+    from service.monitoring.buffers import BufferedHistogram
 
     rng = np.random.default_rng(1)
     one, many = CollectorRegistry(), CollectorRegistry()
@@ -83,7 +84,7 @@ def test_held_batches_count_exactly_when_the_hold_fills_and_at_every_flush() -> 
 
 
 def test_forgetting_a_version_counts_what_its_buffers_still_hold() -> None:
-    from service.metrics import Metrics
+    from service.monitoring.metrics import Metrics
 
     registry = CollectorRegistry()
     metrics = Metrics(registry)

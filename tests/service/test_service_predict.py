@@ -11,8 +11,8 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.ids import PredictionIds
+from service.http.app import create_app
+from service.monitoring.ids import PredictionIds
 from tests.conftest import (
     BIN_CLASSES,
     IMG_CLASSES,

@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from service.app import create_app
-from service.metrics import Metrics
-from service.repository import Repository
+from service.http.app import create_app
+from service.monitoring.metrics import Metrics
+from service.models.repository import Repository
 from tests.conftest import (
     build_onnx,
     make_manifest,

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.batching import ALONE, Batcher
+from service.models.batching import ALONE, Batcher
 from service.errors import InferenceError, ShuttingDownError
-from service.inference import infer
+from service.dataplane.inference import infer
 from tests.conftest import make_settings, write_binary, write_image
 from tests.service.test_service_inline import W, _batcher, _failing_run
 from tests.service.test_service_protocol import (
@@ -196,7 +196,7 @@ def test_a_lone_request_through_the_app_runs_at_once(
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
-    from service.app import create_app
+    from service.http.app import create_app
 
     tmp = tmp_path_factory.mktemp("run-now")
     write_binary(tmp / "models")
@@ -303,7 +303,7 @@ def _slow_img(app: Any, monkeypatch: pytest.MonkeyPatch, seconds: float) -> byte
 
 
 def _own_server(tmp_path: Path, **options: Any) -> ThreadServer:
-    from service.app import create_app
+    from service.http.app import create_app
 
     write_binary(tmp_path / "models")
     write_image(tmp_path / "models")

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.runtime import (
+from service.models.runtime import (
     CPU,
     CUDA,
     ModelSession,

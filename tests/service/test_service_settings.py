@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from service.keys import load_prediction_key
+from service.monitoring.keys import load_prediction_key
 from service.settings import Settings, VersionPolicy
 
 
@@ -115,7 +115,7 @@ def test_a_server_process_collects_young_objects_less_often(
 
     import uvicorn
 
-    from service import workers
+    from service.http import processes as workers
 
     seen: list[tuple[int, int, int]] = []
 

@@ -7,8 +7,8 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from service.codecs import NUMERIC_DATATYPES
-from service.ids import PredictionIds
+from service.models.codecs import NUMERIC_DATATYPES
+from service.monitoring.ids import PredictionIds
 from tests.conftest import IMG_SHAPE, TEST_KEY, model_weights, reference_probabilities
 
 
@@ -170,12 +170,13 @@ def test_binary_output_for_every_output_by_request_parameter(client: TestClient)
         (lambda b: b["inputs"][0].update(datatype="BYTES"), 400, "bad_request", "FP32"),
         (lambda b: b["inputs"][0].update(datatype="BOOL"), 400, "bad_request", "datatype"),
         (lambda b: b["inputs"][0].update(name="x"), 400, "bad_request", "one input named 'input'"),
-        (lambda b: b["inputs"][0].update(data=[1, None, 3]), 422, "invalid_input", "numbers"),
-        (lambda b: b["inputs"][0].update(data=[1, "2", 3]), 422, "invalid_input", "numbers"),
+        # Every problem with an input tensor is a 400, as the protocol documents.
+        (lambda b: b["inputs"][0].update(data=[1, None, 3]), 400, "bad_request", "numbers"),
+        (lambda b: b["inputs"][0].update(data=[1, "2", 3]), 400, "bad_request", "numbers"),
         (
             lambda b: b["inputs"][0].update(data=[1, 1e300, 3], datatype="FP64"),
-            422,
-            "invalid_input",
+            400,
+            "bad_request",
             "non-finite",
         ),
         (
@@ -196,6 +197,22 @@ def test_binary_output_for_every_output_by_request_parameter(client: TestClient)
         (lambda b: b.update(inputs=[]), 400, "bad_request", "inputs"),
         (lambda b: b.update(id=5), 400, "bad_request", "id"),
         (lambda b: b.update(outputs={"name": "x"}), 400, "bad_request", "outputs"),
+        # A field set to a value of the wrong type is refused, falsy or not.
+        (lambda b: b.update(parameters=False), 400, "bad_request", "parameters"),
+        (lambda b: b.update(parameters=0), 400, "bad_request", "parameters"),
+        (lambda b: b.update(parameters=[]), 400, "bad_request", "parameters"),
+        (lambda b: b.update(parameters="x"), 400, "bad_request", "parameters"),
+        (lambda b: b.update(id=False), 400, "bad_request", "id"),
+        (lambda b: b.update(id=0), 400, "bad_request", "id"),
+        (lambda b: b.update(outputs=False), 400, "bad_request", "outputs"),
+        (lambda b: b.update(outputs=0), 400, "bad_request", "outputs"),
+        (lambda b: b["inputs"][0].update(parameters=[]), 400, "bad_request", "parameters"),
+        (
+            lambda b: b.update(outputs=[{"name": "probabilities", "parameters": 0}]),
+            400,
+            "bad_request",
+            "parameters",
+        ),
         (
             lambda b: b.update(inputs=[b["inputs"][0], b["inputs"][0]]),
             400,
@@ -209,6 +226,23 @@ def test_bad_infer_requests(client: TestClient, mutate, status, code, needle) ->
     mutate(body)
     msg = _error(client.post("/v2/models/bin/infer", json=body), status, code)
     assert needle in msg
+
+
+def test_null_fields_are_absent_and_empty_outputs_mean_every_output(client: TestClient) -> None:
+    x = np.array([[1, 2, 3]], np.float32)
+    omitted = client.post("/v2/models/bin/infer", json=_infer_body(x, outputs=None))
+    assert omitted.status_code == 200
+    assert [o["name"] for o in omitted.json()["outputs"]] == ["probabilities"]
+    for nulls in ({"id": None}, {"parameters": None}, {"outputs": None}, {"outputs": []}):
+        body = _infer_body(x)
+        body.update(nulls)
+        r = client.post("/v2/models/bin/infer", json=body)
+        assert r.status_code == 200, (nulls, r.text)
+        assert r.json()["outputs"] == omitted.json()["outputs"], nulls
+    body = _infer_body(x, parameters={"binary_data_output": True})
+    body["outputs"] = []
+    r = client.post("/v2/models/bin/infer", json=body)
+    assert r.status_code == 200 and "Inference-Header-Content-Length" in r.headers
 
 
 def test_bad_binary_requests(client: TestClient) -> None:
@@ -229,7 +263,7 @@ def test_bad_binary_requests(client: TestClient) -> None:
     assert "add up" in msg
     nan = np.array([[1, np.nan, 3]], np.float32)
     body, headers = _binary_request(nan, "FP32")
-    _error(client.post("/v2/models/bin/infer", content=body, headers=headers), 422, "invalid_input")
+    _error(client.post("/v2/models/bin/infer", content=body, headers=headers), 400, "bad_request")
     _error(client.post("/v2/models/nope/infer", json=_infer_body(x)), 404, "model_not_found")
     _error(
         client.post("/v2/models/bin/versions/2/infer", json=_infer_body(x)),

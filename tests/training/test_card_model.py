@@ -239,7 +239,7 @@ def test_card_page_renders_in_a_real_browser(binary: Path, tmp_path: Path) -> No
     # by headless chromium: the DOM holds the rendered tables and every PNG was fetched.
     from fastapi import FastAPI, Request, Response
 
-    from service.routes.card import router
+    from service.http.routes.cards import router
 
     app = FastAPI()
     app.state.settings = SimpleNamespace(model_repository=str(binary.parent.parent))

@@ -1,8 +1,8 @@
-"""service.protocol: the predict routes answered by the HTTP protocol, without ASGI.
+"""verdict's HTTP/1.1 server (service.http.server) with the edge behind it, on 127.0.0.1.
 
-A real uvicorn server on 127.0.0.1 (in a thread of this process, so the tests can see which
-way a request went), raw sockets for what HTTP clients hide: pipelining, HTTP/1.0,
-`Expect: 100-continue`, chunked and slow bodies, clients that leave.
+The server runs in a thread of this process (`ThreadServer`), so tests can see inside;
+raw sockets send what HTTP clients hide; stock clients (urllib, requests, httpx) read
+what they would.
 """
 
 from __future__ import annotations
@@ -10,138 +10,70 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import requests
 
 from tests.conftest import make_settings, write_binary, write_image
-from tests.reliability.rel_support import parse_head
+from tests.service.server_support import (
+    INFER,
+    PREDICT,
+    Reader,
+    ThreadServer,
+    connect,
+    request,
+)
 
-ROW = [0.1, -0.2, 0.3]
-PREDICT = json.dumps({"model": "bin", "instances": [ROW]}).encode()
-INFER = json.dumps(
-    {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": ROW}]}
-).encode()
+READ_TIMEOUT_S = 1.0
+MAX_BODY = 4096
 
 
-class ThreadServer:
-    """uvicorn with verdict's protocol, serving `app` from a thread."""
+def _server(tmp: Path, **overrides: Any) -> ThreadServer:
+    from service.http.app import create_app
 
-    def __init__(self, app: Any, **options: Any) -> None:
-        import uvicorn
-
-        from service.protocol import HTTP_PROTOCOL
-
-        self.app = app
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, http=HTTP_PROTOCOL, log_level="warning", **options
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "no server"
-            time.sleep(0.02)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        while httpx.get(f"{self.url}/v2/health/ready").status_code != 200:
-            assert time.monotonic() < deadline, "models did not load"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
+    write_binary(tmp / "models")
+    write_image(tmp / "models")
+    options = {"read_timeout_s": READ_TIMEOUT_S, "max_body_bytes": MAX_BODY, **overrides}
+    return ThreadServer(create_app(make_settings(tmp / "models", tmp, **options)))
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
-    from service.app import create_app
-
-    tmp = tmp_path_factory.mktemp("protocol")
-    write_binary(tmp / "models")
-    write_image(tmp / "models")
-    settings = make_settings(tmp / "models", tmp, body_timeout_s=1.0, max_body_bytes=4096)
-    srv = ThreadServer(create_app(settings))
+    srv = _server(tmp_path_factory.mktemp("server"))
     yield srv
     srv.stop()
 
 
-def request(method: str, path: str, body: bytes = b"", **headers: str) -> bytes:
-    """One HTTP/1.1 request's bytes; header names are given with _ for -."""
-    lines = [f"{method} {path} HTTP/1.1", "Host: x"]
-    if body or method == "POST":
-        lines.append(f"Content-Length: {len(body)}")
-    lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-class Reader:
-    """Answers read off one socket, in order, however the bytes arrive."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-        sock.settimeout(10)
-
-    def _more(self) -> bool:
-        chunk = self.sock.recv(65536)
-        self.buf += chunk
-        return bool(chunk)
-
-    def closed(self) -> bool:
-        """True once the server has closed the connection (nothing more to read)."""
-        return not self.buf and not self._more()
-
-    def response(self) -> tuple[int, dict[str, str], bytes]:
-        while b"\r\n\r\n" not in self.buf:
-            assert self._more(), f"closed before an answer: {self.buf!r}"
-        head, _, rest = self.buf.partition(b"\r\n\r\n")
-        status, headers = parse_head(head)
-        length = int(headers.get("content-length", "0"))
-        while len(rest) < length:
-            assert self._more(), "closed mid-answer"
-            rest = self.buf.partition(b"\r\n\r\n")[2]
-        self.buf = rest[length:]
-        return status, headers, rest[:length]
-
-
-def connect(server: ThreadServer) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
-
-
-def test_predict_routes_do_not_go_through_asgi(
+def test_every_request_goes_through_the_edge_never_the_asgi_face(
     server: ThreadServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    front = server.app.front
+    async def asgi(*args: Any) -> None:
+        raise AssertionError("a request went through the ASGI face")
 
-    async def asgi_answer(*args: Any) -> int:
-        raise AssertionError("a predict request went through ASGI")
-
-    monkeypatch.setattr(front, "_answer", asgi_answer)
+    monkeypatch.setattr(server.app.edge, "asgi", asgi)
     with httpx.Client(base_url=server.url) as http:
-        r = http.post("/predict", content=PREDICT, headers={"X-Request-ID": "hot-1"})
+        r = http.post("/predict", content=PREDICT, headers={"X-Request-ID": "edge-1"})
         assert r.status_code == 200, r.text
-        assert r.headers["x-request-id"] == "hot-1"
+        assert r.headers["x-request-id"] == "edge-1"
         assert r.headers["content-type"] == "application/json"
         assert len(r.json()["predictions"]) == 1
-        for path in ("/v2/models/bin/infer", "/v2/models/bin/versions/1/infer"):
+        for path in (
+            "/v2/models/bin/infer",
+            "/v2/models/bin/versions/1/infer",
+            "/v2/models/bi%6E/infer",  # percent-encoded: the same route
+        ):
             r = http.post(path, content=INFER)
-            assert r.status_code == 200, r.text
+            assert r.status_code == 200, (path, r.text)
             assert r.json()["model_name"] == "bin"
-        # The rest still goes to the framework, which does not know the hot routes' function.
-        assert http.get("/v2/models/bin").status_code == 200
-    monkeypatch.undo()
-    # A percent-encoded path is left to ASGI, which answers it the same way.
-    with httpx.Client(base_url=server.url) as http:
-        monkeypatch.setattr(front, "_answer", asgi_answer)
-        r = http.post("/v2/models/bi%6E/infer", content=INFER)
-        assert r.status_code == 500  # it went through ASGI, whose front door now refuses
+        for path in ("/v2/models/bin", "/v2/health/ready", "/metrics", "/openapi.json"):
+            assert http.get(path).status_code == 200, path
 
 
 def test_pipelined_requests_are_answered_in_order(server: ThreadServer) -> None:
@@ -154,7 +86,8 @@ def test_pipelined_requests_are_answered_in_order(server: ThreadServer) -> None:
         (request("POST", "/feedback", feedback, X_Request_ID="r4"), 422),
         (request("POST", "/v2/models/nope/infer", INFER, X_Request_ID="r5"), 404),
         (request("GET", "/nowhere", X_Request_ID="r6"), 404),
-        (request("POST", "/predict", PREDICT, X_Request_ID="r7"), 200),
+        (request("GET", "/predict", X_Request_ID="r7"), 405),
+        (request("POST", "/predict", PREDICT, X_Request_ID="r8"), 200),
     ]
     with connect(server) as sock:
         sock.sendall(b"".join(data for data, _ in sent))  # all at once, before any answer
@@ -206,6 +139,14 @@ def test_expect_100_continue_is_answered(server: ThreadServer) -> None:
         sock.sendall(PREDICT)
         status, _, body = reader.response()
         assert status == 200, body
+    # Refused before the body: the final answer instead of 100, and the body is not awaited.
+    with connect(server) as sock:
+        head = request("POST", "/predict", b"", Expect="100-continue")
+        sock.sendall(head.replace(b"Content-Length: 0", b"Content-Length: 999999"))
+        reader = Reader(sock, timeout_s=READ_TIMEOUT_S / 2)
+        status, _, body = reader.response()
+        assert status == 413 and json.loads(body)["code"] == "payload_too_large"
+        assert reader.closed()
 
 
 def test_chunked_and_slow_bodies_are_read_whole(server: ThreadServer) -> None:
@@ -233,11 +174,29 @@ def test_a_stalled_body_gets_408_and_the_connection_closes(server: ThreadServer)
     with connect(server) as sock:
         sock.sendall(request("POST", "/predict", PREDICT, X_Request_ID="slow")[:-5])
         reader = Reader(sock)
-        status, headers, body = reader.response()  # after body_timeout_s (1 s)
+        status, headers, body = reader.response()  # after read_timeout_s
         assert status == 408 and headers["x-request-id"] == "slow"
         assert json.loads(body)["code"] == "request_timeout"
         assert reader.closed()
     assert httpx.post(f"{server.url}/predict", content=PREDICT).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Len", b"GET /v2/hea", b"P"],
+    ids=["mid-headers", "mid-request-line", "one-byte"],
+)
+def test_stalled_headers_get_408_and_the_connection_closes(
+    server: ThreadServer, head: bytes
+) -> None:
+    with connect(server) as sock:
+        started = time.monotonic()
+        sock.sendall(head)
+        reader = Reader(sock)
+        status, _, body = reader.response()
+        assert status == 408 and json.loads(body)["code"] == "request_timeout"
+        assert time.monotonic() - started >= READ_TIMEOUT_S * 0.9
+        assert reader.closed()
 
 
 def test_a_stalled_body_behind_another_request_gets_408_too(server: ThreadServer) -> None:
@@ -250,14 +209,14 @@ def test_a_stalled_body_behind_another_request_gets_408_too(server: ThreadServer
         status, headers, _ = reader.response()
         assert status == 408 and headers["x-request-id"] == "stalled"
         assert reader.closed()
-    assert server.app.front.active == 0
+    assert server.app.edge.active == 0
 
 
 def test_over_the_limit_bodies_get_413_and_the_connection_goes_on(server: ThreadServer) -> None:
     big = b"[" + b"1," * 4000 + b"1]"
     with connect(server) as sock:
         reader = Reader(sock)
-        # Declared too big: refused before the body; the body sent anyway is skipped.
+        # Declared too big: refused before the body; the body sent anyway is read and dropped.
         sock.sendall(request("POST", "/predict", big))
         status, _, body = reader.response()
         assert status == 413 and json.loads(body)["code"] == "payload_too_large"
@@ -270,6 +229,58 @@ def test_over_the_limit_bodies_get_413_and_the_connection_goes_on(server: Thread
         # The same connection still answers.
         sock.sendall(request("POST", "/predict", PREDICT))
         assert reader.response()[0] == 200
+
+
+def test_stock_clients_read_the_413_of_a_large_body_they_send_whole(server: ThreadServer) -> None:
+    """urllib, requests and httpx send the whole body before they read: the server reads and
+    drops it after its early 413, so they read the answer instead of a reset connection."""
+    big = b"[" + b"1," * (1 << 20) + b"1]"  # 2 MB, far past the socket buffers
+    headers = {"Content-Type": "application/json"}
+    req = urllib.request.Request(f"{server.url}/predict", data=big, headers=headers)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=10)
+    assert refused.value.code == 413
+    assert json.loads(refused.value.read())["code"] == "payload_too_large"
+    r = requests.post(f"{server.url}/predict", data=big, headers=headers, timeout=10)
+    assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
+    r2 = httpx.post(f"{server.url}/predict", content=big, headers=headers, timeout=10)
+    assert r2.status_code == 413 and r2.json()["code"] == "payload_too_large"
+
+
+def test_malformed_or_oversized_heads_get_the_error_shape_and_a_close(server: ThreadServer) -> None:
+    cases = [
+        (b"NOT HTTP AT ALL\r\n\r\n", 400, "bad_request"),
+        (b"GET /v2 HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400, "bad_request"),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 431, "headers_too_large"),
+        (
+            b"GET /v2 HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200)) + b"\r\n",
+            431,
+            "headers_too_large",
+        ),
+    ]
+    for data, status, code in cases:
+        with connect(server) as sock:
+            sock.sendall(data)
+            reader = Reader(sock)
+            got, headers, body = reader.response()
+            assert (got, json.loads(body)["code"]) == (status, code), data[:40]
+            assert headers["x-request-id"] and headers.get("connection") == "close"
+            assert reader.closed()
+
+
+def test_an_idle_keep_alive_connection_is_closed(
+    server: ThreadServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import service.http.server as server_module
+
+    monkeypatch.setattr(server_module, "KEEP_ALIVE_S", 0.3)
+    with connect(server) as sock:
+        reader = Reader(sock)
+        sock.sendall(request("GET", "/v2/health/live"))
+        assert reader.response()[0] == 200
+        started = time.monotonic()
+        assert reader.closed()
+        assert 0.2 <= time.monotonic() - started < 5
 
 
 def test_clients_that_leave_mid_request_harm_nothing(
@@ -286,42 +297,43 @@ def test_clients_that_leave_mid_request_harm_nothing(
     r = httpx.post(f"{server.url}/predict", content=PREDICT)
     assert r.status_code == 200
     assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
-    assert server.app.front.active == 0
+    assert server.app.edge.active == 0
 
 
-def test_hot_requests_are_counted_like_the_others(server: ThreadServer) -> None:
-    def count(status: str) -> float:
+def test_every_request_is_counted(server: ThreadServer) -> None:
+    def count(route: str, status: str) -> float:
         text = httpx.get(f"{server.url}/metrics").text
         for line in text.splitlines():
             if (
                 line.startswith("verdict_http_request_duration_seconds_count{")
-                and 'route="/predict"' in line
+                and f'route="{route}"' in line
                 and f'code="{status}"' in line
             ):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
-    before_ok, before_bad = count("200"), count("415")
+    before = [count("/predict", "200"), count("/predict", "415"), count("unmatched", "400")]
     for _ in range(3):
         assert httpx.post(f"{server.url}/predict", content=PREDICT).status_code == 200
     r = httpx.post(f"{server.url}/predict", content=PREDICT, headers={"content-type": "text/x"})
     assert r.status_code == 415
-    assert count("200") == before_ok + 3
-    assert count("415") == before_bad + 1
+    with connect(server) as sock:
+        sock.sendall(b"NOT HTTP\r\n\r\n")
+        assert Reader(sock).response()[0] == 400
+    after = [count("/predict", "200"), count("/predict", "415"), count("unmatched", "400")]
+    assert after == [before[0] + 3, before[1] + 1, before[2] + 1]
 
 
-def test_python_dash_m_service_serves_with_this_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
-    import uvicorn
-
+def test_python_dash_m_service_serves_with_verdicts_server(monkeypatch: pytest.MonkeyPatch) -> None:
     import service.__main__ as entry
-    from service.protocol import VerdictHttpProtocol
+    import service.http.processes as processes
+    from service.settings import Settings
 
-    seen: list[dict[str, Any]] = []
-    monkeypatch.setattr(entry, "serve_one", seen.append)
-    entry.main(["--port", "0"])
-    config = uvicorn.Config(**seen[0])
-    config.load()
-    assert config.http_protocol_class is VerdictHttpProtocol  # not uvicorn's, as a fallback
+    seen: list[Any] = []
+    monkeypatch.setattr(processes, "serve_one", seen.append)
+    entry.main(["--port", "0", "--host", "127.0.0.3"])
+    assert len(seen) == 1 and isinstance(seen[0], Settings)
+    assert (seen[0].host, seen[0].port) == ("127.0.0.3", 0)
 
 
 def test_a_long_pipeline_of_early_answers_is_answered_whole(server: ThreadServer) -> None:
@@ -331,15 +343,11 @@ def test_a_long_pipeline_of_early_answers_is_answered_whole(server: ThreadServer
         reader = Reader(sock)
         statuses = [reader.response()[0] for _ in range(401)]
     assert statuses == [200] + [415] * 400
-    assert server.app.front.active == 0
+    assert server.app.edge.active == 0
 
 
 def test_the_admission_limit_refuses_with_503_while_a_request_is_in(tmp_path: Path) -> None:
-    from service.app import create_app
-
-    write_binary(tmp_path / "models")
-    settings = make_settings(tmp_path / "models", tmp_path, max_inflight_requests=1)
-    srv = ThreadServer(create_app(settings))
+    srv = _server(tmp_path, max_inflight_requests=1)
     try:
         with connect(srv) as first, connect(srv) as second:
             first.sendall(request("POST", "/predict", PREDICT)[:-4])  # admitted, body pending
@@ -351,7 +359,7 @@ def test_the_admission_limit_refuses_with_503_while_a_request_is_in(tmp_path: Pa
             assert json.loads(body)["code"] == "overloaded"
             first.sendall(PREDICT[-4:])
             assert Reader(first).response()[0] == 200
-        assert srv.app.front.active == 0
+        assert srv.app.edge.active == 0
         text = httpx.get(f"{srv.url}/metrics").text
         refused = 'verdict_http_request_duration_seconds_count{code="503",method="POST",'
         assert refused + 'route="/predict"} 1.0' in text
@@ -360,8 +368,8 @@ def test_the_admission_limit_refuses_with_503_while_a_request_is_in(tmp_path: Pa
 
 
 def test_a_client_that_does_not_read_is_not_read_from_either(server: ThreadServer) -> None:
-    """Answers nobody reads fill the socket; then the server stops reading requests, as
-    uvicorn's ASGI cycle does (without that, its write buffer would grow without bound)."""
+    """Answers nobody reads fill the socket; then the server stops reading requests (without
+    that, its write buffer would grow without bound)."""
     refused = request("POST", "/predict", b"", Content_Type="text/plain")
     burst = refused * 200
     sent = 0
@@ -384,4 +392,54 @@ def test_a_client_that_does_not_read_is_not_read_from_either(server: ThreadServe
                 time.sleep(0.01)
     assert stalled, f"the server read {sent} bytes of requests whose answers nobody read"
     time.sleep(0.2)
-    assert server.app.front.active == 0
+    assert server.app.edge.active == 0
+
+
+def test_shutdown_drains_and_then_cancels_a_request_that_waits(tmp_path: Path) -> None:
+    """A request still waiting when the drain time is over is cancelled: its admission
+    returns, its connection closes, and the server stops."""
+    srv = _server(tmp_path, drain_seconds=0.5)
+    edge = srv.app.edge
+    with connect(srv) as sock:
+        sock.sendall(request("GET", "/v2/health/live"))
+        assert Reader(sock).response()[0] == 200
+        (conn,) = list(srv.server.connections)
+        # What the transport does once the client reads nothing past the high-water mark.
+        srv.call(conn.pause_writing)
+        batcher = srv.app.state.repository.resolve("bin").batcher
+        release = []
+
+        def stuck(x: Any) -> Any:  # a model run that does not end before the drain does
+            time.sleep(1.5)
+            release.append(1)
+            return x[:, :2]
+
+        batcher._run = stuck
+        batcher.estimate_s = lambda rows: 1.0  # on the model's thread
+        sock.sendall(request("POST", "/predict", PREDICT))
+        deadline = time.monotonic() + 5
+        while edge.active != 1:
+            assert time.monotonic() < deadline, "the request was not admitted"
+            time.sleep(0.01)
+        started = time.monotonic()
+        srv.stop()
+        assert time.monotonic() - started < 5
+        assert edge.active == 0
+        assert not srv.thread.is_alive()
+        assert Reader(sock).closed()
+
+
+def test_cors_answers_through_the_server(tmp_path: Path) -> None:
+    srv = _server(tmp_path, cors_origins="https://ui.example")
+    try:
+        preflight = {"Origin": "https://ui.example", "Access-Control-Request-Method": "POST"}
+        r = httpx.options(f"{srv.url}/predict", headers=preflight)
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://ui.example"
+        r = httpx.post(f"{srv.url}/predict", content=PREDICT, headers={"Origin": "https://ui.example"})
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "https://ui.example"
+        r = httpx.post(f"{srv.url}/predict", content=PREDICT, headers={"Origin": "https://evil.x"})
+        assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    finally:
+        srv.stop()
