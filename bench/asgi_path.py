@@ -2,13 +2,14 @@
 
 Calls `create_app()` (both bundled models, metrics on, every default) with a fixed
 `POST /predict` or binary v2 infer body on uvloop, and prints microseconds per request.
-`--via asgi` (the default) calls the ASGI app; `--via protocol` feeds the request's bytes to
-verdict's HTTP protocol (`service.protocol`, what `python -m service` serves with) over an
-in-memory transport, so the HTTP parsing and the answer's bytes are counted too; `--via
-uvicorn` does the same through uvicorn's stock httptools protocol and its ASGI cycle.
-Cheap models already run on the event loop (`VERDICT_INLINE_MAX_US`); `--inline` also
-replaces the hand-over to the model's dedicated thread, where runs over the inline budget
-go, by a direct call (measurement only: what the thread hand-over costs).
+`--via asgi` (the default) calls the app's ASGI face; `--via server` feeds the request's bytes
+to verdict's own HTTP server (`service.http.server`, what `python -m service` serves with)
+over an in-memory transport, so the HTTP parsing and the answer's bytes are counted too;
+`--via uvicorn` does the same through uvicorn's stock httptools protocol and its ASGI cycle
+(the app served by `uvicorn service.http.app:create_app --factory`). Cheap models already
+run on the event loop (`service.models.batching.INLINE_BUDGET_S`); `--inline` also replaces
+the hand-over to the model's dedicated thread, where runs over the inline budget go, by a
+direct call (measurement only: what the thread hand-over costs).
 Run under `taskset -c 0` so the loop and the ONNX Runtime thread share one core, as in
 the benchmark.
 """
@@ -63,21 +64,21 @@ def _body(model: str, rows: int, protocol: str) -> tuple[str, bytes, list[tuple[
 
 def _run_inline() -> None:
     """Replace the ORT thread hand-over by a direct call (measurement only)."""
-    from service import batching
+    from service.models import runtime
 
     def submit(self: Any, fn: Any, *args: Any) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.set_result(fn(*args))
         return future
 
-    batching.OrtThread.submit = submit  # type: ignore[method-assign]
+    runtime.OrtThread.submit = submit  # type: ignore[method-assign]
 
 
 async def _measure(path: str, body: bytes, headers: list[tuple[bytes, bytes]], n: int) -> float:
-    from service.app import create_app
+    from service.http.app import create_app, lifespan
 
     app = create_app()
-    async with app.router.lifespan_context(app):
+    async with lifespan(app):
         deadline = time.monotonic() + 30
         while not app.state.repository.ready and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -142,6 +143,9 @@ class _Transport:
     def close(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def pause_reading(self) -> None:
         pass
 
@@ -152,17 +156,16 @@ class _Transport:
 async def _measure_protocol(
     path: str, body: bytes, headers: list[tuple[bytes, bytes]], n: int, stock: bool = False
 ) -> float:
-    import uvicorn
-    from uvicorn.server import ServerState
-
-    from service.app import create_app
-    from service.protocol import HTTP_PROTOCOL
+    from service.http.app import create_app, lifespan
 
     app = create_app()
-    http = "httptools" if stock else HTTP_PROTOCOL
-    config = uvicorn.Config(app, http=http, log_level="warning")
-    config.load()
-    async with app.router.lifespan_context(app):
+    if stock:
+        import uvicorn
+        from uvicorn.server import ServerState
+
+        config = uvicorn.Config(app, http="httptools", log_level="warning")
+        config.load()
+    async with lifespan(app):
         deadline = time.monotonic() + 30
         while not app.state.repository.ready and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -183,9 +186,14 @@ async def _measure_protocol(
                 answered[0].set_result(bytes(received))
                 received.clear()
 
-        protocol: Any = config.http_protocol_class(  # type: ignore[call-arg]
-            config=config, server_state=ServerState(), app_state={}, _loop=loop
-        )
+        if stock:
+            protocol: Any = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=ServerState(), app_state={}, _loop=loop
+            )
+        else:
+            from service.http.server import HttpServer
+
+            protocol = HttpServer(app.edge, app.state.settings.read_timeout_s).connection()
         protocol.connection_made(_Transport(on_write))
 
         async def one() -> bytes:
@@ -196,7 +204,7 @@ async def _measure_protocol(
         for _ in range(max(200, n // 10)):
             first = await one()
         if not first.startswith(b"HTTP/1.1 200"):
-            raise SystemExit(f"asgi_path: the protocol answered {first[:200]!r}")
+            raise SystemExit(f"asgi_path: the server answered {first[:200]!r}")
         start = time.perf_counter()
         for _ in range(n):
             await one()
@@ -211,7 +219,7 @@ def main() -> None:
     parser.add_argument("--protocol", choices=("json", "v2-binary"), default="json")
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--inline", action="store_true")
-    parser.add_argument("--via", choices=("asgi", "protocol", "uvicorn"), default="asgi")
+    parser.add_argument("--via", choices=("asgi", "server", "uvicorn"), default="asgi")
     args = parser.parse_args()
     if args.inline:
         _run_inline()

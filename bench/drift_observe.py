@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.drift import DriftMonitor
+from service.monitoring.drift import DriftMonitor
 
 
 class _Metrics:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from service.ids import PredictionIds
+from service.monitoring.ids import PredictionIds
 
 MODEL = "breast-cancer"
 

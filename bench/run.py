@@ -125,7 +125,7 @@ class Bench:
                 "VERDICT_FEEDBACK_DB": str(self.work / f"feedback-{port}.sqlite3"),
             }
             if workers > 1:
-                extra["VERDICT_METRICS_MULTIPROC_DIR"] = str(self.work / f"prometheus-{port}")
+                extra["PROMETHEUS_MULTIPROC_DIR"] = str(self.work / f"prometheus-{port}")
             extra.update(dict(kv.split("=", 1) for kv in self.args.verdict_env))
         server = start_server(
             kind, command, ready, port, cpus, workers, self._env(extra), ROOT, self.work

@@ -8,15 +8,14 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from service.http.card_page import markdown_to_html
-from service.http.routes.cards import include_card_routes, router
+from service.http.routes.cards import router
 
 CARD = """# Model card: demo, version {v}
 
@@ -86,11 +85,14 @@ def repo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def client(repo: Path) -> TestClient:
-    app = FastAPI()
-    app.state.settings = SimpleNamespace(model_repository=str(repo))
-    include_card_routes(app)
-    return TestClient(app)
+def client(repo: Path, tmp_path: Path) -> Iterator[TestClient]:
+    from service.http.app import create_app
+    from tests.conftest import make_settings
+
+    # The versions here are card folders only: the service refuses to load them, and still
+    # shows their cards (a card is read from disk, served version or not).
+    with TestClient(create_app(make_settings(repo, tmp_path))) as test_client:
+        yield test_client
 
 
 def test_card_page_for_latest_and_named_versions(client: TestClient) -> None:
@@ -196,7 +198,7 @@ def test_routes_are_in_the_openapi_schema(client: TestClient) -> None:
 
 def test_card_routes_import_neither_torch_nor_training() -> None:
     code = (
-        "import sys, service.routes.card, service.card; "
+        "import sys, service.http.app; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'onnx')]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -386,7 +386,8 @@ class Edge:
             if not delivered:
                 delivered = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            await answered  # nothing more comes; "disconnect" once the answer is complete
+            # Nothing more comes: "disconnect" once the answer is complete.
+            await asyncio.shield(answered)
             return {"type": "http.disconnect"}
 
         status = 500
@@ -410,7 +411,8 @@ class Edge:
         try:
             await self.framework(scope, receive, send)
         finally:
-            answered.set_result(None)
+            if not answered.done():
+                answered.set_result(None)
         return Answer(status, b"".join(chunks), content_type, headers)
 
     # -- CORS --------------------------------------------------------------------------------

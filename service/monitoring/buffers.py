@@ -163,6 +163,38 @@ class BufferedHistogram:
         self.child._sum.inc(total)
 
 
+class DirectHistogram:
+    """The fallback for a histogram child without the attributes `BufferedHistogram` writes
+    (a prometheus_client release that renamed them): every value goes straight to the
+    child's public `observe`, one call each. Exact, only slower."""
+
+    __slots__ = ("child",)
+
+    held_rows = 0
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+
+    def observe(self, value: float) -> None:
+        """Observe one value now."""
+        self.child.observe(value)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """Observe every value of a 1-d array now."""
+        for value in values.tolist():
+            self.child.observe(value)
+
+    def flush(self) -> None:
+        """Nothing is held."""
+
+
+def histogram_buffer(child: Any) -> BufferedHistogram | DirectHistogram:
+    """A `BufferedHistogram` when the child has what it writes, else a `DirectHistogram`."""
+    if all(hasattr(child, name) for name in ("_upper_bounds", "_buckets", "_sum")):
+        return BufferedHistogram(child)
+    return DirectHistogram(child)
+
+
 class BufferedClassCounts:
     """The per-class prediction counters of one version, fed class indices.
 
@@ -209,7 +241,9 @@ class BufferedClassCounts:
                 child.inc(n)
 
 
-Buffered = BufferedCounter | BufferedGauge | BufferedHistogram | BufferedClassCounts
+Buffered = (
+    BufferedCounter | BufferedGauge | BufferedHistogram | DirectHistogram | BufferedClassCounts
+)
 
 
 def observe_many(child: Any, values: np.ndarray) -> None:

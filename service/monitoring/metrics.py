@@ -26,6 +26,8 @@ from service.monitoring.buffers import (
     BufferedCounter,
     BufferedGauge,
     BufferedHistogram,
+    DirectHistogram,
+    histogram_buffer,
 )
 
 LATENCY_BUCKETS = (
@@ -200,9 +202,9 @@ class Metrics:
             registry=r,
         )
 
-    def histogram(self, child: Any) -> BufferedHistogram:
+    def histogram(self, child: Any) -> BufferedHistogram | DirectHistogram:
         """A buffer in front of a labelled histogram child, flushed with the others."""
-        return self._track(BufferedHistogram(child))
+        return self._track(histogram_buffer(child))
 
     def counter(self, child: Any) -> BufferedCounter:
         """A buffer in front of a labelled counter child."""

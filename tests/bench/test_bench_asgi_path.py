@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
     [
         ["--requests", "20"],
         ["--rows", "64", "--protocol", "v2-binary", "--requests", "20", "--inline"],
-        ["--via", "protocol", "--requests", "20"],
+        ["--via", "server", "--requests", "20"],
         ["--via", "uvicorn", "--requests", "20"],
-        ["--via", "protocol", "--rows", "64", "--protocol", "v2-binary", "--requests", "20"],
+        ["--via", "server", "--rows", "64", "--protocol", "v2-binary", "--requests", "20"],
     ],
 )
 def test_asgi_path_answers_200_and_prints_a_time(args: list[str]) -> None:

@@ -115,3 +115,20 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def feedback_app(service: Any, tmp: Any) -> Any:
+    """A real verdict app (no models) whose feedback side is `service`, as every other route
+    sees it: through the edge and the data plane."""
+    from service.http.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(
+        model_repository=str(tmp / "no-models"),
+        feedback_db=str(tmp / "unused" / "feedback.sqlite3"),
+        prediction_id_key=KEY.decode(),
+    )
+    app = create_app(settings)
+    app.state.feedback = service
+    app.state.dataplane.feedback = service
+    return app

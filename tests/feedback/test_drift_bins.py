@@ -158,7 +158,7 @@ def test_buffered_small_and_binned_large_batches_count_the_same(
 def test_the_rate_cap_samples_rows_uniformly_whatever_the_request_size(
     registry: CollectorRegistry, monkeypatch
 ) -> None:
-    import service.drift as drift_module
+    import service.monitoring.drift as drift_module
 
     now = [1000.5]
     monkeypatch.setattr(drift_module.time, "monotonic", lambda: now[0])

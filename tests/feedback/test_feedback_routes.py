@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from feedback_support import NOW, Clock, Metrics, manifest_of
+from feedback_support import NOW, Clock, Metrics, feedback_app, manifest_of
 from prometheus_client import CollectorRegistry
 
 from service.dataplane.feedback import FeedbackService
 from service.monitoring.ids import PredictionIds
-from service.http.routes.feedback import router
-from service.settings import Settings
 from service.monitoring.store import FeedbackStore
 
 
 @pytest.fixture
-def client(db_path: str, ids: PredictionIds, registry: CollectorRegistry) -> Iterator[TestClient]:
+def client(
+    db_path: str, ids: PredictionIds, registry: CollectorRegistry, tmp_path: Path
+) -> Iterator[TestClient]:
     store = FeedbackStore(db_path, busy_timeout_s=0.05)
     service = FeedbackService(
         store,
@@ -30,11 +30,7 @@ def client(db_path: str, ids: PredictionIds, registry: CollectorRegistry) -> Ite
         max_items=5,
         versions_of=lambda model: [1] if model == "bc" else [],
     )
-    app = FastAPI()
-    app.state.settings = Settings(feedback_max_items=1000)
-    app.state.api_keys = []
-    app.include_router(router)
-    app.state.feedback = service
+    app = feedback_app(service, tmp_path)
     with TestClient(app) as test_client:
         yield test_client
     store.close()

@@ -10,15 +10,10 @@ import pytest
 from feedback_support import NOW, Clock, Metrics, manifest_of
 from prometheus_client import CollectorRegistry
 
-from service.dataplane.feedback import (
-    FeedbackRequestError,
-    FeedbackService,
-    parse_body,
-    parse_time,
-    tally,
-)
+from service.dataplane.feedback import FeedbackService, items_of, parse_time, tally
+from service.errors import InvalidFeedbackError, StoreUnavailableError
 from service.monitoring.ids import PredictionIds
-from service.monitoring.store import FeedbackStore, StoreUnavailableError
+from service.monitoring.store import FeedbackStore
 
 BENIGN, MALIGNANT = 0, 1
 
@@ -290,26 +285,24 @@ def test_the_same_id_twice_in_one_request(service: FeedbackService, ids: Predict
 
 
 def test_unusable_bodies_are_request_errors(service: FeedbackService) -> None:
-    with pytest.raises(FeedbackRequestError) as not_list:
+    with pytest.raises(InvalidFeedbackError) as not_list:
         submit(service, {"prediction_id": "x", "label": 1})
     assert not_list.value.status_code == 422
-    with pytest.raises(FeedbackRequestError):
+    with pytest.raises(InvalidFeedbackError):
         submit(service, [])
     service.max_items = 3
-    with pytest.raises(FeedbackRequestError) as too_many:
+    with pytest.raises(InvalidFeedbackError) as too_many:
         submit(service, [{}] * 4)
     assert (too_many.value.status_code, too_many.value.code) == (422, "too_many_items")
 
 
-def test_parse_body_and_parse_time() -> None:
-    assert parse_body(b'{"items": [1]}') == [1]
-    assert parse_body(b"[1, 2]") == [1, 2]
-    with pytest.raises(FeedbackRequestError) as bad_json:
-        parse_body(b"{nope")
-    assert (bad_json.value.status_code, bad_json.value.code) == (400, "invalid_json")
-    for body in (b'{"items": 3}', b'{"item": []}', b'"text"', b"3"):
-        with pytest.raises(FeedbackRequestError):
-            parse_body(body)
+def test_items_of_a_body_and_parse_time() -> None:
+    assert items_of({"items": [1]}) == [1]
+    assert items_of([1, 2]) == [1, 2]
+    for body in ({"items": 3}, {"item": []}, "text", 3):
+        with pytest.raises(InvalidFeedbackError) as refused:
+            items_of(body)
+        assert (refused.value.status_code, refused.value.code) == (422, "invalid_feedback")
     assert parse_time("1970-01-01T00:01:00Z") == 60.0
     assert parse_time("1970-01-01T02:01:00+02:00") == 60.0
     assert parse_time(60) == 60.0

@@ -9,7 +9,8 @@ import pytest
 from feedback_support import BINARY, MULTICLASS, NOW, Clock, Metrics, manifest_of
 from prometheus_client import CollectorRegistry
 
-from service.dataplane.feedback import FeedbackRequestError, FeedbackService, ModelNotFoundError
+from service.dataplane.feedback import FeedbackService
+from service.errors import InvalidFeedbackError, ModelNotFoundError
 from service.monitoring.ids import PredictionIds
 from service.monitoring.quality import confusion_matrix, expected_cost, rates, summarise
 from service.monitoring.store import FeedbackStore
@@ -135,7 +136,7 @@ def test_quality_of_a_served_model_without_labels_and_of_no_model(
     assert ever["confusion_matrix"]["counts"] == [[0, 0, 0]] * 3
     with pytest.raises(ModelNotFoundError):
         asyncio.run(service.quality("nope"))
-    with pytest.raises(FeedbackRequestError):
+    with pytest.raises(InvalidFeedbackError):
         asyncio.run(service.quality("digits", time_basis="x; DROP TABLE labels"))
 
 

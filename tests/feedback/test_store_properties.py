@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import service.store
+import service.monitoring.store
 from service.monitoring.store import FeedbackStore, LabelRecord
 
 SENDS = st.lists(
@@ -59,10 +59,10 @@ def test_a_later_migration_runs_once_on_an_existing_file(
     store.record([LabelRecord("kept", "m", 1, 0, 1, 0.5, 1.0, 2.0, 3.0)])
     store.close()
     later = (
-        *service.store.MIGRATIONS,
+        *service.monitoring.store.MIGRATIONS,
         "ALTER TABLE labels ADD COLUMN source TEXT; CREATE INDEX labels_source ON labels (source)",
     )
-    monkeypatch.setattr(service.store, "MIGRATIONS", later)
+    monkeypatch.setattr(service.monitoring.store, "MIGRATIONS", later)
     upgraded = FeedbackStore(db_path)
     assert upgraded.migrate() == len(later)
     assert upgraded.migrate() == len(later)  # a second start finds nothing to do

@@ -23,7 +23,10 @@ def live_env(repo: Path, **settings: Any) -> dict[str, str]:
         "VERDICT_DRAIN_SECONDS": "2",
     }
     for name, value in settings.items():
-        env[f"VERDICT_{name.upper()}"] = str(value)
+        if name == "metrics_multiproc_dir":  # prometheus_client's own variable
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(value)
+        else:
+            env[f"VERDICT_{name.upper()}"] = str(value)
     return env
 
 

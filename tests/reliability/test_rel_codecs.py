@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from service.models.codecs import HEADER_LENGTH, NUMERIC_DATATYPES
+from service.http.rest import HEADER_LENGTH
+from service.models.codecs import NUMERIC_DATATYPES
 
 FIXTURE = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -96,7 +97,7 @@ def test_binary_tensors_of_any_shape_and_datatype_are_served_or_refused_with_400
     bad=st.sampled_from([math.nan, math.inf, -math.inf, 1e39, -3.5e38]),
     datatype=st.sampled_from(["FP32", "FP64"]),
 )
-def test_non_finite_or_float32_overflowing_values_get_422(
+def test_non_finite_or_float32_overflowing_values_are_refused(
     client: TestClient, n: int, where: int, bad: float, datatype: str
 ) -> None:
     x = np.zeros((n, 3), dtype=np.float64)
@@ -104,7 +105,7 @@ def test_non_finite_or_float32_overflowing_values_get_422(
     with np.errstate(over="ignore"):  # 1e39 overflows float32 on purpose
         raw = x.astype(NUMERIC_DATATYPES[datatype]).tobytes()
     r = _binary_infer(client, [n, 3], datatype, raw, len(raw))
-    assert _code(r) == (422, "invalid_input"), r.text
+    assert _code(r) == (400, "bad_request"), r.text  # infer: 400, as the protocol documents
     # The same values as /predict JSON: huge numbers are 422; NaN/Infinity are not JSON (400).
     if math.isfinite(bad):
         rows = x.tolist()

@@ -145,7 +145,7 @@ def _assert_store_refused(r: httpx.Response) -> None:
 def test_a_locked_store_answers_503_while_predictions_keep_working(
     start_server: Callable[..., LiveServer], rel_repo: Path
 ) -> None:
-    env = live_env(rel_repo, feedback_busy_timeout_s=0.3)
+    env = live_env(rel_repo)  # the store waits 5 s for a lock, then answers 503
     server = start_server(env)
     ids = _predict_ids(server.url, 20)
     first = _post(server.url, _items(ids, list(range(10))))

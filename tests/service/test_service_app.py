@@ -127,10 +127,9 @@ def test_cors_is_off_by_default_and_on_when_configured(model_repo, tmp_path) -> 
 
 def test_prediction_observers_see_inputs_and_decisions(client: TestClient, app) -> None:
     seen = []
-    app.state.prediction_observers.append(
-        lambda mv, x, classes, scores: seen.append((mv.name, x.shape, classes.tolist()))
-    )
-    app.state.prediction_observers.append(lambda *a: 1 / 0)  # a broken observer is logged only
+    observers = app.state.dataplane.inference.observers
+    observers.append(lambda mv, x, classes, scores: seen.append((mv.name, x.shape, classes.tolist())))
+    observers.append(lambda *a: 1 / 0)  # a broken observer is logged only
     r = client.post("/predict", json={"model": "bin", "instances": [[1, 2, 3], [0, 0, 0]]})
     assert r.status_code == 200
     assert seen == [("bin", (2, 3), [p["class_index"] for p in r.json()["predictions"]])]
@@ -143,12 +142,12 @@ def test_a_refusal_for_overload_carries_the_cors_headers(model_repo, tmp_path) -
     app = create_app(settings)
     with TestClient(app) as c:
         wait_ready(c)
-        app.front.active = app.front.limit  # as if the limit's worth of POSTs were running
+        app.edge.active = app.edge.limit  # as if the limit's worth of POSTs were running
         body = {"model": "bin", "instances": [[1, 2, 3]]}
         r = c.post("/predict", json=body, headers={"Origin": "https://ui.example"})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert r.headers["access-control-allow-origin"] == "https://ui.example"
         other = c.post("/predict", json=body, headers={"Origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
-        app.front.active = 0
+        app.edge.active = 0
         assert c.post("/predict", json=body).status_code == 200

@@ -45,7 +45,8 @@ def test_concurrent_mixed_sizes_are_merged_and_split_exactly() -> None:
 
     outs = asyncio.run(main())
     for x, out in zip(xs, outs, strict=True):
-        np.testing.assert_array_equal(out, x @ w)
+        # Not bit for bit: BLAS may round a row differently in a batch of another size.
+        np.testing.assert_allclose(out, x @ w, rtol=1e-6, atol=1e-6)
     # Merged: fewer runs than requests, each within the row limit, every row computed once.
     assert len(calls) < len(xs)
     assert max(calls) <= 16
@@ -85,7 +86,7 @@ def test_full_queue_answers_overloaded_at_once() -> None:
         await asyncio.sleep(0.01)
         with pytest.raises(OverloadedError) as exc:
             await b.submit(np.ones((2, 3), np.float32))
-        assert exc.value.headers["Retry-After"]
+        assert exc.value.retry_after_s
         gate.set()
         await first
         ok = await b.submit(np.ones((2, 3), np.float32))  # the queue drained: admitted again

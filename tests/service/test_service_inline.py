@@ -173,9 +173,12 @@ def test_a_cheap_model_runs_on_the_loop_and_a_slow_one_on_its_thread(
 
 
 def test_with_inline_off_onnx_runtime_never_runs_on_the_loop(
-    model_repo: Any, tmp_path: Any
+    model_repo: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with TestClient(create_app(make_settings(model_repo, tmp_path, inline_max_us=0))) as client:
+    import service.models.repository as repository
+
+    monkeypatch.setattr(repository, "INLINE_BUDGET_S", 0.0)  # as for a GPU model
+    with TestClient(create_app(make_settings(model_repo, tmp_path))) as client:
         wait_ready(client)
         assert client.portal is not None
         loop_thread = client.portal.call(threading.get_ident)

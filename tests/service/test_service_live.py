@@ -127,7 +127,7 @@ def test_python_dash_m_service_reads_env(
             "VERDICT_MODEL_REPOSITORY": str(live_repo),
             "VERDICT_FEEDBACK_DB": str(tmp_path / "fb.sqlite3"),
             "VERDICT_API_KEYS": "k1,k2",
-            "VERDICT_METRICS_MULTIPROC_DIR": str(tmp_path / "prom"),
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
         }
     )
     r = httpx.post(f"{server.url}/predict", json={"model": "bin", "instances": [[1, 2, 3]]})
@@ -177,7 +177,7 @@ def test_two_workers_add_up_their_metrics(
         {
             "VERDICT_MODEL_REPOSITORY": str(live_repo),
             "VERDICT_FEEDBACK_DB": str(tmp_path / "fb.sqlite3"),
-            "VERDICT_METRICS_MULTIPROC_DIR": str(tmp_path / "prom"),
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
         },
         ["--workers", "2"],
     )
@@ -247,7 +247,7 @@ def test_two_workers_share_the_connections(
         {
             "VERDICT_MODEL_REPOSITORY": str(live_repo),
             "VERDICT_FEEDBACK_DB": str(tmp_path / "fb.sqlite3"),
-            "VERDICT_METRICS_MULTIPROC_DIR": str(tmp_path / "prom"),
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
         },
         ["--workers", "2"],
     )

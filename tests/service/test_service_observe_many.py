@@ -101,3 +101,29 @@ def test_forgetting_a_version_counts_what_its_buffers_still_hold() -> None:
         for c in ("a", "b")
     ]
     assert got == [1, 3]
+
+
+def test_a_histogram_without_the_written_attributes_is_observed_directly() -> None:
+    """prometheus_client has no public API to add counts per bucket; should a release rename
+    what the buffer writes, every value goes to the public `observe` instead, exactly."""
+    from service.monitoring.buffers import DirectHistogram, histogram_buffer
+
+    registry = CollectorRegistry()
+    real = Histogram("h", "h", buckets=SCORE_BUCKETS, registry=registry)
+    assert not isinstance(histogram_buffer(real), DirectHistogram)  # this release fits
+
+    class PublicOnly:  # what a child looks like through its public API alone
+        def __init__(self, child: object) -> None:
+            self.observe = child.observe  # type: ignore[attr-defined]
+
+    expected_registry = CollectorRegistry()
+    expected = Histogram("h", "h", buckets=SCORE_BUCKETS, registry=expected_registry)
+    buffer = histogram_buffer(PublicOnly(real))
+    assert isinstance(buffer, DirectHistogram)
+    values = np.random.default_rng(1).random(100).astype(np.float32)
+    buffer.observe_many(values)
+    buffer.observe(0.5)
+    buffer.flush()
+    for v in [*values.tolist(), 0.5]:
+        expected.observe(v)
+    assert _exposition(registry) == _exposition(expected_registry)

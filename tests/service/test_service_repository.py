@@ -389,7 +389,8 @@ def test_listeners_hear_loads_and_unloads_and_counts_are_kept(
     )
     repo.add_listener(on_load=lambda mv: 1 / 0)  # a failing listener is logged only
     flushed: list[int] = []
-    app.state.before_metrics.append(lambda: flushed.append(1))
+    drift_flush = app.state.drift.flush
+    app.state.drift.flush = lambda: (flushed.append(1), drift_flush())  # before each scrape
     with TestClient(app) as c:
         wait_ready(c)
         assert sorted(events) == [("load", "bin", 1), ("load", "img", 1)]

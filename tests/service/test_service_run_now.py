@@ -1,8 +1,8 @@
-"""A request alone in flight runs its model at once and is answered without a task.
+"""A request alone in flight runs its model at once, without the batcher's queue.
 
-`Batcher.run_now` on its own, then through the app (ASGI) and a real uvicorn server with
-verdict's protocol on 127.0.0.1, where a lone predict request is answered inside
-`data_received` and requests in flight together still go through the batcher.
+`Batcher.run_now` on its own, then the data plane's choice (`Inference`: the only
+inference request in flight, the first of its loop turn), through the app (ASGI) and
+verdict's own server on 127.0.0.1, where requests in flight together still merge.
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.models.batching import ALONE, Batcher
 from service.errors import InferenceError, ShuttingDownError
-from service.dataplane.inference import infer
+from service.models.batching import Batcher
 from tests.conftest import make_settings, write_binary, write_image
-from tests.service.test_service_inline import W, _batcher, _failing_run
-from tests.service.test_service_protocol import (
+from tests.service.server_support import (
     INFER,
     PREDICT,
     Reader,
@@ -34,6 +32,7 @@ from tests.service.test_service_protocol import (
     connect,
     request,
 )
+from tests.service.test_service_inline import W, _batcher, _failing_run
 
 
 def test_run_now_runs_on_the_loop_at_once() -> None:
@@ -58,23 +57,39 @@ def test_run_now_runs_on_the_loop_at_once() -> None:
     asyncio.run(main())
 
 
-def test_one_lone_request_a_loop_turn() -> None:
+def test_one_lone_request_a_loop_turn(client: TestClient, app: Any) -> None:
     """Only the first request of a turn with nothing else in flight runs at once; the
-    requests read after it in the same turn are merged."""
-    from service.hotpath import FrontDoor
+    requests that start after it in the same turn are merged."""
+    inference = app.state.dataplane.inference
+    mv = app.state.repository.resolve("bin")
+    x = np.ones((1, 3), np.float32)
 
-    async def main() -> None:
-        front = FrontDoor.__new__(FrontDoor)
-        front.active, front.limit, front._lone_turn = 1, 0, False
-        assert front.lone()
-        assert not front.lone()  # same turn
-        await asyncio.sleep(0)
-        assert front.lone()
-        await asyncio.sleep(0)
-        front.active = 2  # another request is in flight
-        assert not front.lone()
+    async def main() -> list[bool]:
+        ran: list[bool] = []
+        original = mv.batcher.run_now
 
-    asyncio.run(main())
+        def run_now(rows: np.ndarray) -> Any:
+            result = original(rows)
+            ran.append(result is not None)
+            return result
+
+        mv.batcher.run_now = run_now
+        try:
+            inference._active = 1  # as inside a request
+            assert inference._run_now(mv, x) is not None
+            assert inference._run_now(mv, x) is None  # same turn
+            await asyncio.sleep(0)
+            assert inference._run_now(mv, x) is not None
+            await asyncio.sleep(0)
+            inference._active = 2  # another request is in flight
+            assert inference._run_now(mv, x) is None
+        finally:
+            inference._active = 0
+            del mv.batcher.run_now
+        return ran
+
+    assert client.portal is not None
+    assert client.portal.call(main) == [True, True]
 
 
 def test_run_now_leaves_to_submit_what_must_be_merged_or_is_not_cheap() -> None:
@@ -156,32 +171,30 @@ def _spy(monkeypatch: pytest.MonkeyPatch, cls: Any, name: str) -> list[Any]:
     return calls
 
 
-def test_infer_runs_at_once_only_for_a_lone_request_and_counts_after(
+def test_a_lone_request_runs_at_once_and_is_counted_after(
     client: TestClient, app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    inference = app.state.dataplane.inference
     mv = app.state.repository.resolve("bin")
     submits = _spy(monkeypatch, Batcher, "submit")
-    x = np.ones((1, 3), np.float32)
 
-    async def lone() -> tuple[float, float]:
-        ALONE.set(True)
+    async def lone() -> tuple[int, int]:
         before = mv.issued
-        decided = await infer(mv, x, [])
+        decided = await inference.predict("bin", None, [[1.0, 2.0, 3.0]])
         counted_at_return = mv.issued - before  # the answer is written before the counts
         await asyncio.sleep(0)
         assert len(decided.class_index) == 1
         return counted_at_return, mv.issued - before
 
     assert client.portal is not None
-    at_return, after = client.portal.call(lone)
-    assert (at_return, after) == (0, 1)
+    assert client.portal.call(lone) == (0, 1)
     assert submits == []
 
-    async def not_alone() -> None:
-        await infer(mv, x, [])  # ALONE is False: merged with what else comes this turn
+    async def together() -> None:
+        await asyncio.gather(*(inference.predict("bin", None, [[1.0, 2.0, 3.0]]) for _ in range(3)))
 
-    client.portal.call(not_alone)
-    assert len(submits) == 1
+    client.portal.call(together)
+    assert len(submits) == 2  # the first ran at once; the others were merged
 
 
 def test_a_lone_request_through_the_app_runs_at_once(
@@ -201,17 +214,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
     tmp = tmp_path_factory.mktemp("run-now")
     write_binary(tmp / "models")
     write_image(tmp / "models")
-    srv = ThreadServer(create_app(make_settings(tmp / "models", tmp, body_timeout_s=5.0)))
+    srv = ThreadServer(create_app(make_settings(tmp / "models", tmp, read_timeout_s=5.0)))
     yield srv
     srv.stop()
 
 
-def test_a_lone_predict_request_is_answered_without_a_task(
+def test_lone_requests_through_the_server_run_at_once(
     server: ThreadServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.protocol import HotCycle
-
-    spawned = _spy(monkeypatch, HotCycle, "spawn")
     now = _spy(monkeypatch, Batcher, "run_now")
     with connect(server) as sock:
         reader = Reader(sock)
@@ -223,41 +233,37 @@ def test_a_lone_predict_request_is_answered_without_a_task(
             status, headers, body = reader.response()
             assert status == 200, body
             assert headers["x-request-id"] == rid
-    assert spawned == []  # answered inside data_received
     assert len(now) == 2 and None not in now
-    assert server.app.front.active == 0
+    assert server.app.edge.active == 0
 
 
 def test_requests_in_flight_together_are_merged_not_run_at_once(
     server: ThreadServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    now = _spy(monkeypatch, Batcher, "run_now")
-    submits = _spy(monkeypatch, Batcher, "submit")
+    slow = _slow_img(server.app, monkeypatch, 1.0)
     with connect(server) as held, connect(server) as a, connect(server) as b:
-        held.sendall(request("POST", "/predict", PREDICT)[:-4])  # admitted, body pending
-        for _ in range(50):
-            if server.app.front.active == 1:
-                break
-            threading.Event().wait(0.02)
-        assert server.app.front.active == 1
+        held.sendall(request("POST", "/predict", slow))  # in the data plane, on its thread
+        inference = server.app.state.dataplane.inference
+        deadline = time.monotonic() + 5
+        while inference._active != 1:
+            assert time.monotonic() < deadline, "the slow request did not start"
+            time.sleep(0.01)
+        now = _spy(monkeypatch, Batcher, "run_now")
+        submits = _spy(monkeypatch, Batcher, "submit")
         a.sendall(request("POST", "/predict", PREDICT))
         b.sendall(request("POST", "/v2/models/bin/infer", INFER))
         assert Reader(a).response()[0] == 200
         assert Reader(b).response()[0] == 200
         assert now == [] and len(submits) == 2  # neither was alone: both went to the batcher
-        held.sendall(PREDICT[-4:])
-        assert Reader(held).response()[0] == 200  # alone by then: at once
-    assert len(now) == 1 and now[0] is not None
-    assert server.app.front.active == 0
+        assert Reader(held).response()[0] == 200
+    assert server.app.edge.active == 0
 
 
 def test_a_lone_request_that_waits_for_the_model_thread_is_answered(
     server: ThreadServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Over the inline budget, the run goes to the model's thread: the request started at
-    once must go on in a task, in its own context (its request id), once the run is done."""
-    from service.protocol import HotCycle
-
+    """Over the inline budget, the run goes to the model's thread; the request is answered
+    once the run is done, under its own request id."""
     caplog.set_level(logging.WARNING)
     batcher = server.app.state.repository.resolve("img").batcher
     monkeypatch.setattr(batcher, "estimate_s", lambda rows: 1.0)  # far over the budget
@@ -269,7 +275,6 @@ def test_a_lone_request_that_waits_for_the_model_thread_is_answered(
         return original(x)
 
     monkeypatch.setattr(batcher, "_run", run)
-    spawned = _spy(monkeypatch, HotCycle, "spawn")
     body = json.dumps({"model": "img", "instances": [[0.5] * 16]}).encode()
     with connect(server) as sock:
         reader = Reader(sock)
@@ -280,10 +285,8 @@ def test_a_lone_request_that_waits_for_the_model_thread_is_answered(
             assert headers["x-request-id"] == f"slow-{i}"
             assert len(json.loads(answer)["predictions"]) == 1
     assert len(threads) == 3 and server.thread.ident not in threads
-    assert len(spawned) == 3  # each went on in a task after its run
-    # ... in the context it started in: its request id's reset there raises nothing.
     assert not [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING]
-    assert server.app.front.active == 0
+    assert server.app.edge.active == 0
     r = httpx.post(f"{server.url}/predict", content=PREDICT)  # and the next lone one is fine
     assert r.status_code == 200
 
@@ -302,20 +305,18 @@ def _slow_img(app: Any, monkeypatch: pytest.MonkeyPatch, seconds: float) -> byte
     return json.dumps({"model": "img", "instances": [[0.5] * 16]}).encode()
 
 
-def _own_server(tmp_path: Path, **options: Any) -> ThreadServer:
-    from service.http.app import create_app
-
-    write_binary(tmp_path / "models")
-    write_image(tmp_path / "models")
-    return ThreadServer(create_app(make_settings(tmp_path / "models", tmp_path)), **options)
-
-
-def test_a_request_answered_at_once_does_not_time_out_the_next_one_in_its_bytes(
+def test_an_answer_does_not_time_out_the_next_request_in_its_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The first request's answer, written inside `data_received`, arms the keep-alive timer;
-    the next request in the same bytes has begun, and must not be cut off by it."""
-    srv = _own_server(tmp_path, timeout_keep_alive=1)
+    """The first request's answer arms the idle timer while the next request in the same
+    bytes has begun: it must not be cut off by it."""
+    import service.http.server as server_module
+    from service.http.app import create_app
+
+    monkeypatch.setattr(server_module, "KEEP_ALIVE_S", 1.0)
+    write_binary(tmp_path / "models")
+    write_image(tmp_path / "models")
+    srv = ThreadServer(create_app(make_settings(tmp_path / "models", tmp_path)))
     try:
         slow = _slow_img(srv.app, monkeypatch, 2.0)
         with connect(srv) as sock:
@@ -329,31 +330,3 @@ def test_a_request_answered_at_once_does_not_time_out_the_next_one_in_its_bytes(
             assert status == 200 and headers["x-request-id"] == "second"
     finally:
         srv.stop()
-
-
-def test_shutdown_reaches_a_lone_request_that_waits(tmp_path: Path) -> None:
-    """A lone request started at once that waits (here for a write buffer that never drains)
-    is in a task uvicorn knows: at the end of the graceful shutdown it is cancelled, its
-    admission returns and its connection closes."""
-    srv = _own_server(tmp_path, timeout_graceful_shutdown=1)
-    front, state = srv.app.front, srv.server.server_state
-    with connect(srv) as sock:
-        sock.sendall(request("GET", "/v2/health/live"))
-        assert Reader(sock).response()[0] == 200
-        (protocol,) = [
-            p for p in state.connections if getattr(p, "client", None) == sock.getsockname()
-        ]
-        loop = srv.server.servers[0].get_loop()
-        # What the transport does once the client reads nothing past the high-water mark.
-        loop.call_soon_threadsafe(protocol.pause_writing)
-        time.sleep(0.1)
-        sock.sendall(request("POST", "/predict", PREDICT))
-        deadline = time.monotonic() + 5
-        while front.active != 1:
-            assert time.monotonic() < deadline, "the request was not admitted"
-            time.sleep(0.01)
-        time.sleep(0.1)
-        assert len(state.tasks) == 1  # waiting for the drain, in a task
-        srv.stop()
-        assert front.active == 0
-        assert not srv.thread.is_alive()

@@ -68,36 +68,31 @@ def test_cpu_session_failure_is_not_hidden() -> None:
         create_session(b"not onnx", RuntimeOptions(), available=lambda: [CPU])
 
 
-def test_thread_and_optimisation_settings_reach_the_session_options() -> None:
-    so = session_options(RuntimeOptions(("auto",), 2, 3, "basic"))
+def test_thread_settings_reach_the_session_options() -> None:
+    so = session_options(RuntimeOptions(("auto",), 2))
     assert so.intra_op_num_threads == 2
-    assert so.inter_op_num_threads == 3
-    assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    default = session_options(RuntimeOptions())
-    assert (default.intra_op_num_threads, default.inter_op_num_threads) == (1, 1)
+    # Runs are sequential, so one inter-op thread; every graph optimisation.
+    assert so.inter_op_num_threads == 1
+    assert so.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert session_options(RuntimeOptions()).intra_op_num_threads == 1
 
 
-def test_a_cpu_session_runs_through_the_binding_and_answers_the_same() -> None:
-    graph, _, _ = build_onnx((3,), 2)
-    session, providers = create_session(graph, RuntimeOptions(providers=(CPU,)))
-    ms = ModelSession(session, providers, "input", session.get_outputs()[0].name)
-    assert ms._run == session._sess.run  # no Python wrapper per call on CPU
-    x = np.arange(12, dtype=np.float32).reshape(4, 3)
-    expected = session.run([ms.output_name], {"input": x})[0]
-    np.testing.assert_array_equal(ms.run(x), expected)
-
-
-def test_a_cuda_session_keeps_the_wrapper_and_its_provider_fallback() -> None:
-    class Wrapped:
+def test_a_session_runs_through_onnxruntimes_public_run() -> None:
+    class Recording:
         def __init__(self) -> None:
-            self._sess = object()
             self.calls: list[Any] = []
 
-        def run(self, outputs: list[str], feed: dict[str, Any], options: Any = None) -> Any:
+        def run(self, outputs: list[str], feed: dict[str, Any]) -> Any:
             self.calls.append(outputs)
             return [feed["input"] * 2]
 
-    wrapped = Wrapped()
+    wrapped = Recording()
     ms = ModelSession(wrapped, [CUDA, CPU], "input", "probabilities")
     np.testing.assert_array_equal(ms.run(np.ones((1, 3), np.float32)), np.full((1, 3), 2.0))
     assert wrapped.calls == [["probabilities"]]
+    graph, _, _ = build_onnx((3,), 2)
+    session, providers = create_session(graph, RuntimeOptions(providers=(CPU,)))
+    ms = ModelSession(session, providers, "input", session.get_outputs()[0].name)
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    np.testing.assert_array_equal(ms.run(x), session.run([ms.output_name], {"input": x})[0])

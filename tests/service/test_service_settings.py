@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import SecretStr, ValidationError
@@ -15,7 +16,7 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VERDICT_PROVIDERS", "CUDAExecutionProvider,CPUExecutionProvider")
     monkeypatch.setenv("VERDICT_API_KEYS", "a, b")
     monkeypatch.setenv("VERDICT_MAX_BATCH_ROWS", "7")
-    monkeypatch.setenv("VERDICT_BATCHING_ENABLED", "false")
+    monkeypatch.setenv("VERDICT_UNBATCHED_MODELS", "x,y")
     monkeypatch.setenv("VERDICT_VERSION_POLICY", "latest:2")
     monkeypatch.setenv("VERDICT_CORS_ORIGINS", "https://a.example")
     s = Settings()
@@ -31,7 +32,7 @@ def test_defaults() -> None:
     s = Settings()
     assert (s.host, s.port, s.model_repository) == ("127.0.0.1", 8000, "models")
     assert s.providers == ["auto"]
-    assert (s.intra_op_threads, s.inter_op_threads) == (1, 1)
+    assert s.intra_op_threads == 1 and s.read_timeout_s == 10.0
     assert s.admin_api_key is None and s.api_keys == [] and s.cors_origins == []
     assert s.feedback_db == "var/feedback.sqlite3"
     assert s.policy == VersionPolicy("all")
@@ -76,36 +77,54 @@ def test_configured_key_wins(tmp_path: Path) -> None:
     assert not (tmp_path / "prediction-id.key").exists()
 
 
-def test_main_prepares_multiprocess_metrics_and_runs_the_factory(
+def test_main_prepares_multiprocess_metrics_and_runs_the_workers(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import service.__main__ as service_main
+    import os
+
+    import service.http.processes as processes
     from service.__main__ import main
 
     prom = tmp_path / "prom"
     prom.mkdir()
     (prom / "counter_1.db").write_bytes(b"stale")
     # setenv records the previous state, so what main() exports is undone afterwards.
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "elsewhere"))
-    monkeypatch.setenv("VERDICT_METRICS_MULTIPROC_DIR", str(prom))
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(prom))
     monkeypatch.setenv("VERDICT_DRAIN_SECONDS", "2.5")
     seen: dict = {}
 
-    def serve_workers(config: dict, workers: int, drain_s: float) -> int:
-        seen.update(config, workers=workers, drain_s=drain_s)
+    def serve_workers(settings: Settings, overrides: dict, workers: int) -> int:
+        seen.update(settings=settings, overrides=overrides, workers=workers)
         return 0
 
-    monkeypatch.setattr(service_main, "serve_workers", serve_workers)
+    monkeypatch.setattr(processes, "serve_workers", serve_workers)
     with pytest.raises(SystemExit) as exited:
         main(["--host", "127.0.0.2", "--port", "1234", "--workers", "2"])
     assert exited.value.code == 0
-    assert seen["app"] == "service.app:create_app" and seen["factory"] is True
-    assert (seen["host"], seen["port"], seen["workers"]) == ("127.0.0.2", 1234, 2)
-    assert seen["timeout_graceful_shutdown"] == 3 and seen["drain_s"] == 2.5
+    settings = seen["settings"]
+    assert (settings.host, settings.port, seen["workers"]) == ("127.0.0.2", 1234, 2)
+    assert settings.drain_seconds == 2.5
+    assert seen["overrides"] == {"host": "127.0.0.2", "port": 1234}
     assert list(prom.iterdir()) == []  # wiped before the workers start
-    import os
-
     assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(prom)
+
+
+def test_a_renamed_setting_stops_the_server_and_a_removed_one_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import service.http.processes as processes
+    from service.__main__ import main
+
+    monkeypatch.setattr(processes, "serve_one", lambda settings: None)
+    monkeypatch.setenv("VERDICT_BODY_TIMEOUT_S", "30")
+    with pytest.raises(SystemExit) as exited:
+        main(["--port", "0"])
+    assert exited.value.code == 2
+    assert "VERDICT_BODY_TIMEOUT_S was renamed VERDICT_READ_TIMEOUT_S" in capsys.readouterr().err
+    monkeypatch.delenv("VERDICT_BODY_TIMEOUT_S")
+    monkeypatch.setenv("VERDICT_INLINE_MAX_US", "0")
+    main(["--port", "0"])
+    assert "VERDICT_INLINE_MAX_US is no longer a setting" in capsys.readouterr().err
 
 
 def test_a_server_process_collects_young_objects_less_often(
@@ -113,21 +132,19 @@ def test_a_server_process_collects_young_objects_less_often(
 ) -> None:
     import gc
 
-    import uvicorn
-
-    from service.http import processes as workers
+    import service.http.processes as processes
 
     seen: list[tuple[int, int, int]] = []
 
-    def run(self: object, sockets: object = None) -> None:
+    def run_loop(main: Any) -> None:
+        main.close()
         seen.append(gc.get_threshold())
 
-    monkeypatch.setattr(uvicorn.Server, "run", run)
+    monkeypatch.setattr(processes, "_run_loop", run_loop)
     before = gc.get_threshold()
     try:
-        with pytest.raises(SystemExit):  # the fake run never starts: startup failure
-            workers.serve_one({"app": "service.app:create_app", "factory": True})
+        processes.serve_one(Settings())
     finally:
         gc.set_threshold(*before)
-    assert seen == [(workers.GC_GEN0_THRESHOLD, before[1], before[2])]
-    assert before[0] < workers.GC_GEN0_THRESHOLD
+    assert seen == [(processes.GC_GEN0_THRESHOLD, before[1], before[2])]
+    assert before[0] < processes.GC_GEN0_THRESHOLD
