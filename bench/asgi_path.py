@@ -143,9 +143,6 @@ class _Transport:
     def close(self) -> None:
         pass
 
-    def close(self) -> None:
-        pass
-
     def pause_reading(self) -> None:
         pass
 

@@ -104,9 +104,7 @@ class Inference:
             )
         x = tensor_to_input(inputs[0].array, mv.spec, mv.spec.name)
         if len(x) > self.max_rows:
-            raise BadRequestError(
-                f"too many rows: {len(x)} > max_rows_per_request {self.max_rows}"
-            )
+            raise BadRequestError(f"too many rows: {len(x)} > max_rows_per_request {self.max_rows}")
         return x
 
     async def run(self, mv: ModelVersion, x: np.ndarray, with_ids: bool) -> Decided:
@@ -167,4 +165,3 @@ class Inference:
                 observe(mv, x, class_index, score)
             except Exception:
                 log.exception("prediction observer failed")
-

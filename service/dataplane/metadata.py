@@ -51,10 +51,18 @@ class Metadata:
             "versions": [str(v) for v in self.repository.versions(mv.name)],
             "platform": PLATFORM,
             "inputs": [
-                {"name": inp["name"], "datatype": DTYPE_TO_DATATYPE["float32"], "shape": inp["shape"]}
+                {
+                    "name": inp["name"],
+                    "datatype": DTYPE_TO_DATATYPE["float32"],
+                    "shape": inp["shape"],
+                }
             ],
             "outputs": [
-                {"name": out["name"], "datatype": DTYPE_TO_DATATYPE["float32"], "shape": out["shape"]}
+                {
+                    "name": out["name"],
+                    "datatype": DTYPE_TO_DATATYPE["float32"],
+                    "shape": out["shape"],
+                }
             ],
             "parameters": {
                 "version": str(mv.version),
@@ -89,7 +97,9 @@ class Metadata:
             "parameters": {"providers": {"string_value": ",".join(mv.providers)}},
         }
 
-    def model_ready(self, model: str, version: str | None = None) -> tuple[str, VerdictError | None]:
+    def model_ready(
+        self, model: str, version: str | None = None
+    ) -> tuple[str, VerdictError | None]:
         """(name, None) when the model (version) serves, (name, why) when it is known but not
         ready yet; an unknown model or version raises."""
         try:

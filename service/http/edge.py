@@ -24,7 +24,6 @@ from urllib.parse import unquote
 
 from service.dataplane.access import Access, Need
 from service.errors import (
-    BadRequestError,
     ClientDisconnectedError,
     OverloadedError,
     RequestTimeoutError,
@@ -32,9 +31,9 @@ from service.errors import (
     VerdictError,
     error_body,
 )
+from service.http.cors import Cors
+from service.http.framework import ask_framework
 from service.http.messages import (
-    BINARY,
-    JSON,
     REQUEST_ID_HEADER,
     Answer,
     Body,
@@ -57,7 +56,6 @@ Handler = Callable[["Exchange", bytes], Awaitable[Answer]]
 UNMATCHED = "unmatched"
 JSON_TYPES = ("application/json",)
 INFER_TYPES = ("application/json", "application/octet-stream")
-CORS_MAX_AGE = b"600"
 
 
 class Route(NamedTuple):
@@ -223,7 +221,7 @@ class Edge:
         self.read_timeout_s = read_timeout_s
         self.limit = max_inflight_requests
         self.active = 0  # POST requests admitted and not yet answered
-        self.cors_origins = cors_origins
+        self.cors = Cors(cors_origins) if cors_origins else None
         self.access_log = access_log
         self._histogram = metrics.http_duration
         self._metrics = metrics
@@ -240,8 +238,8 @@ class Edge:
         preflight); else its body is fed to `ex.feed` and `respond` answers it."""
         ex = Exchange(self, method, raw_path, query, headers)
         ex.route, ex.params = self.router.match(ex.path)
-        if method == "OPTIONS" and self.cors_origins:
-            preflight = self._preflight(ex)
+        if method == "OPTIONS" and self.cors is not None:
+            preflight = self.cors.preflight(ex.headers)
             if preflight is not None:
                 ex.answer = preflight
                 return ex
@@ -270,7 +268,9 @@ class Edge:
         if 0 < self.limit <= self.active:
             ex.body = None
             ex.answer = self.error_answer(
-                OverloadedError(f"the server is handling {self.limit} requests already; retry shortly")
+                OverloadedError(
+                    f"the server is handling {self.limit} requests already; retry shortly"
+                )
             )
             return
         self.active += 1
@@ -286,7 +286,7 @@ class Edge:
             body = ex.body.whole()
             route = ex.route
             if route is None or route.handler is None:
-                return await self._framework(ex, body)
+                return await ask_framework(self.framework, ex, body)
             if ex.method not in route.methods:
                 allowed = ", ".join(sorted(route.methods)).encode()
                 message = f"method {ex.method} is not allowed on {route.template}"
@@ -308,8 +308,8 @@ class Edge:
         ]
         if answer.headers:
             headers += answer.headers
-        if self.cors_origins:
-            headers += self._cors_headers(ex)
+        if self.cors is not None:
+            headers += self.cors.headers(ex.headers)
         return headers
 
     def finish(self, ex: Exchange, status: int) -> None:
@@ -357,96 +357,6 @@ class Edge:
             headers=headers,
             close=isinstance(exc, RequestTimeoutError),
         )
-
-    # -- the framework's routes --------------------------------------------------------------
-
-    async def _framework(self, ex: Exchange, body: bytes) -> Answer:
-        """Ask the framework (FastAPI) with the body already read; collect what it sends."""
-        outer = ex.scope or {}
-        scope: Scope = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.3"},
-            "http_version": outer.get("http_version", "1.1"),
-            "method": ex.method,
-            "scheme": outer.get("scheme", "http"),
-            "path": ex.path,
-            "raw_path": ex.raw_path,
-            "query_string": ex.query,
-            "root_path": outer.get("root_path", ""),
-            "headers": ex.headers.raw,
-            "client": outer.get("client"),
-            "server": outer.get("server"),
-            "state": dict(outer.get("state") or {}),
-        }
-        answered = asyncio.get_running_loop().create_future()
-        delivered = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            # Nothing more comes: "disconnect" once the answer is complete.
-            await asyncio.shield(answered)
-            return {"type": "http.disconnect"}
-
-        status = 500
-        content_type = b"application/octet-stream"
-        headers: Headers = []
-        chunks: list[bytes] = []
-
-        async def send(message: dict[str, Any]) -> None:
-            nonlocal status, content_type
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                for name, value in message.get("headers", ()):
-                    name = name.lower()
-                    if name == b"content-type":
-                        content_type = value
-                    elif name != b"content-length":
-                        headers.append((name, value))
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
-
-        try:
-            await self.framework(scope, receive, send)
-        finally:
-            if not answered.done():
-                answered.set_result(None)
-        return Answer(status, b"".join(chunks), content_type, headers)
-
-    # -- CORS --------------------------------------------------------------------------------
-
-    def _allowed_origin(self, ex: Exchange) -> bytes | None:
-        origin = ex.headers.get(b"origin")
-        if origin is None:
-            return None
-        if "*" in self.cors_origins or origin.decode("latin-1") in self.cors_origins:
-            return origin
-        return None
-
-    def _cors_headers(self, ex: Exchange) -> Headers:
-        origin = self._allowed_origin(ex)
-        if origin is None:
-            return []
-        if "*" in self.cors_origins:
-            return [(b"access-control-allow-origin", b"*")]
-        return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
-
-    def _preflight(self, ex: Exchange) -> Answer | None:
-        """The answer to a CORS preflight (an OPTIONS with Origin and the method it asks)."""
-        wanted = ex.headers.get(b"access-control-request-method")
-        if wanted is None or ex.headers.get(b"origin") is None:
-            return None
-        if self._allowed_origin(ex) is None or wanted not in (b"GET", b"POST"):
-            return Answer(400, error_body("CORS request not allowed", "cors_refused"))
-        headers = [
-            (b"access-control-allow-methods", b"GET, POST"),
-            (b"access-control-allow-headers", ex.headers.get(b"access-control-request-headers")
-             or b"*"),
-            (b"access-control-max-age", CORS_MAX_AGE),
-        ]
-        return Answer(200, b"{}", headers=headers)
 
     # -- the ASGI face -----------------------------------------------------------------------
 
@@ -503,5 +413,3 @@ def _check_media_type(headers: RequestHeaders, accepted: tuple[str, ...]) -> Non
         raise UnsupportedMediaTypeError(
             f"content type {headers.text(b'content-type')!r} is not supported; send {wanted}"
         )
-
-

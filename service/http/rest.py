@@ -15,7 +15,7 @@ import orjson
 from service.dataplane.inference import Decided, Inference
 from service.errors import BadRequestError
 from service.http.edge import Exchange
-from service.http.messages import BINARY, JSON, Answer
+from service.http.messages import BINARY, Answer
 from service.models.codecs import (
     InferInput,
     check_datatype,
@@ -61,7 +61,9 @@ class Rest:
         version = doc.get("version")
         if model is not None and not isinstance(model, str):
             raise BadRequestError("`model` must be a string")
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int | str)):
+        if version is not None and (
+            isinstance(version, bool) or not isinstance(version, int | str)
+        ):
             raise BadRequestError("`version` must be an integer")
         decided = await self.inference.predict(model, version, doc.get("instances"))
         return Answer(200, encode_predictions(decided))

@@ -298,7 +298,6 @@ ERROR_CONTENT: dict[str, Any] = {
 }
 
 
-
 def _json_content(model: type[BaseModel]) -> dict[str, Any]:
     return {"application/json": {"schema": inline_schema(model)}}
 

@@ -20,6 +20,7 @@ from collections import deque
 from email.utils import formatdate
 from http import HTTPStatus
 from time import perf_counter
+
 import httptools
 
 from service.errors import BadRequestError, HeadersTooLargeError, RequestTimeoutError

@@ -97,7 +97,7 @@ def check_datatype(name: str, datatype: Any) -> np.dtype[Any]:
 
 
 def tensor_from_bytes(
-    name: str, datatype: str, shape: list[int], raw: bytes, offset: int = 0
+    name: str, datatype: Any, shape: list[int], raw: bytes, offset: int = 0
 ) -> np.ndarray:
     """A tensor read (not copied) from little-endian bytes at `offset`; 400 on a size that
     does not match the shape."""
@@ -108,7 +108,7 @@ def tensor_from_bytes(
     return np.frombuffer(raw, dtype=dtype, count=count, offset=offset).reshape(shape)
 
 
-def tensor_from_values(name: str, datatype: str, shape: list[int], values: Any) -> np.ndarray:
+def tensor_from_values(name: str, datatype: Any, shape: list[int], values: Any) -> np.ndarray:
     """A tensor from values, flat or nested (JSON `data`); 400 on values that are not numbers
     of the datatype or whose count does not match the shape."""
     dtype = check_datatype(name, datatype)

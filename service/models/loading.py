@@ -7,6 +7,7 @@ from a worker thread, never on the event loop.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,4 +138,32 @@ def load_version(folder: Path, name: str, version: int, options: RuntimeOptions)
         ) from None
     return LoadedVersion(manifest, spec, classes, task, threshold, positive, ms, fingerprint, cost)
 
+
+def scan_folder(root: Path, name_re: re.Pattern[str]) -> dict[str, list[int]]:
+    """Model names (matching `name_re`) and their version numbers found under `root`."""
+    found: dict[str, list[int]] = {}
+    if not root.is_dir():
+        return found
+    for model_dir in sorted(root.iterdir()):
+        if not model_dir.is_dir() or not name_re.match(model_dir.name):
+            continue
+        versions = [
+            int(v.name)
+            for v in model_dir.iterdir()
+            if v.is_dir() and v.name.isascii() and v.name.isdigit() and int(v.name) > 0
+        ]
+        if versions:
+            found[model_dir.name] = sorted(versions)
+    return found
+
+
+def model_fingerprint(folder: Path) -> tuple[Fingerprint, ...]:
+    """The fingerprints of every version folder of a model: what polling compares."""
+    if not folder.is_dir():
+        return ()
+    return tuple(
+        file_fingerprint(v)
+        for v in sorted(folder.iterdir())
+        if v.is_dir() and v.name.isascii() and v.name.isdigit()
+    )
 

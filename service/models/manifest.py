@@ -149,3 +149,25 @@ def _compare(what: str, spec: dict[str, Any], gtype: str, gshape: list[Any]) -> 
     return problems
 
 
+class ManifestCache:
+    """Manifests read from disk, kept until their file changes (for versions not loaded)."""
+
+    def __init__(self) -> None:
+        self._docs: dict[Path, tuple[int, dict[str, Any]]] = {}
+
+    def read(self, folder: Path) -> dict[str, Any] | None:
+        """The manifest of a version folder, or None when it is absent or unreadable."""
+        try:
+            mtime = (folder / MANIFEST).stat().st_mtime_ns
+        except OSError:
+            return None
+        cached = self._docs.get(folder)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        try:
+            doc = read_manifest(folder)
+        except ModelLoadError:
+            return None
+        self._docs[folder] = (mtime, doc)
+        return doc
+

@@ -26,8 +26,15 @@ from service.errors import (
 )
 from service.models.batching import INLINE_BUDGET_S, Batcher
 from service.models.codecs import InputSpec
-from service.models.loading import Fingerprint, LoadedVersion, file_fingerprint, load_version
-from service.models.manifest import MANIFEST, read_manifest
+from service.models.loading import (
+    Fingerprint,
+    LoadedVersion,
+    file_fingerprint,
+    load_version,
+    model_fingerprint,
+    scan_folder,
+)
+from service.models.manifest import ManifestCache
 from service.models.runtime import CPU, ModelSession, RuntimeOptions
 from service.monitoring.metrics import Metrics, VersionMetrics
 from service.settings import Settings, VersionPolicy
@@ -36,7 +43,7 @@ log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
-Listener = Callable[["ModelVersion"], None]
+Listener = Callable[["ModelVersion"], object]
 
 
 @dataclass(eq=False)
@@ -94,7 +101,7 @@ class Repository:
         self._locks: dict[str, asyncio.Lock] = {}
         self._seen: dict[str, tuple[Fingerprint, ...]] = {}
         self._retiring: set[asyncio.Task[None]] = set()
-        self._manifests: dict[tuple[str, int], tuple[int, dict[str, Any]]] = {}
+        self._manifests = ManifestCache()
         self.started = False
         self._on_load: list[Listener] = []
         self._on_unload: list[Listener] = []
@@ -119,30 +126,10 @@ class Repository:
     # -- discovery -------------------------------------------------------------------------
     def scan(self) -> dict[str, list[int]]:
         """Model names and version numbers found on disk."""
-        found: dict[str, list[int]] = {}
-        if not self.root.is_dir():
-            return found
-        for model_dir in sorted(self.root.iterdir()):
-            if not model_dir.is_dir() or not NAME_RE.match(model_dir.name):
-                continue
-            versions = [
-                int(v.name)
-                for v in model_dir.iterdir()
-                if v.is_dir() and v.name.isascii() and v.name.isdigit() and int(v.name) > 0
-            ]
-            if versions:
-                found[model_dir.name] = sorted(versions)
-        return found
+        return scan_folder(self.root, NAME_RE)
 
     def _fingerprint(self, name: str) -> tuple[Fingerprint, ...]:
-        folder = self.root / name
-        if not folder.is_dir():
-            return ()
-        out = []
-        for v in sorted(folder.iterdir()):
-            if v.is_dir() and v.name.isascii() and v.name.isdigit():
-                out.append(file_fingerprint(v))
-        return tuple(out)
+        return model_fingerprint(self.root / name)
 
     # -- loading ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -395,20 +382,7 @@ class Repository:
             return mv.manifest
         if not NAME_RE.match(model) or not isinstance(version, int) or version < 1:
             return None
-        path = self.root / model / str(version) / MANIFEST
-        try:
-            mtime = path.stat().st_mtime_ns
-        except OSError:
-            return None
-        cached = self._manifests.get((model, version))
-        if cached is not None and cached[0] == mtime:
-            return cached[1]
-        try:
-            doc = read_manifest(path.parent)
-        except ModelLoadError:
-            return None
-        self._manifests[(model, version)] = (mtime, doc)
-        return doc
+        return self._manifests.read(self.root / model / str(version))
 
     def index(self) -> list[dict[str, Any]]:
         """Every model version on disk or served, with its state (repository extension)."""

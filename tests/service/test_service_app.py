@@ -128,7 +128,9 @@ def test_cors_is_off_by_default_and_on_when_configured(model_repo, tmp_path) -> 
 def test_prediction_observers_see_inputs_and_decisions(client: TestClient, app) -> None:
     seen = []
     observers = app.state.dataplane.inference.observers
-    observers.append(lambda mv, x, classes, scores: seen.append((mv.name, x.shape, classes.tolist())))
+    observers.append(
+        lambda mv, x, classes, scores: seen.append((mv.name, x.shape, classes.tolist()))
+    )
     observers.append(lambda *a: 1 / 0)  # a broken observer is logged only
     r = client.post("/predict", json={"model": "bin", "instances": [[1, 2, 3], [0, 0, 0]]})
     assert r.status_code == 200

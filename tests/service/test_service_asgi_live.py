@@ -75,7 +75,9 @@ class Process:
 
 
 @pytest.fixture(scope="module", params=sorted(SERVERS))
-def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp(f"asgi-{request.param}")
     write_binary(tmp / "models")
     write_image(tmp / "models")
@@ -155,7 +157,9 @@ def test_every_error_in_the_one_shape(served: str) -> None:
     big = {"model": "bin", "instances": [ROW] * 500}
     _error(httpx.post(f"{served}/predict", json=big, headers=AUTH), 413, "payload_too_large")
     text = {**AUTH, "Content-Type": "text/plain"}
-    _error(httpx.post(f"{served}/predict", content=b"x", headers=text), 415, "unsupported_media_type")
+    _error(
+        httpx.post(f"{served}/predict", content=b"x", headers=text), 415, "unsupported_media_type"
+    )
     short = {"model": "bin", "instances": [[1.0]]}
     _error(httpx.post(f"{served}/predict", json=short, headers=AUTH), 422, "invalid_input")
     _error(httpx.get(f"{served}/v2/repository/index"), 403, "admin_disabled")

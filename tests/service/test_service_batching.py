@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.models.batching import Batcher
 from service.errors import InferenceError, OverloadedError
+from service.models.batching import Batcher
 
 
 def _model(calls: list[int]):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.models.batching import BatchResult
 from service.dataplane.inference import Inference
+from service.models.batching import BatchResult
 from service.monitoring.metrics import Metrics
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service.errors import InferenceError
 from service.http.app import create_app
 from service.models.batching import Batcher
-from service.errors import InferenceError
 from tests.conftest import make_settings, wait_ready
 
 W = np.arange(6, dtype=np.float32).reshape(3, 2)

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from service.http.app import create_app
-from service.monitoring.metrics import Metrics
 from service.models.repository import Repository
+from service.monitoring.metrics import Metrics
 from tests.conftest import (
     build_onnx,
     make_manifest,

@@ -436,7 +436,9 @@ def test_cors_answers_through_the_server(tmp_path: Path) -> None:
         r = httpx.options(f"{srv.url}/predict", headers=preflight)
         assert r.status_code == 200
         assert r.headers["access-control-allow-origin"] == "https://ui.example"
-        r = httpx.post(f"{srv.url}/predict", content=PREDICT, headers={"Origin": "https://ui.example"})
+        r = httpx.post(
+            f"{srv.url}/predict", content=PREDICT, headers={"Origin": "https://ui.example"}
+        )
         assert r.status_code == 200
         assert r.headers["access-control-allow-origin"] == "https://ui.example"
         r = httpx.post(f"{srv.url}/predict", content=PREDICT, headers={"Origin": "https://evil.x"})

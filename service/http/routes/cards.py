@@ -44,7 +44,9 @@ def model_card(request: Request, name: str, version: str | None = None) -> Respo
         folder, v = find_version(_repository(request), name, parse_version(version))
         md = read_card(folder, name, v)
     except OSError:  # the folder went away or cannot be read: no card, not a server error
-        raise NotFoundError(f"no readable model card for model {name!r}", "card_not_found") from None
+        raise NotFoundError(
+            f"no readable model card for model {name!r}", "card_not_found"
+        ) from None
 
     def image_src(src: str) -> str | None:
         # Only PNGs that lie in this version's folder; they are served by the route below,

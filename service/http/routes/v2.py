@@ -100,7 +100,9 @@ def _model_ready(request: Request, model: str, version: str | None) -> Response:
     name, why = dataplane(request).metadata.model_ready(model, version)
     if why is None:
         return json_response({"name": name, "ready": True})
-    return json_response({"name": name, "ready": False, "error": why.message, "code": why.code}, 503)
+    return json_response(
+        {"name": name, "ready": False, "error": why.message, "code": why.code}, 503
+    )
 
 
 READY: dict[str, Any] = {"response_model": ReadyResponse, "responses": {404: ERRORS[404]}}
