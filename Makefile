@@ -6,20 +6,20 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: serve test models lint format bench bench-quick load sysdeps install install-dev clean
+.PHONY: serve test models lint format bench bench-quick load sysdeps install install-dev clean constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# The serving install: onnxruntime, no torch.
-$(VENV)/.installed-serve: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e .
+# The serving install: onnxruntime, no torch; the versions in constraints.txt.
+$(VENV)/.installed-serve: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -c constraints.txt -e .
 	@touch $@
 
 # Everything the tests, training and load runs need (torch==2.13.0 CPU build).
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[train,load,dev]'
+$(VENV)/.installed-dev: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[train,load,dev]'
 	@touch $@ $(VENV)/.installed-serve
 
 install: $(VENV)/.installed-serve
@@ -54,6 +54,15 @@ format: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+## constraints: pin the serving install's exact versions (a fresh venv's pip freeze)
+constraints:
+	rm -rf build/constraints-venv
+	$(PYTHON) -m venv build/constraints-venv
+	build/constraints-venv/bin/python -m pip install -q .
+	{ head -3 constraints.txt; build/constraints-venv/bin/python -m pip freeze --exclude verdict; } > constraints.new
+	mv constraints.new constraints.txt
+	rm -rf build/constraints-venv
 
 ## load: bounded headless Locust run (SLO gate) on a local server it starts and stops; HTML report in var/reports/ (USERS, SPAWN_RATE, RUN_TIME, VERDICT_SLO_P99_MS)
 load: $(VENV)/.installed-dev

@@ -19,7 +19,7 @@ DASHBOARD_DIR = GRAFANA / "dashboards"
 RULES_FILE = REPO / "deploy" / "prometheus" / "rules" / "verdict.rules.yml"
 DATASOURCE_UID = "verdict-prometheus"
 
-# The metric names of the contract (shared/DESIGN.md, Metrics).
+# The metric names of the contract (docs/architecture.md, Metrics).
 HISTOGRAMS = {
     "verdict_http_request_duration_seconds",
     "verdict_inference_duration_seconds",
