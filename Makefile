@@ -69,10 +69,14 @@ load: $(VENV)/.installed-dev
 	VENV=$(VENV) bash scripts/load.sh
 
 ## bench: the benchmark (wrk vs verdict, the obvious server, the in-process ceiling; ~11 min);
-## writes bench/results/<timestamp>.jsonl and the table in docs/benchmarks.md
+## writes bench/results/<timestamp>.jsonl and the table in docs/benchmarks.md.
+## BASELINE=DIR also measures the checkout in DIR side by side, before/after (~19 min)
 bench: $(VENV)/.installed-dev
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run$(BENCH_BASELINE)
 
-## bench-quick: one short round, fewer cases (~2 min); does not rewrite docs/benchmarks.md
+## bench-quick: one short round, fewer cases (~2 min; ~3 with BASELINE); does not rewrite docs/benchmarks.md
 bench-quick: $(VENV)/.installed-dev
-	$(BIN)/python -m bench.run --quick
+	$(BIN)/python -m bench.run --quick$(BENCH_BASELINE)
+
+BASELINE ?=
+BENCH_BASELINE = $(if $(BASELINE), --baseline '$(BASELINE)')

@@ -13,6 +13,9 @@ END_MARKER = "<!-- bench:end -->"
 
 Record = dict[str, Any]
 
+# With --baseline: each of verdict's servers and the baseline's server it is compared with.
+BEFORE_OF = {"verdict": "before", "verdict-2w": "before-2w"}
+
 
 def add_ratios(records: list[Record]) -> None:
     """Add ratio fields to the case records of one round (None where there is no baseline).
@@ -24,6 +27,10 @@ def add_ratios(records: list[Record]) -> None:
     - `per_cpu_vs_one_worker`: 2 workers' requests/s per CPU left to them (2 less the share
       wrk used of the CPU it shares with a worker) against 1 worker's on its own CPU. An
       estimate of the scaling on free cores, shown beside the target, never instead of it.
+    - only when the round has a baseline (`before` servers): `ratio_vs_before_requests` /
+      `_rows`, verdict against `before` and verdict-2w against `before-2w`, same case.
+
+    `verdict-2w` compares with `verdict` and `before-2w` with `before`, the same way.
     """
     cases = [r for r in records if r["kind"] == "case"]
     ceilings = {(r["model"], r["batch"]): r for r in records if r["kind"] == "ceiling"}
@@ -49,7 +56,8 @@ def add_ratios(records: list[Record]) -> None:
     for r in cases:
         key = (r["model"], r["rows_per_request"], r["connections"])
         obvious = find("obvious", *key, "json") if r["server"] != "obvious" else None
-        one = find("verdict", *key, r["protocol"]) if r["server"] == "verdict-2w" else None
+        two_workers = r["server"].endswith("-2w")
+        one = find(r["server"].removesuffix("-2w"), *key, r["protocol"]) if two_workers else None
         ceiling = ceilings.get((r["model"], r["rows_per_request"]))
         r["ratio_vs_obvious_requests"] = _ratio(r["requests_per_s"], obvious, "requests_per_s")
         r["ratio_vs_obvious_rows"] = _ratio(r["rows_per_s"], obvious, "rows_per_s")
@@ -59,6 +67,13 @@ def add_ratios(records: list[Record]) -> None:
         if r["ratio_vs_one_worker"] is not None and share is not None and share < 1:
             r["per_cpu_vs_one_worker"] = r["ratio_vs_one_worker"] / (2 - share)
         r["ratio_vs_ceiling"] = _ratio(r["rows_per_s"], ceiling, "rows_per_s")
+    if any(r["server"] in BEFORE_OF.values() for r in cases):
+        for r in cases:
+            name = BEFORE_OF.get(r["server"])
+            shape = (r["model"], r["rows_per_request"], r["connections"], r["protocol"])
+            before = find(name, *shape) if name else None
+            r["ratio_vs_before_requests"] = _ratio(r["requests_per_s"], before, "requests_per_s")
+            r["ratio_vs_before_rows"] = _ratio(r["rows_per_s"], before, "rows_per_s")
 
 
 def _ratio(value: float, base: Record | None, field: str) -> float | None:
@@ -76,10 +91,13 @@ def _spread(values: list[float], fmt: str) -> str:
     return f"{format(med, fmt)} [{format(min(values), fmt)}–{format(max(values), fmt)}]"
 
 
-def _by_model(records: list[Record]) -> dict[str, list[Record]]:
+def _per_cpu_groups(records: list[Record]) -> dict[str, list[Record]]:
+    """2-worker records by model; by model and server where there are several servers."""
+    several = len({r["server"] for r in records}) > 1
     out: dict[str, list[Record]] = {}
     for r in records:
-        out.setdefault(r["model"], []).append(r)
+        label = f"{r['model']} {r['server']}" if several else r["model"]
+        out.setdefault(label, []).append(r)
     return out
 
 
@@ -102,28 +120,33 @@ class Target:
     ok: Callable[[float], bool]
     fmt: str
 
-    def row(self) -> str:
-        """A Markdown table row: target, bound, measured, PASS/MISS (n/a without data)."""
+    def cells(self) -> str:
+        """`measured | PASS/MISS` (`– | n/a` without data)."""
         if not self.values:
-            return f"| {self.label} | {self.bound} | – | n/a |"
+            return "– | n/a"
         value = self.summary(self.values)
         verdict = "PASS" if self.ok(value) else "MISS"
-        return f"| {self.label} | {self.bound} | {format(value, self.fmt)} | {verdict} |"
+        return f"{format(value, self.fmt)} | {verdict}"
+
+    def row(self) -> str:
+        """A Markdown table row: target, bound, measured, PASS/MISS (n/a without data)."""
+        return f"| {self.label} | {self.bound} | {self.cells()} |"
 
 
-def targets(records: list[Record]) -> list[Target]:
-    """The issue's targets, per model where they depend on the model."""
+def targets(records: list[Record], server: str = "verdict") -> list[Target]:
+    """The issue's targets for `server` (and `<server>-2w`), per model where they depend on
+    the model; the same list, in the same order, for `verdict` and `before`."""
     cases = _select(records, kind="case")
     servers = _select(records, kind="server")
     models = list(dict.fromkeys(r["model"] for r in cases))
     med = statistics.median
     found: list[Target] = []
     for m in models:
-        c1 = _select(cases, server="verdict", model=m, case="1r-1c-json")
-        c32 = _select(cases, server="verdict", model=m, case="1r-32c-json")
-        b64 = _select(cases, server="verdict", model=m, case="64r-8c-json")
-        bin64 = _select(cases, server="verdict", model=m, case="64r-8c-v2-binary")
-        w2 = _select(cases, server="verdict-2w", model=m, case="1r-32c-json")
+        c1 = _select(cases, server=server, model=m, case="1r-1c-json")
+        c32 = _select(cases, server=server, model=m, case="1r-32c-json")
+        b64 = _select(cases, server=server, model=m, case="64r-8c-json")
+        bin64 = _select(cases, server=server, model=m, case="64r-8c-v2-binary")
+        w2 = _select(cases, server=f"{server}-2w", model=m, case="1r-32c-json")
         found += [
             Target(
                 f"{m}: 1 row, 1 conn, req/s vs obvious",
@@ -182,7 +205,7 @@ def targets(records: list[Record]) -> list[Target]:
                 ".2f",
             ),
         ]
-    verdict_servers = _select(servers, server="verdict")
+    verdict_servers = _select(servers, server=server)
     found += [
         Target(
             "peak RSS, both models loaded (MB, max over rounds)",
@@ -204,8 +227,82 @@ def targets(records: list[Record]) -> list[Target]:
     return found
 
 
+def has_baseline(records: list[Record]) -> bool:
+    """Whether the run measured a baseline checkout (`before` servers)."""
+    return any(r.get("server") in BEFORE_OF.values() for r in records)
+
+
+def _checkout(info: Record | None) -> str:
+    if not info:
+        return "?"
+    text = f"`{info.get('path', '?')}`"
+    if info.get("commit"):
+        text += f" at `{str(info['commit'])[:12]}`"
+        text += " with uncommitted changes" if info.get("dirty") else ""
+    return text
+
+
+def _targets_section(records: list[Record]) -> list[str]:
+    """The targets table: one Measured/Result pair, or before and after with a baseline."""
+    if not has_baseline(records):
+        return [
+            "| Target | Bound | Measured | Result |",
+            "|---|---|---|---|",
+            *(t.row() for t in targets(records)),
+        ]
+    pairs = zip(targets(records, "before"), targets(records, "verdict"), strict=True)
+    return [
+        "| Target | Bound | Before | Result | After | Result |",
+        "|---|---|---|---|---|---|",
+        *(f"| {a.label} | {a.bound} | {b.cells()} | {a.cells()} |" for b, a in pairs),
+    ]
+
+
+BEFORE_AFTER_FIELDS = (
+    ("req/s", "requests_per_s", ".0f"),
+    ("rows/s", "rows_per_s", ".0f"),
+    ("p50 ms", "p50_ms", ".3f"),
+    ("p99 ms", "p99_ms", ".3f"),
+)
+
+
+def _before_after_row(cases: list[Record], after: str, model: str, case: str) -> str:
+    a = _select(cases, server=after, model=model, case=case)
+    b = _select(cases, server=BEFORE_OF[after], model=model, case=case)
+    cells = [model, case, str(a[0]["workers"])]
+    for _, field, fmt in BEFORE_AFTER_FIELDS:
+        cells += [_spread(_values(b, field), fmt), _spread(_values(a, field), fmt)]
+    cells.append(_spread(_values(a, "ratio_vs_before_requests"), ".2f"))
+    return "| " + " | ".join(cells) + " |"
+
+
+def before_after(records: list[Record]) -> list[str]:
+    """Per case, the baseline (`before`) beside this checkout (`after`): req/s, rows/s, p50,
+    p99, and after/before req/s taken within each round."""
+    meta = next((r for r in records if r["kind"] == "meta"), {})
+    cases = _select(records, kind="case")
+    header = ["Model", "Case", "Workers"]
+    for label, _, _ in BEFORE_AFTER_FIELDS:
+        header += [f"{label} before", f"{label} after"]
+    header.append("after/before (req/s)")
+    lines = [
+        "### Before and after",
+        "",
+        f"Before: {_checkout(meta.get('baseline'))}; after: {_checkout(meta.get('checkout'))}. "
+        "*after/before*: req/s of this checkout over the baseline's, taken within each round.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for after in BEFORE_OF:
+        keys = dict.fromkeys((r["model"], r["case"]) for r in _select(cases, server=after))
+        lines += [_before_after_row(cases, after, model, case) for model, case in keys]
+    return [*lines, ""]
+
+
 def render(records: list[Record]) -> str:
-    """The results section: run facts, targets, per-case table, servers, ceiling."""
+    """The results section: run facts, targets, per-case table, servers, ceiling; with a
+    baseline, the targets for both and a before/after table."""
     meta = next((r for r in records if r["kind"] == "meta"), {})
     cases = _select(records, kind="case")
     lines = [
@@ -222,10 +319,9 @@ def render(records: list[Record]) -> str:
         "",
         "### Targets",
         "",
-        "| Target | Bound | Measured | Result |",
-        "|---|---|---|---|",
-        *(t.row() for t in targets(records)),
+        *_targets_section(records),
         "",
+        *(before_after(records) if has_baseline(records) else []),
         "### Cases",
         "",
         "| Model | Case | Server | req/s | rows/s | p50 ms | p90 ms | p99 ms | errors "
@@ -254,8 +350,8 @@ def render(records: list[Record]) -> str:
             "Their requests/s per CPU left to them (2 less wrk's share), against 1 worker's "
             "on a CPU of its own: "
             + "; ".join(
-                f"{model} {_spread(_values(rs, 'per_cpu_vs_one_worker'), '.2f')}"
-                for model, rs in _by_model(two).items()
+                f"{label} {_spread(_values(rs, 'per_cpu_vs_one_worker'), '.2f')}"
+                for label, rs in _per_cpu_groups(two).items()
             )
             + " (1.00 = each CPU left does as much as one worker alone; an estimate, not the "
             "target above).",

@@ -1,7 +1,8 @@
 """The benchmark driver: wrk against verdict and the obvious server, plus the in-process ceiling.
 
 `python -m bench.run` (full, about 11 minutes), `--quick` (about 2), `--smoke` (seconds;
-used by the tests, never rewrites docs/benchmarks.md).
+used by the tests, never rewrites docs/benchmarks.md). `--baseline DIR` also measures the
+checkout in DIR (the server kinds `before` and `before-2w`) in every round, side by side.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bench import report
 from bench.load import Body, build_body, run_wrk
 from bench.payloads import PAYLOAD_DIR, load_rows
 from bench.plan import TARGETS, Case, Plan, make_plan
+from bench.report import Record
 from bench.servers import Server, ServerError, free_port, http_request, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,12 +67,41 @@ def _payload_rows(model: str, payload_dir: Path, count: int) -> list[list[float]
     return [rows[i % len(rows)] for i in range(count)]
 
 
+def _git(folder: Path, *args: str) -> str | None:
+    """`git -C folder args` stripped output; None where git is missing or fails."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(folder), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def checkout_info(folder: Path) -> dict[str, Any]:
+    """Which code `folder` holds: its path and, in a git checkout, HEAD and whether tracked
+    files differ from it (None for both outside git)."""
+    commit = _git(folder, "rev-parse", "HEAD")
+    status = _git(folder, "status", "--porcelain", "--untracked-files=no") if commit else None
+    return {
+        "path": str(folder),
+        "commit": commit,
+        "dirty": None if status is None else bool(status),
+    }
+
+
 class Bench:
     """One benchmark run: servers, bodies, wrk runs and the records they produce."""
 
     def __init__(self, args: argparse.Namespace, plan: Plan) -> None:
         self.args = args
         self.plan = plan
+        # The checkout measured as `before` / `before-2w` (None: no baseline, as before).
+        self.baseline: Path | None = args.baseline.resolve() if args.baseline else None
         self.repository: Path = args.model_repository.resolve()
         self.payload_dir: Path = args.payload_dir
         cpus = sorted(os.sched_getaffinity(0))
@@ -89,47 +120,65 @@ class Bench:
 
     # -- servers -------------------------------------------------------------------------
 
-    def _env(self, extra: dict[str, str]) -> dict[str, str]:
+    def _env(self, extra: dict[str, str], root: Path = ROOT) -> dict[str, str]:
         # Inherited VERDICT_* settings (API keys, other batching) would change what is measured.
         env = {k: v for k, v in os.environ.items() if not k.startswith("VERDICT_")}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
         env.update(extra)
         return env
 
+    def _checkout(self, kind: str) -> Path:
+        """The folder a server kind runs from: the baseline for `before*`, else this one."""
+        if kind.startswith("before"):
+            assert self.baseline is not None, kind
+            return self.baseline
+        return ROOT
+
+    def _obvious_command(self, host_port: list[str]) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "bench.obvious_server",
+            *host_port,
+            "--model-repository",
+            str(self.repository),
+        ]
+
+    def _verdict_extra(self, port: int, workers: int) -> dict[str, str]:
+        """Defaults except the model repository; the feedback store and the metrics
+        multiprocess folder go to this run's scratch folder, away from the repo's var/."""
+        extra = {
+            "VERDICT_MODEL_REPOSITORY": str(self.repository),
+            "VERDICT_FEEDBACK_DB": str(self.work / f"feedback-{port}.sqlite3"),
+        }
+        if workers > 1:
+            extra["PROMETHEUS_MULTIPROC_DIR"] = str(self.work / f"prometheus-{port}")
+        extra.update(dict(kv.split("=", 1) for kv in self.args.verdict_env))
+        return extra
+
     def start(self, kind: str) -> Server:
-        """Start `verdict`, `verdict-2w` or `obvious` and wait until it is ready."""
+        """Start `verdict`, `verdict-2w`, `obvious`, `before` or `before-2w`; wait until ready.
+
+        `before*` is verdict's command, settings and environment run from the baseline
+        checkout (cwd and PYTHONPATH), so that its own `service` package is imported.
+        """
         port = free_port()
         host_port = ["--host", "127.0.0.1", "--port", str(port)]
+        checkout = self._checkout(kind)
         if kind == "obvious":
-            command = [
-                sys.executable,
-                "-m",
-                "bench.obvious_server",
-                *host_port,
-                "--model-repository",
-                str(self.repository),
-            ]
+            command = self._obvious_command(host_port)
             ready, cpus, workers, extra = "/health", self.server_cpu, 1, {}
         else:
-            workers = 2 if kind == "verdict-2w" else 1
+            workers = 2 if kind.endswith("-2w") else 1
             command = [sys.executable, "-m", self.args.verdict_module, *host_port]
             if workers > 1:
                 command += ["--workers", str(workers)]
             cpus = self.both_cpus if workers > 1 else self.server_cpu
             ready = "/v2/health/ready"
-            # Defaults except the model repository; the feedback store and the metrics
-            # multiprocess folder go to this run's scratch folder, away from the repo's var/.
-            extra = {
-                "VERDICT_MODEL_REPOSITORY": str(self.repository),
-                "VERDICT_FEEDBACK_DB": str(self.work / f"feedback-{port}.sqlite3"),
-            }
-            if workers > 1:
-                extra["PROMETHEUS_MULTIPROC_DIR"] = str(self.work / f"prometheus-{port}")
-            extra.update(dict(kv.split("=", 1) for kv in self.args.verdict_env))
-        server = start_server(
-            kind, command, ready, port, cpus, workers, self._env(extra), ROOT, self.work
-        )
+            extra = self._verdict_extra(port, workers)
+        env = self._env(extra, checkout)
+        server = start_server(kind, command, ready, port, cpus, workers, env, checkout, self.work)
         self.live.append(server)
         print(f"  started {kind} on :{port} (cpus {cpus}) in {server.startup_s:.3f} s", flush=True)
         return server
@@ -306,21 +355,31 @@ class Bench:
             "rss_peak_by_process": processes,
         }
 
-    def run_round(self, round_no: int) -> list[dict[str, Any]]:
-        """One round: ceiling, verdict and obvious interleaved per case, then 2 workers."""
-        records: list[dict[str, Any]] = []
+    def kinds(self, group: str, round_no: int) -> list[str]:
+        """The servers of `group` ("single" or "workers") in the order each case runs them.
+
+        The baseline's server goes next to verdict's (before, verdict, obvious); who goes
+        first alternates between rounds, so that no side always runs warmer.
+        """
         target = self.args.target
-        kinds = [k for k in ("verdict", "obvious") if target in ("all", k)]
-        # Alternate who goes first within each case, so neither side always runs warmer.
+        if group == "single":
+            kinds = [k for k in ("verdict", "obvious") if target in ("all", k)]
+        else:
+            kinds = ["verdict-2w"] if target in ("all", "verdict") else []
+        if self.baseline is not None and target in ("all", "verdict"):
+            kinds.insert(0, "before" if group == "single" else "before-2w")
         if round_no % 2 == 0:
             kinds.reverse()
-        models = sorted({c.model for c in self.plan.cases})
-        records += self.ceiling(round_no, models)
+        return kinds
+
+    def run_group(self, kinds: list[str], cases: list[Case], round_no: int) -> list[Record]:
+        """Start `kinds` side by side, measure each case on each in turn, then stop them."""
+        records: list[Record] = []
+        if not cases or not kinds:
+            return records
         servers = {kind: self.start(kind) for kind in kinds}
         try:
-            for case in self.plan.cases:
-                if case.group != "single":
-                    continue
+            for case in cases:
                 for kind in kinds:
                     if kind == "obvious" and case.protocol != "json":
                         continue
@@ -329,15 +388,16 @@ class Bench:
         finally:
             for server in servers.values():
                 self.stop(server)
-        worker_cases = [c for c in self.plan.cases if c.group == "workers"]
-        if worker_cases and target in ("all", "verdict"):
-            server = self.start("verdict-2w")
-            try:
-                for case in worker_cases:
-                    records.append(self.measure(server, case, round_no))
-                records.append(self.server_record(server, round_no))
-            finally:
-                self.stop(server)
+        return records
+
+    def run_round(self, round_no: int) -> list[dict[str, Any]]:
+        """One round: ceiling, the single-worker servers interleaved per case, then 2 workers."""
+        records: list[dict[str, Any]] = []
+        models = sorted({c.model for c in self.plan.cases})
+        records += self.ceiling(round_no, models)
+        for group in ("single", "workers"):
+            cases = [c for c in self.plan.cases if c.group == group]
+            records += self.run_group(self.kinds(group, round_no), cases, round_no)
         report.add_ratios(records)
         # Each case also carries its server's startup time and peak RSS from this round.
         by_server = {r["server"]: r for r in records if r["kind"] == "server"}
@@ -353,13 +413,16 @@ class Bench:
         per_case = self.plan.warmup_s + self.plan.duration_s + 0.5
         target = self.args.target
         windows = 0
+        verdict_sides = 1 if self.baseline is None else 2
         for case in self.plan.cases:
             verdict = target in ("all", "verdict")
             obvious = target in ("all", "obvious") and case.protocol == "json"
-            windows += int(verdict) + int(obvious and case.group == "single")
+            windows += verdict_sides * int(verdict) + int(obvious and case.group == "single")
         models = len({c.model for c in self.plan.cases})
         ceiling = models * (2 + 2 * (self.plan.ceiling_s + 0.5))
-        return self.plan.rounds * (windows * per_case + ceiling + 8)
+        # Server starts and checks: about 8 s a round, 4 more for the baseline's two servers.
+        starts = 8 if self.baseline is None else 12
+        return self.plan.rounds * (windows * per_case + ceiling + starts)
 
     def run(self) -> list[dict[str, Any]]:
         """Every round; records are appended to the JSON lines file as each round ends."""
@@ -389,6 +452,9 @@ class Bench:
             },
             "python": sys.version.split()[0],
         }
+        if self.baseline is not None:
+            meta["baseline"] = checkout_info(self.baseline)
+            meta["checkout"] = checkout_info(ROOT)
         self.records.append(meta)
         with results_path.open("w") as out:
             out.write(json.dumps(meta) + "\n")
@@ -436,6 +502,22 @@ def _check_tools(args: argparse.Namespace) -> None:
         )
 
 
+def _check_baseline(args: argparse.Namespace) -> None:
+    """--baseline needs verdict's servers in the run and `python -m <module>` in DIR."""
+    if args.baseline is None:
+        return
+    if args.target == "obvious":
+        raise SystemExit(
+            "bench: --baseline compares verdict's servers; use --target all or verdict"
+        )
+    main = args.baseline / Path(*args.verdict_module.split(".")) / "__main__.py"
+    if not main.is_file():
+        raise SystemExit(
+            f"bench: --baseline {args.baseline}: {main} not found; "
+            "DIR must be a checkout of this repository"
+        )
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -478,6 +560,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     docs.add_argument(
         "--write-docs", action="store_true", help="rewrite the docs table even for --quick"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also measure the checkout in DIR (`before`, `before-2w`) in every round",
+    )
     parser.add_argument("--model-repository", type=Path, default=ROOT / "models")
     parser.add_argument("--payload-dir", type=Path, default=PAYLOAD_DIR)
     parser.add_argument(
@@ -499,6 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the summary; write the JSON lines and (full runs) the docs."""
     args = parse_args(argv)
     _check_tools(args)
+    _check_baseline(args)
     plan = make_plan(args)
     bench = Bench(args, plan)
     started = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,15 @@ CASE_NUMBERS = (
     "startup_s",
     "rss_peak_mb",
 )
+
+
+def _git_head(folder: Path) -> str | None:
+    if shutil.which("git") is None:
+        return None
+    done = subprocess.run(
+        ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 def _run_smoke(out: Path, *extra: str) -> list[dict[str, Any]]:
@@ -80,6 +90,44 @@ def test_smoke_run_against_verdict_and_obvious_server(tmp_path: Path) -> None:
     shared = records[0]["server_cpu"] == records[0]["wrk_cpu"]
     assert verdict["wrk_policy"] == ("batch" if shared else "normal")
     assert DOCS.read_bytes() == docs_before, "--smoke must not rewrite docs/benchmarks.md"
+
+
+def test_smoke_run_with_the_repository_itself_as_baseline(tmp_path: Path) -> None:
+    docs_before = DOCS.read_bytes()
+    out = tmp_path / "results"
+    records = _run_smoke(out, "--baseline", str(ROOT))
+    _check_records(records, {"before", "verdict", "obvious"})
+    meta = records[0]
+    assert meta["baseline"]["path"] == str(ROOT)
+    assert meta["baseline"]["commit"] == _git_head(ROOT)
+    assert meta["checkout"]["path"] == str(ROOT)
+    cases = [r for r in records if r["kind"] == "case"]
+    # Round 1: the baseline next to verdict, before it; the obvious server last.
+    assert [r["server"] for r in cases] == ["before", "verdict", "obvious"]
+    by_server = {r["server"]: r for r in cases}
+    assert by_server["verdict"]["ratio_vs_before_requests"] > 0
+    assert by_server["before"]["ratio_vs_obvious_requests"] > 0
+    assert by_server["before"]["ratio_vs_before_requests"] is None
+    markdown = next(out.glob("*.md")).read_text()
+    assert "| Target | Bound | Before | Result | After | Result |" in markdown
+    assert "### Before and after" in markdown
+    assert f"Before: `{ROOT}`" in markdown
+    assert "| breast-cancer | 1r-1c-json | 1 | " in markdown
+    assert "| breast-cancer | 1r-1c-json | before | " in markdown
+    assert "| before | 1 | " in markdown  # the servers table
+    assert DOCS.read_bytes() == docs_before, "--smoke must not rewrite docs/benchmarks.md"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(("--target", "obvious"), "--target all or verdict"), ((), "not found")],
+)
+def test_baseline_needs_verdict_and_a_checkout(
+    tmp_path: Path, extra: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(SystemExit, match=message):
+        run.main(["--smoke", "--out", str(tmp_path), "--baseline", str(tmp_path), *extra])
+    assert not list(tmp_path.iterdir())
 
 
 def _tiny_repository(root: Path) -> Path:
@@ -151,6 +199,7 @@ def test_ratios_are_taken_within_a_round() -> None:
         {"kind": "ceiling", "model": "m", "batch": 1, "rows_per_s": 1000.0},
     ]
     report.add_ratios(records)
+    assert "ratio_vs_before_requests" not in records[0]  # no baseline: the fields of old
     assert records[0]["ratio_vs_obvious_requests"] == 3.0
     assert records[0]["ratio_vs_ceiling"] == 0.3
     assert records[1]["ratio_vs_obvious_requests"] is None
@@ -159,6 +208,88 @@ def test_ratios_are_taken_within_a_round() -> None:
     # 80 req/s on the 1.6 CPUs wrk left: 50 per CPU, as much as one worker alone.
     assert records[3]["per_cpu_vs_one_worker"] == pytest.approx(1.0)
     assert records[2]["per_cpu_vs_one_worker"] is None
+
+
+def _case(server: str, rps: float, conns: int = 1, workers: int = 1) -> dict[str, Any]:
+    return {
+        "kind": "case",
+        "server": server,
+        "workers": workers,
+        "model": "m",
+        "case": f"1r-{conns}c-json",
+        "rows_per_request": 1,
+        "connections": conns,
+        "protocol": "json",
+        "requests_per_s": rps,
+        "rows_per_s": rps,
+        "p50_ms": 0.2,
+        "p90_ms": 0.3,
+        "p99_ms": 0.4,
+        "errors": 0,
+    }
+
+
+def _baseline_round() -> list[dict[str, Any]]:
+    records = [
+        _case("before", 200.0),
+        _case("verdict", 300.0),
+        _case("obvious", 100.0),
+        _case("before", 100.0, conns=32),
+        _case("verdict", 150.0, conns=32),
+        _case("obvious", 50.0, conns=32),
+        _case("before-2w", 150.0, conns=32, workers=2),
+        _case("verdict-2w", 300.0, conns=32, workers=2),
+    ]
+    report.add_ratios(records)
+    return records
+
+
+def test_baseline_ratios_pair_each_server_with_its_before() -> None:
+    before, verdict, obvious, _, _, _, before_2w, verdict_2w = _baseline_round()
+    assert verdict["ratio_vs_before_requests"] == 1.5
+    assert verdict["ratio_vs_before_rows"] == 1.5
+    assert verdict_2w["ratio_vs_before_requests"] == 2.0
+    assert before["ratio_vs_obvious_requests"] == 2.0
+    assert before_2w["ratio_vs_one_worker"] == 1.5  # before-2w against before
+    assert verdict_2w["ratio_vs_one_worker"] == 2.0
+    for record in (before, obvious, before_2w):
+        assert record["ratio_vs_before_requests"] is None
+
+
+def test_report_shows_targets_for_before_and_after_and_a_table_per_case() -> None:
+    meta = {
+        "kind": "meta",
+        "baseline": {"path": "/old", "commit": "e330cc1" + "0" * 33, "dirty": False},
+        "checkout": {"path": "/new", "commit": "a83f406" + "0" * 33, "dirty": True},
+    }
+    markdown = report.render([meta, *_baseline_round()])
+    lines = markdown.splitlines()
+    assert "| Target | Bound | Before | Result | After | Result |" in lines
+    assert "| m: 1 row, 1 conn, req/s vs obvious | ≥ 1.3× | 2.00 | PASS | 3.00 | PASS |" in lines
+    assert "| m: 1 row, 32 conn, req/s vs obvious | ≥ 1.5× | 2.00 | PASS | 3.00 | PASS |" in lines
+    assert (
+        "| m: 2 workers vs 1 worker, 1 row, 32 conn req/s | ≥ 1.6× | 1.50 | MISS | 2.00 | PASS |"
+        in lines
+    )
+    assert any(
+        line.startswith("Before: `/old` at `e330cc100000`; after: `/new` at `a83f40600000` with")
+        for line in lines
+    )
+    assert (
+        "| m | 1r-1c-json | 1 | 200 | 300 | 200 | 300 | 0.200 | 0.200 | 0.400 | 0.400 | 1.50 |"
+        in lines
+    )
+    assert (
+        "| m | 1r-32c-json | 2 | 150 | 300 | 150 | 300 | 0.200 | 0.200 | 0.400 | 0.400 | 2.00 |"
+        in lines
+    )
+
+
+def test_report_without_baseline_has_no_before_columns() -> None:
+    records = [r for r in _baseline_round() if not r["server"].startswith("before")]
+    markdown = report.render(records)
+    assert "| Target | Bound | Measured | Result |" in markdown
+    assert "Before" not in markdown and "before" not in markdown
 
 
 def test_docs_table_is_replaced_between_the_markers(tmp_path: Path) -> None:
