@@ -137,7 +137,7 @@ class Inference:
         """Run at once a request that has nothing to be merged with: it is the only one in
         flight, and no other request ran at once in this turn of the loop (the requests
         that follow in the same turn merge, as under load; running each at once instead
-        cost 30-40% of the requests a second at 32 connections, docs/benchmarks.md)."""
+        costs throughput under load: docs/benchmarks.md)."""
         if self._active != 1 or self._lone_turn:
             return None
         self._lone_turn = True

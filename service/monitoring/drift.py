@@ -14,8 +14,9 @@ import numpy as np
 SCORE_FEATURE = "__score__"
 DEFAULT_MAX_FEATURES = 30
 # Rows a second per model version binned in full by the server; beyond it a uniform sample of
-# whole batches (DriftMonitor). Binning every row of a cheap model at 100k rows/s took about a
-# quarter of the CPU (docs/benchmarks.md); PSI is read from proportions, which a sample keeps.
+# whole batches (DriftMonitor): binning every row of a cheap model under heavy load costs a
+# large share of the CPU (docs/benchmarks.md); PSI is read from proportions, which a sample
+# keeps.
 SERVER_MAX_ROWS_PER_S = 10_000
 # Batches up to this many (row, feature, edge) comparisons are binned with one broadcast
 # comparison; larger ones with one searchsorted per feature (less memory, log B per value).
@@ -92,8 +93,8 @@ class DriftMonitor:
     that many rows a second, and beyond that each batch with probability
     `max_rows_per_s / rows per second` (a batch is binned whole or not at all; every row has
     the same chance whatever its batch size). Drift is read from proportions (PSI), which
-    a sample estimates without bias; binning every row of a cheap model at 100k rows/s took
-    about a quarter of the server's CPU (docs/benchmarks.md). 0 bins every row.
+    a sample estimates without bias; binning every row of a cheap model under heavy load takes
+    a large share of the server's CPU (docs/benchmarks.md). 0 bins every row.
     """
 
     def __init__(

@@ -82,8 +82,10 @@ def test_serving_images_are_built_as_promised(name: str) -> None:
     assert len(froms) >= 2, "multi-stage build"
     final = final_stage(path)
     text = path.read_text()
-    # A venv with the base install only: `pip install .`, never the train extra or torch.
-    assert "/opt/venv" in text and re.search(r"pip install \.(\s|$)", text)
+    # A venv with the base install only: `pip install .` (with the pinned versions of
+    # constraints.txt where the image has them), never the train extra or torch.
+    assert "/opt/venv" in text
+    assert re.search(r"pip install (-c constraints\.txt )?\.(\s|$)", text)
     runs = " ".join(args for op, args in steps if op == "RUN")
     assert "[train]" not in runs and not re.search(r"pip install[^&]*torch", runs)
     assert any(
