@@ -269,7 +269,8 @@ class Connection(asyncio.Protocol):
             if close:
                 lines.append(CLOSE)
             lines.append(b"\r\n")
-            lines.append(answer.body)
+            if ex.method != "HEAD":  # a HEAD answer has the headers of a GET, no body
+                lines.append(answer.body)
             transport.write(b"".join(lines))
             if answer.close:
                 transport.close()  # the rest of the request may never come
