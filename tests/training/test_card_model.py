@@ -17,8 +17,10 @@ import pytest
 import uvicorn
 
 from training.__main__ import main
-from training.card import CARD_FILE, COST_SCENARIOS, HOLDOUT_FILE, tradeoff_rows, wilson
+from training.bounds import wilson
+from training.card import CARD_FILE, HOLDOUT_FILE
 from training.config import validate_config
+from training.operating_point import COST_SCENARIOS, tradeoff_rows
 from training.pipeline import run_training
 
 PNG = b"\x89PNG\r\n\x1a\n"

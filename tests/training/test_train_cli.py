@@ -11,6 +11,7 @@ import pytest
 from artifact_checks import check_artifact
 
 from training.__main__ import main
+from training.bounds import upper_bound
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -29,6 +30,22 @@ def test_cli_binary_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert m["objectives"] == {"max_fnr": 0.1, "max_fpr": None}
     assert m["decision"]["method"] in ("min_cost_subject_to_constraints", "closest_to_constraints")
     assert "expected_fnr" in m["decision"] and "expected_fpr" in m["decision"]
+    # Both the estimate and its one-sided 95% upper bound, from the same counts.
+    dec, ev = m["decision"], m["evaluation"]["threshold_evidence"]
+    assert dec["meet_targets_on"] == "estimate"
+    assert dec["confidence"] == {"level": 0.95, "method": "clopper-pearson", "side": "upper"}
+    assert ev["source"] == "out-of-fold" and ev["level"] == 0.95
+    fnr = ev["fnr"]
+    assert fnr["estimate"] == dec["expected_fnr"] == fnr["errors"] / fnr["labelled"]
+    assert fnr["upper"] == dec["expected_fnr_upper"] == upper_bound(fnr["errors"], fnr["labelled"])
+    assert ev["fpr"]["upper"] == dec["expected_fpr_upper"]
+    assert fnr["target"] == 0.1 and fnr["min_labelled"] == 29
+    assert dec["constraints_met_with_confidence"] == fnr["met_with_confidence"]
+    assert isinstance(dec["warnings"], list)
+    hold = m["evaluation"]["holdout"]
+    (tn, fp), (fn, tp) = hold["confusion_matrix"]
+    assert hold["fnr_upper"] == upper_bound(fn, fn + tp)
+    assert hold["fpr_upper"] == upper_bound(fp, fp + tn)
     assert m["evaluation"]["cv"]["folds"] == 2 and m["evaluation"]["cv"]["roc_auc_mean"] > 0.5
     assert len(m["evaluation"]["holdout"]["confusion_matrix"]) == 2
     assert m["reference"]["bins"] == 5
