@@ -103,17 +103,13 @@ def _plain_name(name: Any) -> bool:
     return isinstance(name, str) and bool(name) and "/" not in name and not name.startswith(".")
 
 
-def check_version(folder: Path, manifest: dict[str, Any], name: str, version: int) -> list[str]:
-    """Problems that would make the service refuse this folder as `name`/`version`.
+def check_files(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    """Problems with a folder's files against its manifest: checksums and the parity gate.
 
-    The folder's name and version must be the manifest's, every checksum must hold (the
-    model file's `sha256`, each entry of `files`), and the parity gate must not have failed.
+    Every checksum must hold (the model file's `sha256`, each entry of `files`), and the
+    parity gate must not have failed.
     """
     problems: list[str] = []
-    if manifest.get("name") != name:
-        problems.append(f"manifest name {manifest.get('name')!r} is not the folder name {name!r}")
-    if manifest.get("version") != version:
-        problems.append(f"manifest version {manifest.get('version')!r} is not the folder {version}")
     model_file = manifest.get("model_file", MODEL_FILE)
     checks: dict[str, Any] = {model_file: manifest.get("sha256")}
     files = manifest.get("files", {})
@@ -137,3 +133,16 @@ def check_version(folder: Path, manifest: dict[str, Any], name: str, version: in
     if isinstance(parity, dict) and parity.get("passed") is False:
         problems.append("the manifest records a failed parity gate")
     return problems
+
+
+def check_version(folder: Path, manifest: dict[str, Any], name: str, version: int) -> list[str]:
+    """Problems that would make the service refuse this folder as `name`/`version`.
+
+    The folder's name and version must be the manifest's, and check_files must pass.
+    """
+    problems: list[str] = []
+    if manifest.get("name") != name:
+        problems.append(f"manifest name {manifest.get('name')!r} is not the folder name {name!r}")
+    if manifest.get("version") != version:
+        problems.append(f"manifest version {manifest.get('version')!r} is not the folder {version}")
+    return problems + check_files(folder, manifest)
