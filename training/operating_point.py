@@ -107,19 +107,16 @@ def _evidence(
     if not ev:
         return []
     level = ev["level"]
-    n = sum(ev[k]["labelled"] for k in ("fnr", "fpr"))
-    lines = [
-        f"- **How sure** (one-sided {level:.0%} upper bounds, Clopper–Pearson, on the {n} "
-        f"{ev['source']} cases the threshold was chosen on):"
-    ]
+    lines = []
     for key, who, err in (
         ("fnr", f"{pos_name} cases", "missed"),
         ("fpr", "other cases", "wrongly flagged"),
     ):
         e = ev[key]
         text = (
-            f"  - {key.upper()} {pct(e['estimate'])} ({e['errors']} of {e['labelled']} {who} "
-            f"{err}); with {level:.0%} confidence at most {pct(e['upper'])}"
+            f"- **{key.upper()}, with its uncertainty**: {pct(e['estimate'])} ({e['errors']} of "
+            f"{e['labelled']} {who} {err}, {ev['source']}); with {level:.0%} confidence at most "
+            f"{pct(e['upper'])} (one-sided upper bound, Clopper–Pearson)"
         )
         target = e["target"]
         if target is None:
