@@ -132,7 +132,28 @@ def check_files(folder: Path, manifest: dict[str, Any]) -> list[str]:
     parity = manifest.get("parity")
     if isinstance(parity, dict) and parity.get("passed") is False:
         problems.append("the manifest records a failed parity gate")
-    return problems
+    return problems + _sample_problems(folder, manifest)
+
+
+def _sample_problems(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    """The reference sample's labels must be the manifest's decision's."""
+    sample_file = (manifest.get("conformance") or {}).get("sample_file")
+    if sample_file is None:
+        return []
+    path = folder / str(sample_file)
+    if not _plain_name(sample_file) or not path.is_file():
+        return [f"the reference sample {sample_file!r} is missing"]
+    try:
+        sample = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return [f"cannot read the reference sample: {exc}"]
+    want = (manifest.get("decision") or {}).get("threshold")
+    if sample.get("threshold") != want:
+        return [
+            f"the reference sample's labels are for threshold {sample.get('threshold')!r}, "
+            f"the manifest's decision is {want!r} (retrain rather than edit the threshold)"
+        ]
+    return []
 
 
 def check_version(folder: Path, manifest: dict[str, Any], name: str, version: int) -> list[str]:

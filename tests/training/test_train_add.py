@@ -75,15 +75,24 @@ def test_same_graph_with_another_decision_is_a_new_version(
     a, _ = trained
     target = tmp_path / "models" / "tiny-binary"
     assert main(["add", str(a), str(target)]) == 0
-    # The same model.onnx with another threshold answers differently: it is not unchanged.
-    moved = tmp_path / "moved"
-    shutil.copytree(a, moved)
-    m = _manifest(moved)
-    m["decision"]["threshold"] = 0.5 if m["decision"]["threshold"] != 0.5 else 0.6
-    (moved / "manifest.json").write_text(json.dumps(m))
-    assert main(["add", str(moved), str(target)]) == 0
-    assert _manifest(target / "2")["decision"]["threshold"] == m["decision"]["threshold"]
+    # Other costs, same training: the same model.onnx with another threshold answers
+    # differently, so it is a new version, not "unchanged".
+    other = _train(tmp_path / "costs", "decision.cost_fn=1", "decision.max_fnr=null")
+    m = _manifest(other)
+    assert m["sha256"] == _manifest(a)["sha256"]
+    assert m["decision"]["threshold"] != _manifest(a)["decision"]["threshold"]
+    assert main(["add", str(other), str(target)]) == 0
+    assert _manifest(target / "2")["decision"] == m["decision"]
     capsys.readouterr()
+
+    # Editing the threshold by hand leaves the reference sample's labels behind: refused.
+    edited = tmp_path / "edited"
+    shutil.copytree(a, edited)
+    m = _manifest(edited)
+    m["decision"]["threshold"] = 0.5
+    (edited / "manifest.json").write_text(json.dumps(m))
+    assert main(["add", str(edited), str(target)]) == 1
+    assert "the reference sample's labels are for threshold" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
