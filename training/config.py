@@ -170,7 +170,7 @@ class ExportConfig(_Strict):
         default=32, ge=8, le=256, description="rows in the reference sample (conformance)"
     )
     conformance_atol: float = Field(
-        default=1e-3,
+        default=5e-3,
         gt=0.0,
         le=0.1,
         description="largest |probability difference| a server's provider may show on the sample",

@@ -37,7 +37,7 @@ def test_sample_holds_the_extremes_and_the_rows_nearest_the_threshold(
     assert conf == {
         "sample_file": "reference_sample.json",
         "rows": 32,
-        "atol": 1e-3,
+        "atol": 5e-3,
         "expected_from": "torch",
         "measured": conf["measured"],
     }
