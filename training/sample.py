@@ -66,7 +66,7 @@ def choose_rows(
     size: int,
     seed: int,
 ) -> tuple[np.ndarray, list[str], list[int | None]]:
-    """The sample's raw rows, why each is there, and its data row (None: synthetic)."""
+    """The sample's raw rows, why each is there, and its held-out data row (else None)."""
     x_train = np.asarray(x_train, dtype=np.float32)
     picked: list[tuple[str, int | None, np.ndarray]] = [
         ("every feature at its training minimum", None, x_train.min(axis=0)),
