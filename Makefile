@@ -37,10 +37,15 @@ sysdeps:
 test: sysdeps $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## models: retrain and re-export the bundled models (seeded)
+## models: retrain the bundled models (seeded) in a temp folder, then `add` each to models/:
+## a new version only where the model or its decision changed ("unchanged" otherwise)
+MODELS ?= breast-cancer digits
 models: $(VENV)/.installed-dev
-	$(BIN)/python -m training train configs/breast-cancer.yaml --out models/breast-cancer
-	$(BIN)/python -m training train configs/digits.yaml --out models/digits
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	for name in $(MODELS); do \
+		trained=$$($(BIN)/python -m training train configs/$$name.yaml --out "$$tmp/$$name"); \
+		$(BIN)/python -m training add "$$trained" models/$$name --skip-unchanged; \
+	done
 
 ## lint: ruff and mypy
 lint: $(VENV)/.installed-dev

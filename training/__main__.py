@@ -1,14 +1,32 @@
-"""Command line: `python -m training train CONFIG --out models/NAME`, `compare`, `sweep`, `card`."""
+"""Command line: `python -m training train CONFIG --out DIR`, `add`, `compare`, `sweep`, `card`.
+
+Everything but `--help` needs the `train` extra (torch, scikit-learn, onnx, ...); without
+it the command says in one line what to install and exits 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
-from .data import DataError
-from .export import ExportError
+# Top-level modules of the `train` extra (and what they pull in), as import names.
+TRAIN_EXTRA = frozenset(
+    [
+        "torch",
+        "onnx",
+        "onnxscript",
+        "sklearn",
+        "scipy",
+        "matplotlib",
+        "yaml",
+        "tqdm",
+        "optuna",
+        "tensorboard",
+    ]
+)
+UNCHANGED = 3  # exit code of `add` for a model the repository already serves
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +55,22 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="sweep folder (default: sweeps/NAME); resumable"
     )
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    a = sub.add_parser(
+        "add",
+        help="add a trained version folder to a repository as its next version (no retraining)",
+        description="Copy a trained version folder (from `train --out DIR`) into "
+        "REPOSITORY/NAME as its next version: the manifest's version is rewritten, every "
+        "checksum stays valid, nothing is retrained. Exit 0: added (the new folder is "
+        f"printed); {UNCHANGED}: the latest version there already has this model.onnx and "
+        "decision, nothing added; 1: the folder is not a sound trained version.",
+    )
+    a.add_argument("trained", type=Path, help="a trained version folder, e.g. /tmp/run/NAME/1")
+    a.add_argument("model_folder", type=Path, help="REPOSITORY/NAME, e.g. models/breast-cancer")
+    a.add_argument(
+        "--skip-unchanged",
+        action="store_true",
+        help="exit 0 (and print the latest folder) when the model is unchanged",
+    )
     k = sub.add_parser("card", help="(re)write MODEL_CARD.md for trained model versions")
     k.add_argument("versions", type=Path, nargs="+", help="models/NAME/VERSION folders")
     k.add_argument(
@@ -47,9 +81,45 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of `verdict-train` and `python -m training`."""
-    args = _parser().parse_args(argv)
+def install_hint() -> str:
+    """The command that installs the `train` extra into the Python running this."""
+    python = os.path.abspath(sys.executable)  # keep a venv's symlink: its own pip
+    cwd = os.getcwd()
+    if python.startswith(cwd + os.sep):
+        python = os.path.relpath(python, cwd)
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").is_file():
+        return f"{python} -m pip install 'verdict[train]'"
+    where = "." if root == Path(cwd).resolve() else str(root)
+    return f"{python} -m pip install -e '{where}[train]'"
+
+
+def _add(args: argparse.Namespace) -> int:
+    from .repository import add_version
+
+    result = add_version(args.trained, args.model_folder)
+    if result.added:
+        print(f"added {args.trained} as version {result.version}", file=sys.stderr)
+        print(result.path)
+        return 0
+    print(
+        f"unchanged: {result.path} already has this model (same model.onnx sha256 and "
+        "decision); nothing added",
+        file=sys.stderr,
+    )
+    if args.skip_unchanged:
+        print(result.path)
+        return 0
+    return UNCHANGED
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .artifact import ArtifactError
+    from .config import ConfigError, load_config
+    from .data import DataError
+    from .export import ExportError
+    from .repository import AddError
+
     try:
         if args.command == "train":
             from .pipeline import run_training
@@ -57,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, args.overrides)
             result = run_training(cfg, args.out)
             print(result.path)
+        elif args.command == "add":
+            return _add(args)
         elif args.command == "sweep":
             from .sweep import run_sweep
 
@@ -82,10 +154,27 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (DataError, ExportError, ValueError) as exc:
+    except (DataError, ExportError, ArtifactError, AddError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `verdict-train` and `python -m training`."""
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in TRAIN_EXTRA:
+            raise
+        print(
+            f"error: verdict-train needs the training extra, which is not installed "
+            f"(no module {missing!r}); install it with: {install_hint()}",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -147,6 +147,14 @@ class DecisionConfig(_Strict):
     scores: Literal["auto", "oof", "validation"] = Field(
         default="auto", description="out-of-fold scores (auto, when CV runs) or validation scores"
     )
+    meet_targets_on: Literal["estimate", "upper_bound"] = Field(
+        default="estimate",
+        description="hold max_fnr/max_fpr on the rate's point estimate, or on its one-sided "
+        "upper confidence bound (Clopper-Pearson) where the labelled cases are enough",
+    )
+    confidence_level: float = Field(
+        default=0.95, ge=0.5, le=0.999, description="level of the one-sided upper bounds"
+    )
 
 
 class ExportConfig(_Strict):
@@ -158,6 +166,15 @@ class ExportConfig(_Strict):
         default_factory=lambda: [1, 7, 256], min_length=1
     )
     reference_bins: int = Field(default=10, ge=2, le=100)
+    sample_rows: int = Field(
+        default=32, ge=8, le=256, description="rows in the reference sample (conformance)"
+    )
+    conformance_atol: float = Field(
+        default=5e-3,
+        gt=0.0,
+        le=0.1,
+        description="largest |probability difference| a server's provider may show on the sample",
+    )
 
 
 class TensorBoardConfig(_Strict):

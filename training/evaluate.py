@@ -1,4 +1,4 @@
-"""Evaluation: fit diagnosis, metrics, stratified k-fold CV, cost-based decision threshold."""
+"""Evaluation: fit diagnosis, metrics, stratified k-fold CV, the held-out report."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from .bounds import CONFIDENCE, upper_bound
 from .config import Config
 from .data import Dataset
+from .threshold import confusion_at
 
 NOT_LEARNING = "not_learning"
 OVER_FITTING = "over_fitting"
@@ -183,134 +185,31 @@ def cross_validate(
     return CVResult(folds, summarise(folds), oof, fold_ids)
 
 
-@dataclass
-class ThresholdChoice:
-    """The decision threshold, why, and what it is expected to cost."""
-
-    threshold: float
-    method: str
-    reason: str
-    feasible: bool
-    expected_fpr: float
-    expected_fnr: float
-    expected_cost: float
-    curve: dict[str, list[float]]
-
-    def rates(self) -> dict[str, Any]:
-        return {
-            "expected_fpr": self.expected_fpr,
-            "expected_fnr": self.expected_fnr,
-            "expected_cost_per_row": self.expected_cost,
-            "constraints_met": self.feasible,
-        }
-
-
-def confusion_at(y_pos: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, int]:
-    """tp, fp, tn, fn when a row is positive iff score >= threshold."""
-    pred = scores >= threshold
-    y_pos = y_pos.astype(bool)
-    return {
-        "tp": int((pred & y_pos).sum()),
-        "fp": int((pred & ~y_pos).sum()),
-        "tn": int((~pred & ~y_pos).sum()),
-        "fn": int((~pred & y_pos).sum()),
-    }
-
-
-def choose_threshold(
-    y_pos: np.ndarray,
-    scores: np.ndarray,
-    cost_fp: float,
-    cost_fn: float,
-    max_fnr: float | None = None,
-    max_fpr: float | None = None,
-    source: str = "out-of-fold",
-) -> ThresholdChoice:
-    """The threshold with the least expected cost per row, subject to max FNR / max FPR.
-
-    Candidates are 0, the midpoints between neighbouring distinct scores and a point above
-    the top score, so each distinct split of the rows is tried once with a margin either side.
-    Ties go to the lower threshold (fewer missed positives). When no candidate meets the
-    constraints, the one that misses them by the least is taken and `feasible` is False.
-    """
-    y_pos = np.asarray(y_pos).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    if len(scores) == 0 or len(scores) != len(y_pos):
-        raise ValueError("choose_threshold needs equally long, non-empty labels and scores")
-    s = np.unique(scores)
-    top = 1.0 if s[-1] >= 1.0 else (s[-1] + 1.0) / 2
-    cands = np.concatenate([[0.0], (s[:-1] + s[1:]) / 2, [top]])
-    cands = np.unique(np.clip(cands, 0.0, 1.0))
-    pos_sorted = np.sort(scores[y_pos])
-    neg_sorted = np.sort(scores[~y_pos])
-    n, n_pos, n_neg = len(scores), len(pos_sorted), len(neg_sorted)
-    fn = np.searchsorted(pos_sorted, cands, side="left")  # positives scored below t
-    fp = n_neg - np.searchsorted(neg_sorted, cands, side="left")  # negatives at or above t
-    fnr = fn / n_pos if n_pos else np.zeros(len(cands))
-    fpr = fp / n_neg if n_neg else np.zeros(len(cands))
-    cost = (cost_fp * fp + cost_fn * fn) / n
-    violation = np.zeros(len(cands))
-    if max_fnr is not None:
-        violation = np.maximum(violation, fnr - max_fnr)
-    if max_fpr is not None:
-        violation = np.maximum(violation, fpr - max_fpr)
-    ok = violation <= 1e-12
-    constrained = max_fnr is not None or max_fpr is not None
-    if ok.any():
-        i = int(np.flatnonzero(ok)[np.argmin(cost[ok])])
-        feasible = True
-    else:
-        least = violation.min()
-        near = np.flatnonzero(violation <= least + 1e-12)
-        i = int(near[np.argmin(cost[near])])
-        feasible = False
-    limits = []
-    if max_fnr is not None:
-        limits.append(f"FNR <= {max_fnr:g}")
-    if max_fpr is not None:
-        limits.append(f"FPR <= {max_fpr:g}")
-    objective = f"{cost_fp:g}*FP + {cost_fn:g}*FN on {source} scores ({n} rows)"
-    if not constrained:
-        method, reason = "min_cost", f"minimises {objective}"
-    elif feasible:
-        method = "min_cost_subject_to_constraints"
-        reason = f"minimises {objective} subject to {' and '.join(limits)}"
-    else:
-        method = "closest_to_constraints"
-        reason = (
-            f"no threshold meets {' and '.join(limits)} on {source} scores; this one misses "
-            f"them by the least ({violation[i]:.4f}) and then minimises {objective}"
-        )
-    return ThresholdChoice(
-        threshold=float(cands[i]),
-        method=method,
-        reason=reason,
-        feasible=feasible,
-        expected_fpr=float(fpr[i]),
-        expected_fnr=float(fnr[i]),
-        expected_cost=float(cost[i]),
-        curve={
-            "threshold": [float(v) for v in cands],
-            "cost": [float(v) for v in cost],
-            "fpr": [float(v) for v in fpr],
-            "fnr": [float(v) for v in fnr],
-        },
-    )
-
-
 def holdout_report(
-    y: np.ndarray, proba: np.ndarray, positive: int | None, threshold: float | None
+    y: np.ndarray,
+    proba: np.ndarray,
+    positive: int | None,
+    threshold: float | None,
+    level: float = CONFIDENCE,
 ) -> dict[str, Any]:
-    """Held-out accuracy and confusion matrix; FPR and FNR at the threshold for binary tasks."""
+    """Held-out accuracy and confusion matrix; FPR and FNR at the threshold for binary tasks.
+
+    Binary tasks also get the one-sided `level` upper bounds of FPR and FNR (bounds.py).
+    """
     n_classes = proba.shape[1]
     fpr: float | None = None
     fnr: float | None = None
+    uppers: dict[str, float | None] = {"fpr_upper": None, "fnr_upper": None}
     if positive is not None and threshold is not None:
         scores = proba[:, positive]
         pred = np.where(scores >= threshold, positive, 1 - positive)
         c = confusion_at(y == positive, scores, threshold)
         fpr = c["fp"] / (c["fp"] + c["tn"]) if c["fp"] + c["tn"] else 0.0
         fnr = c["fn"] / (c["fn"] + c["tp"]) if c["fn"] + c["tp"] else 0.0
+        uppers = {
+            "fpr_upper": upper_bound(c["fp"], c["fp"] + c["tn"], level),
+            "fnr_upper": upper_bound(c["fn"], c["fn"] + c["tp"], level),
+        }
     else:
         pred = proba.argmax(axis=1)
     cm = np.zeros((n_classes, n_classes), dtype=int)
@@ -326,39 +225,6 @@ def holdout_report(
         "roc_auc": metrics["roc_auc"],
         "fpr": fpr,
         "fnr": fnr,
+        **uppers,
         "confusion_matrix": cm.tolist(),
-    }
-
-
-def cross_fitted_rates(
-    y_pos: np.ndarray,
-    scores: np.ndarray,
-    fold_ids: np.ndarray,
-    cost_fp: float,
-    cost_fn: float,
-    max_fnr: float | None = None,
-    max_fpr: float | None = None,
-) -> dict[str, Any]:
-    """FPR and FNR of the threshold *procedure* on rows it did not see.
-
-    For each fold, the threshold is chosen on the other folds' out-of-fold scores and applied
-    to this fold's; the counts add up over folds. The in-sample FNR at the chosen threshold
-    meets max_fnr by construction; this one shows how well that carries over to new rows.
-    """
-    y_pos = np.asarray(y_pos).astype(bool)
-    total = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
-    thresholds = []
-    for k in np.unique(fold_ids):
-        rest, this = fold_ids != k, fold_ids == k
-        c = choose_threshold(y_pos[rest], scores[rest], cost_fp, cost_fn, max_fnr, max_fpr)
-        thresholds.append(c.threshold)
-        for key, v in confusion_at(y_pos[this], scores[this], c.threshold).items():
-            total[key] += v
-    neg, pos = total["fp"] + total["tn"], total["fn"] + total["tp"]
-    return {
-        "fpr": total["fp"] / neg if neg else 0.0,
-        "fnr": total["fn"] / pos if pos else 0.0,
-        "cost_per_row": (cost_fp * total["fp"] + cost_fn * total["fn"]) / len(scores),
-        "confusion": total,
-        "thresholds": thresholds,
     }

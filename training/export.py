@@ -1,19 +1,12 @@
-"""ONNX export (dynamo), the parity gate, reference bins, the manifest and the atomic write."""
+"""ONNX export (dynamo), the parity gate, reference bins and the framework versions."""
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
-import os
 import platform
-import shutil
-import tempfile
 import warnings
-from collections.abc import Callable
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,8 +19,6 @@ from .nets import Exported
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"
-MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
 _QUIET_LOGGERS = ("torch.onnx", "torch.onnx._internal.exporter._registration")
 
@@ -184,7 +175,13 @@ def check_parity(
         raise ExportError(f"parity: max |torch - onnxruntime| = {worst:.3g} > {atol:g}")
     if not labels_equal:
         raise ExportError("parity: onnxruntime and torch disagree on a label")
-    return {"max_abs_diff": worst, "batch_sizes": list(batch_sizes), "labels_equal": True}
+    return {
+        "max_abs_diff": worst,
+        "batch_sizes": list(batch_sizes),
+        "labels_equal": True,
+        "atol": atol,
+        "passed": True,  # a failed gate raises above; the field lets a server check it
+    }
 
 
 def reference_bins(values: np.ndarray, bins: int) -> dict[str, list[float]]:
@@ -220,50 +217,3 @@ def model_bytes(proto: onnx.ModelProto) -> bytes:
     buf = io.BytesIO()
     onnx.save_model(proto, buf)
     return buf.getvalue()
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def next_version(root: Path) -> int:
-    """One more than the highest integer-named folder under root (1 when none)."""
-    if not root.is_dir():
-        return 1
-    versions = [int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
-
-
-def write_version(
-    root: Path, fill: Callable[[Path, int], None], attempts: int = 5
-) -> tuple[Path, int]:
-    """Write a new version folder atomically: fill a temp dir beside it, then rename it.
-
-    `fill(tmpdir, version)` writes every file; if it raises, the temp dir is removed and
-    nothing is left under root.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the service may run as another user
-        for _ in range(attempts):
-            version = next_version(root)
-            fill(tmp, version)
-            target = root / str(version)
-            try:
-                os.rename(tmp, target)  # atomic on one filesystem; fails if target exists
-            except OSError:
-                if target.exists():
-                    for child in tmp.iterdir():
-                        child.unlink()
-                    continue  # another run took this version: refill with the next one
-                raise
-            return target, version
-        raise ExportError(f"could not claim a new version under {root}")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n", encoding="utf-8")

@@ -12,20 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from . import card, export, report
+from . import artifact, card, export, report, sample
 from .config import Config
 from .data import Dataset, load_dataset, split_dataset
-from .evaluate import (
-    CVResult,
-    ThresholdChoice,
-    choose_threshold,
-    cross_fitted_rates,
-    cross_validate,
-    diagnose,
-    holdout_report,
-)
+from .evaluate import CVResult, cross_validate, diagnose, holdout_report
 from .fit import train_model
 from .tb import open_log
+from .threshold import ThresholdChoice, choose_threshold, cross_fitted_rates
 
 
 def _log(msg: str) -> None:
@@ -109,25 +102,47 @@ def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> R
                 ("validation"),
             )
         choice = choose_threshold(
-            y_s == pos, p_s, d.cost_fp, d.cost_fn, d.max_fnr, d.max_fpr, source
+            y_s == pos,
+            p_s,
+            d.cost_fp,
+            d.cost_fn,
+            d.max_fnr,
+            d.max_fpr,
+            source,
+            meet_targets_on=d.meet_targets_on,
+            level=d.confidence_level,
         )
         threshold = choice.threshold
         selection = {"source": source, "y_pos": (y_s == pos).tolist(), "scores": p_s.tolist()}
         if use_oof and cv is not None:
             threshold_check = cross_fitted_rates(
-                y_s == pos, p_s, cv.fold_ids, d.cost_fp, d.cost_fn, d.max_fnr, d.max_fpr
+                y_s == pos,
+                p_s,
+                cv.fold_ids,
+                d.cost_fp,
+                d.cost_fn,
+                d.max_fnr,
+                d.max_fpr,
+                meet_targets_on=d.meet_targets_on,
+                level=d.confidence_level,
             )
             log(
                 f"threshold procedure, cross-fitted over folds: FPR {threshold_check['fpr']:.4f} "
                 f"FNR {threshold_check['fnr']:.4f}"
             )
+        ev = choice.evidence
         log(
             f"threshold {threshold:.4f}: {choice.reason}; expected FPR {choice.expected_fpr:.4f} "
-            f"FNR {choice.expected_fnr:.4f}"
+            f"(upper bound {ev['fpr']['upper']:.4f}), FNR {choice.expected_fnr:.4f} "
+            f"(upper bound {ev['fnr']['upper']:.4f}); one-sided {choice.level:.0%} bounds"
         )
+        for warning in choice.warnings:
+            log(f"warning: {warning}")
 
     test_proba = model.predict_proba(ds.x[split.test])
-    holdout = holdout_report(ds.y[split.test], test_proba, pos, threshold)
+    holdout = holdout_report(
+        ds.y[split.test], test_proba, pos, threshold, cfg.decision.confidence_level
+    )
     card_data = card.holdout_record(
         classes=ds.classes,
         feature_names=ds.feature_names,
@@ -155,6 +170,26 @@ def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> R
         model, data, parity_rows, cfg.export.parity_batch_sizes, cfg.export.parity_atol
     )
     log(f"parity: max |Δp| {parity['max_abs_diff']:.2e} at batch sizes {parity['batch_sizes']}")
+    atol = cfg.export.conformance_atol
+    sample_x, kinds, sample_rows = sample.choose_rows(
+        model,
+        ds.x[split.train],
+        ds.x[split.test],
+        split.test,
+        pos,
+        threshold,
+        atol,
+        cfg.export.sample_rows,
+        cfg.seed,
+    )
+    sample_record, conformance = sample.build_sample(
+        model, data, sample_x, kinds, sample_rows, pos, threshold, atol
+    )
+    sample_bytes = sample.dumps(sample_record)
+    log(
+        f"reference sample: {conformance['rows']} rows, onnxruntime CPU within "
+        f"{conformance['measured']['max_abs_diff']:.2e} of torch (tolerance {atol:g})"
+    )
 
     bins = cfg.export.reference_bins
     x_test = ds.x[split.test]
@@ -187,8 +222,12 @@ def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> R
             "version": version,
             "created_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
             "task": "binary" if binary else "multiclass",
-            "model_file": export.MODEL_FILE,
-            "sha256": export.sha256_hex(data),
+            "model_file": artifact.MODEL_FILE,
+            "sha256": artifact.sha256_hex(data),
+            "files": {
+                artifact.MODEL_FILE: artifact.sha256_hex(data),
+                artifact.SAMPLE_FILE: artifact.sha256_hex(sample_bytes),
+            },
             "opset": opset,
             "frameworks": export.frameworks(),
             "input": {
@@ -219,8 +258,10 @@ def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> R
                 "holdout": holdout,
                 "fit": diag.to_dict(),
                 "threshold_cross_fitted": threshold_check,
+                "threshold_evidence": choice.evidence_record() if choice is not None else None,
             },
             "parity": parity,
+            "conformance": conformance,
             "reference": {"bins": bins, "features": features, "score": score_ref},
             "training": {
                 "config": cfg.model_dump(mode="json"),
@@ -238,21 +279,24 @@ def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> R
     manifest: dict[str, Any] = {}
 
     def fill(tmp: Path, version: int) -> None:
-        (tmp / export.MODEL_FILE).write_bytes(data)
+        (tmp / artifact.MODEL_FILE).write_bytes(data)
+        (tmp / artifact.SAMPLE_FILE).write_bytes(sample_bytes)
         manifest.clear()
         manifest.update(manifest_for(version))
-        export.write_json(tmp / export.MANIFEST_FILE, manifest)
-        export.write_json(tmp / "history.json", history)
+        artifact.write_json(tmp / artifact.MANIFEST_FILE, manifest)
+        artifact.write_json(tmp / "history.json", history)
         report.plot_loss_curve(hist, diag, tmp / "loss_curve.png", cfg.name)
         if cv_dict is not None:
-            export.write_json(tmp / "cv_report.json", cv_dict)
+            artifact.write_json(tmp / "cv_report.json", cv_dict)
             (tmp / "cv_report.md").write_text(report.cv_markdown(cfg.name, cv_dict))
-        if choice is not None:
-            export.write_json(tmp / "threshold.json", {**decision, "curve": choice.curve})
-            report.plot_cost_curve(choice, tmp / "cost_curve.png", cfg.name, d.max_fnr, d.max_fpr)
-        export.write_json(tmp / card.HOLDOUT_FILE, card_data)
+        if choice is not None and pos is not None:
+            artifact.write_json(tmp / "threshold.json", {**decision, "curve": choice.curve})
+            report.plot_cost_curve(
+                choice, tmp / "cost_curve.png", cfg.name, ds.classes, pos, d.max_fnr, d.max_fpr
+            )
+        artifact.write_json(tmp / card.HOLDOUT_FILE, card_data)
         card.write_card(tmp)
 
-    path, version = export.write_version(out, fill)
+    path, version = artifact.write_version(out, fill)
     log(f"wrote {path} in {time.monotonic() - t0:.1f}s")
     return RunResult(path, version, manifest)

@@ -28,6 +28,8 @@ TOP_KEYS = {
     "parity",
     "reference",
     "training",
+    "files",
+    "conformance",
 }
 
 
@@ -59,7 +61,27 @@ def check_artifact(folder: Path) -> dict[str, Any]:
     assert m["training"]["dataset"]["rows"] > 0
     assert m["training"]["config"]["name"] == m["name"]
     assert m["parity"]["batch_sizes"] == [1, 7, 256] and m["parity"]["labels_equal"]
-    assert m["parity"]["max_abs_diff"] <= 1e-4
+    assert m["parity"]["max_abs_diff"] <= m["parity"]["atol"] and m["parity"]["passed"] is True
+    # Every file the manifest lists has its checksum; the model and the sample are among them.
+    assert m["files"]["model.onnx"] == m["sha256"]
+    for name, digest in m["files"].items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
+    conf = m["conformance"]
+    assert conf["sample_file"] in m["files"] and conf["atol"] > 0
+    sample = json.loads((folder / conf["sample_file"]).read_text())
+    x = np.asarray(sample["inputs"], dtype=np.float32)
+    want = np.asarray(sample["probabilities"], dtype=np.float32)
+    assert list(x.shape) == sample["input"]["shape"] == [conf["rows"], *m["input"]["shape"][1:]]
+    assert want.shape == (conf["rows"], len(m["output"]["classes"]))
+    got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.abs(got - want).max() <= conf["atol"]
+    stable = np.asarray(sample["label_stable"])
+    if m["task"] == "binary":
+        pos = m["output"]["classes"].index(m["output"]["positive_class"])
+        labels = np.where(got[:, pos] >= m["decision"]["threshold"], pos, 1 - pos)
+    else:
+        labels = got.argmax(axis=1)
+    assert (labels[stable] == np.asarray(sample["labels"])[stable]).all()
     assert {"cv", "holdout", "fit"} <= set(m["evaluation"])
     assert m["evaluation"]["fit"]["diagnosis"] in ("good_fit", "over_fitting", "not_learning")
     ref = m["reference"]

@@ -17,8 +17,10 @@ import pytest
 import uvicorn
 
 from training.__main__ import main
-from training.card import CARD_FILE, COST_SCENARIOS, HOLDOUT_FILE, tradeoff_rows, wilson
+from training.bounds import wilson
+from training.card import CARD_FILE, HOLDOUT_FILE
 from training.config import validate_config
+from training.operating_point import COST_SCENARIOS, tradeoff_rows
 from training.pipeline import run_training
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -152,6 +154,35 @@ def test_binary_card_numbers_agree_with_the_manifest(binary: Path) -> None:
     assert chosen[0][3] == f"{expected_cost:.1f}"
     assert chosen[0][4] == f"{100 * (cm[0, 1] + cm[1, 1]) / n:.1f}%"
     assert len(_table_rows(op, "0.")) >= 10  # the grid of other thresholds
+
+    # Estimate and bound for each rate, as in the manifest; whether the target is shown.
+    evid = m["evaluation"]["threshold_evidence"]
+    fnr_line = next(line for line in op.splitlines() if line.startswith("- **FNR, with"))
+    assert f"{100 * evid['fnr']['estimate']:.1f}% ({evid['fnr']['errors']} of " in fnr_line
+    assert f"at most {100 * dec['expected_fnr_upper']:.1f}%" in fnr_line
+    if evid["fnr"]["met_with_confidence"]:
+        assert "is shown with 95% confidence" in fnr_line
+    elif not evid["fnr"]["enough_data"]:
+        assert f"at least {evid['fnr']['min_labelled']} labelled malignant cases" in fnr_line
+    else:
+        assert "not shown with 95% confidence" in fnr_line
+    assert f"at most {100 * dec['expected_fpr_upper']:.1f}%" in op
+
+    # The trade-off table also shows each threshold on the scores it was chosen on; the
+    # chosen one meets the targets there at the least cost.
+    sel = hold["selection"]
+    assert chosen[0][5] == f"{1000 * dec['expected_cost_per_row']:.1f}"
+    assert chosen[0][6] == "yes"
+    grid = [r for r in _table_rows(op, "0.") if len(r) == 7]
+    assert all(float(r[5]) >= float(chosen[0][5]) for r in grid if r[6] == "yes")
+    # Held-out rows that look cheaper than the chosen one are explained, with figures.
+    cheaper = [r for r in grid if float(r[3]) < float(chosen[0][3])]
+    why = "**Why not a cheaper-looking row?**" in op
+    assert why == bool(cheaper)
+    if cheaper:
+        assert f"the {len(sel['scores'])} out-of-fold cases" in op
+        for r in cheaper:
+            assert f"{r[0]} ({r[3]})" in op
 
     # What changes with other costs: one row per scenario, plus the targets dropped.
     for label, _, _ in COST_SCENARIOS:
@@ -348,3 +379,34 @@ def test_card_rebuild_recreates_the_holdout_record_of_an_older_version(
     assert main(["card", "--rebuild", str(other)]) == 1
     assert "gave another graph" in capsys.readouterr().err
     assert not (other / HOLDOUT_FILE).exists()
+
+
+def test_card_says_plainly_when_the_data_is_too_small_or_the_target_is_shown() -> None:
+    from training.bounds import evidence
+    from training.operating_point import _evidence
+
+    def lines(fnr: dict[str, Any]) -> list[str]:
+        manifest = {
+            "decision": {"meet_targets_on": "estimate", "expected_cost_per_row": 0.1},
+            "objectives": {"max_fnr": fnr["target"], "max_fpr": None},
+            "evaluation": {
+                "threshold_evidence": {
+                    "source": "out-of-fold",
+                    "level": 0.95,
+                    "fnr": fnr,
+                    "fpr": evidence(3, 300, None, 0.95),
+                }
+            },
+        }
+        return _evidence(manifest, None, "malignant", 1.0, 20.0)
+
+    small = lines(evidence(0, 42, 0.02, 0.95))[0]
+    assert "**42 malignant cases are too few to show the target 2.0% with 95% confidence" in small
+    assert "that takes at least 149 labelled malignant cases with none missed." in small
+    shown = lines(evidence(0, 200, 0.02, 0.95))[0]
+    assert shown.endswith(
+        "at most 1.5% (one-sided upper bound, Clopper–Pearson): the target "
+        "2.0% is shown with 95% confidence."
+    )
+    missed = lines(evidence(9, 200, 0.02, 0.95))[0]
+    assert missed.endswith("the target 2.0% is not met.")

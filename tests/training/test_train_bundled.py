@@ -17,7 +17,7 @@ def _versions(name: str) -> list[Path]:
 @pytest.mark.parametrize("name", ["breast-cancer", "digits"])
 def test_bundled_manifest_matches_files(name: str) -> None:
     versions = _versions(name)
-    assert versions, f"no bundled version of {name}"
+    assert [v.name for v in versions] == ["1"], "a fresh clone serves one version of each"
     for folder in versions:
         m = check_artifact(folder)
         assert m["name"] == name
@@ -37,6 +37,15 @@ def test_bundled_breast_cancer_contract() -> None:
     assert m["evaluation"]["cv"]["accuracy_mean"] >= 0.985
     assert m["decision"]["expected_fnr"] <= 0.02
     assert m["evaluation"]["cv"]["roc_auc_mean"] is not None
+    # What docs/model-quality.md says of it: met on the estimate, not shown with confidence.
+    assert m["decision"]["meet_targets_on"] == "estimate"
+    fnr = m["evaluation"]["threshold_evidence"]["fnr"]
+    assert (fnr["errors"], fnr["labelled"], fnr["min_labelled"]) == (3, 170, 149)
+    assert fnr["estimate"] <= 0.02 < fnr["upper"] == m["decision"]["expected_fnr_upper"]
+    assert m["decision"]["constraints_met_with_confidence"] is False
+    assert any("not shown with 95% confidence" in w for w in m["decision"]["warnings"])
+    card = (_versions("breast-cancer")[-1] / "MODEL_CARD.md").read_text()
+    assert "**not shown with 95% confidence**" in card and "would move the threshold" in card
 
 
 def test_bundled_digits_contract() -> None:
@@ -45,3 +54,4 @@ def test_bundled_digits_contract() -> None:
     assert m["input"]["shape"] == [-1, 1, 8, 8]
     assert m["output"]["classes"] == [str(i) for i in range(10)]
     assert m["reference"]["features"] == {} and m["reference"]["score"] is None
+    assert m["conformance"]["rows"] == 32 and m["evaluation"]["threshold_evidence"] is None

@@ -7,17 +7,10 @@ import pytest
 
 from training.config import validate_config
 from training.data import load_dataset, split_dataset
-from training.evaluate import (
-    GOOD_FIT,
-    NOT_LEARNING,
-    OVER_FITTING,
-    choose_threshold,
-    cross_fitted_rates,
-    cross_validate,
-    diagnose,
-)
+from training.evaluate import GOOD_FIT, NOT_LEARNING, OVER_FITTING, cross_validate, diagnose
 from training.export import reference_bins
 from training.fit import train_model
+from training.threshold import choose_threshold, cross_fitted_rates
 
 
 def test_diagnosis_not_learning() -> None:

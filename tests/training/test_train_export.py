@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from training import export
+from training import artifact, export
 from training.config import validate_config
 from training.data import load_dataset, split_dataset
 from training.fit import train_model
@@ -133,7 +133,7 @@ def test_atomic_write_cleans_up_when_filling_fails(tmp_path: Path) -> None:
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        export.write_version(root, fill)
+        artifact.write_version(root, fill)
     assert sorted(p.name for p in root.iterdir()) == ["1"]
-    path, version = export.write_version(root, lambda t, v: (t / "a").write_text(str(v)))
+    path, version = artifact.write_version(root, lambda t, v: (t / "a").write_text(str(v)))
     assert version == 2 and (path / "a").read_text() == "2"
