@@ -7,6 +7,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,7 +92,12 @@ def client(repo: Path, tmp_path: Path) -> Iterator[TestClient]:
 
     # The versions here are card folders only: the service refuses to load them, and still
     # shows their cards (a card is read from disk, served version or not).
-    with TestClient(create_app(make_settings(repo, tmp_path))) as test_client:
+    app = create_app(make_settings(repo, tmp_path))
+    with TestClient(app) as test_client:
+        # Let the (refused) loads finish, so none logs after the test is over.
+        deadline = time.monotonic() + 20
+        while not app.state.repository.started and time.monotonic() < deadline:
+            time.sleep(0.01)
         yield test_client
 
 
