@@ -98,6 +98,8 @@ class Connection(asyncio.Protocol):
         self.in_message = False  # a request has begun and its headers are not all in
         self.message_start = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0  # when `timer` fires (perf_counter)
+        self.idle_since = perf_counter()  # no request since then (the idle limit's start)
         self.paused = False  # reading paused: a request waits its turn, or writes are slow
         self.write_paused = False
         self.upgrade = False
@@ -219,6 +221,8 @@ class Connection(asyncio.Protocol):
                 if not ex.keep_alive:
                     self.close()
                     return
+                if not queue:
+                    self.idle_since = perf_counter()
                 if queue:  # its turn: its time starts now, and it is admitted now
                     turn = queue[0]
                     turn.start = perf_counter()
@@ -241,20 +245,26 @@ class Connection(asyncio.Protocol):
         self._arm()
 
     def _dispatch(self, ex: Exchange) -> None:
+        """Answer `ex` in a task of its own (the server cancels what is left at shutdown)."""
         task = self.loop.create_task(self._answer(ex))
         self.server.tasks.add(task)
-        task.add_done_callback(self.server.tasks.discard)
+        task.add_done_callback(lambda task: self._task_done(ex, task))
 
     async def _answer(self, ex: Exchange) -> None:
-        try:
-            answer = await self.edge.respond(ex)
-        except asyncio.CancelledError:  # a forced shutdown: no answer, the connection closes
+        answer = await self.edge.respond(ex)
+        self._write(ex, answer)
+        self._next()
+
+    def _task_done(self, ex: Exchange, task: asyncio.Task[None]) -> None:
+        """A task that ended without answering (a forced shutdown cancelled it, even before
+        it started): no answer, the connection closes, admission returns."""
+        self.server.tasks.discard(task)
+        if not ex.written:
             ex.written = True
             self.edge.finish(ex, 500)
             self.close()
-            raise
-        self._write(ex, answer)
-        self._next()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("answering %s %s failed", ex.method, ex.path, exc_info=task.exception())
 
     def _write(self, ex: Exchange, answer: Answer) -> None:
         """Write the answer, unless the client has gone; count it."""
@@ -278,39 +288,57 @@ class Connection(asyncio.Protocol):
 
     # -- time limits and flow ----------------------------------------------------------------
 
-    def _arm(self) -> None:
-        """One timer per connection: the first request's deadline while it is read (or its
-        unwanted body dropped), the deadline of headers coming in, or the idle limit."""
-        self._cancel_timer()
+    def _due(self) -> float | None:
+        """Until when (perf_counter) the connection waits for what it waits for now: the
+        first request's deadline while it is read (or its unwanted body dropped), the
+        deadline of headers coming in, or the idle limit; None while an answer is made."""
         transport = self.transport
         if transport is None or transport.is_closing():
-            return
+            return None
         if self.queue:
             ex = self.queue[0]
             if ex.complete or (not ex.written and ex.answer is not None):
-                return  # being answered: no deadline on the answer
-            self.timer = self.loop.call_at(self._loop_time(ex.deadline), self._expire, ex)
-        elif self.in_message:
-            deadline = self.message_start + self.server.read_timeout_s
-            self.timer = self.loop.call_at(self._loop_time(deadline), self._expire, None)
-        elif not self.server.closing:
-            self.timer = self.loop.call_later(KEEP_ALIVE_S, transport.close)
+                return None
+            return ex.deadline
+        if self.in_message:
+            return self.message_start + self.server.read_timeout_s
+        if self.server.closing:
+            return None
+        return self.idle_since + KEEP_ALIVE_S
 
-    def _loop_time(self, deadline: float) -> float:
-        return self.loop.time() + max(deadline - perf_counter(), 0.0)
+    def _arm(self) -> None:
+        """One timer per connection, made only when none is due before what is needed now:
+        when a timer fires it looks again at what is due (`_on_timer`), so a connection
+        busy with many requests makes a new timer rarely, not per request."""
+        due = self._due()
+        if due is None or (self.timer is not None and self.timer_at <= due):
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_at = due
+        self.timer = self.loop.call_later(max(due - perf_counter(), 0.0), self._on_timer)
 
-    def _expire(self, ex: Exchange | None) -> None:
+    def _on_timer(self) -> None:
         self.timer = None
-        if ex is None:  # its headers never came in whole
+        due = self._due()
+        if due is None:
+            return
+        if due > perf_counter():  # things moved on since the timer was made
+            self._arm()
+            return
+        if self.queue:
+            ex = self.queue[0]
+            if ex.written:  # its unwanted body never came in whole
+                self.close()
+                return
+            ex.expire()
+            if ex.answer is not None:
+                self._write(ex, ex.answer)
+        elif self.in_message:  # its headers never came in whole
             timeout = self.server.read_timeout_s
             self._fail(RequestTimeoutError(f"the request did not arrive within {timeout:g} s"))
-            return
-        if ex.written:  # its unwanted body never came in whole
-            self.close()
-            return
-        ex.expire()
-        if ex.answer is not None:
-            self._write(ex, ex.answer)
+        else:
+            self.close()  # idle for KEEP_ALIVE_S
 
     def _cancel_timer(self) -> None:
         if self.timer is not None:
