@@ -259,6 +259,33 @@ def build(stand_in: StandIn, tag: str = "", log: Path | None = None) -> float:
     return took
 
 
+def built_ids(log_text: str) -> set[str]:
+    """Ids (short or full) of the images a build produced or took from its cache."""
+    return set(re.findall(r"^--> (?:Using cache )?([0-9a-f]{11,64})$", log_text, re.M))
+
+
+def prune_stale(keep: set[str]) -> int:
+    """Remove untagged images of earlier stack builds; returns how many.
+
+    Each changed build leaves its former stage images behind (hundreds of MB each). Only
+    untagged images on BASE_IMAGE go, and none that this run built or took from the cache:
+    those are the layer cache of the next run.
+    """
+    base = podman("image", "inspect", BASE_IMAGE, "--format", "{{index .RootFS.Layers 0}}")
+    ids = podman("images", "-q", "--no-trunc", "--filter", "dangling=true").stdout.split()
+    removed = 0
+    for image_id in ids:
+        bare = image_id.removeprefix("sha256:")
+        if any(bare.startswith(k) for k in keep):
+            continue
+        info = json.loads(podman("image", "inspect", image_id, check=False).stdout or "[]")
+        if not info or info[0]["RootFS"]["Layers"][:1] != [base.stdout.strip()]:
+            continue
+        if podman("rmi", image_id, check=False).returncode == 0:
+            removed += 1
+    return removed
+
+
 def image_size_bytes(image: str) -> int:
     return int(podman("image", "inspect", image, "--format", "{{.Size}}").stdout.strip())
 
@@ -468,14 +495,19 @@ def _build_all(gpu: bool) -> int:
         return 2
     plan = images_to_build() + ([(GPU, "")] if gpu else [])
     total = 0.0
+    keep: set[str] = set()
     for stand_in, tag in plan:
         name = stand_in.name(tag)
         log = WORK / f"build-{re.sub(r'[^A-Za-z0-9.]+', '_', name)}.log"
         took = build(stand_in, tag, log)
         total += took
+        keep |= built_ids(log.read_text())
         size = image_size_bytes(name) / 1e6
         print(f"stack: built {name} in {took:.0f} s ({size:.0f} MB; log {log.relative_to(ROOT)})")
     print(f"stack: images built in {total:.0f} s")
+    # Only a run that built every image knows the whole cache.
+    if gpu and (removed := prune_stale(keep)):
+        print(f"stack: removed {removed} untagged images of earlier builds")
     return 0
 
 
