@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.stack.harness import WORK, Stack, api_service, remove_leftovers
+from tests.deploy.stack.harness import (
+    WORK,
+    Stack,
+    anonymous_volumes,
+    api_service,
+    podman,
+    remove_leftovers,
+)
 
 HERE = Path(__file__).resolve().parent
 ENABLED = os.environ.get("VERDICT_STACK") == "1"
@@ -48,6 +55,7 @@ def stack() -> Iterator[Stack]:
     """verdict and Prometheus up from the generated compose file; everything removed after."""
     with api_service() as docker_host:
         remove_leftovers()  # of a run killed before its clean-up
+        anonymous_before = anonymous_volumes()
         running = Stack(docker_host, os.environ.get("VERDICT_STACK_LOCUST_RUN_TIME", "30s"))
         started = time.monotonic()
         try:
@@ -59,6 +67,9 @@ def stack() -> Iterator[Stack]:
             (WORK / "stack.log").write_text(running.logs())
             started = time.monotonic()
             running.down()
+            # Anonymous volumes carry no project label: those this run made go by name.
+            for name in anonymous_volumes() - anonymous_before:
+                podman("volume", "rm", name, check=False)
             TIMINGS["down"] = time.monotonic() - started
             TIMINGS["whole run"] = time.monotonic() - _SESSION_START
 

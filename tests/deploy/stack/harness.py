@@ -485,6 +485,15 @@ def remove_leftovers() -> list[str]:
     return removed
 
 
+def anonymous_volumes() -> set[str]:
+    """Unlabelled volumes that no container uses: what `down` leaves of a VOLUME not mounted."""
+    names = podman("volume", "ls", "-q", check=False).stdout.split()
+    if not names:
+        return set()
+    infos = json.loads(podman("volume", "inspect", *names, check=False).stdout or "[]")
+    return {v["Name"] for v in infos if v.get("Anonymous") and not v.get("MountCount")}
+
+
 # ---------------------------------------------------------------------------------------- CLI
 
 

@@ -146,7 +146,7 @@ def test_predict_and_v2_infer_answer_from_the_host_through_the_published_port(
         assert abs(sum(output["data"][2 * i : 2 * i + 2]) - 1.0) < 1e-4
 
 
-def test_labels_survive_compose_restart_and_a_recreated_container(stack: Stack) -> None:
+def test_labels_survive_compose_restart_recreate_and_down_up(stack: Stack) -> None:
     url = stack.url("verdict", 8000)
     status, body = _post(f"{url}/predict", {"model": MODEL, "instances": ROWS[:5]})
     assert status == 200, body
@@ -164,7 +164,16 @@ def test_labels_survive_compose_restart_and_a_recreated_container(stack: Stack) 
     assert _feedback(url, items) == ["duplicate"] * 5
 
     stack.compose("up", "-d", "--force-recreate", "--no-deps", "verdict")
-    assert stack.container("verdict")["Id"] != first, "the container was not recreated"
+    second = stack.container("verdict")["Id"]
+    assert second != first, "the container was not recreated"
+    stack.wait_http(f"{url}/v2/health/ready")
+    assert _feedback(url, items) == ["duplicate"] * 5
+
+    # compose carries a recreated container's anonymous volumes over; `down` does not, so
+    # only the named volume can keep the labels through `down` and `up`.
+    stack.compose("down")
+    stack.compose("up", "-d")
+    assert stack.container("verdict")["Id"] not in {first, second}
     stack.wait_http(f"{url}/v2/health/ready")
     assert _feedback(url, items) == ["duplicate"] * 5
     stack.wait_healthy("verdict")
