@@ -297,9 +297,11 @@ def api_service() -> Iterator[str]:
     sock_dir = Path(tempfile.mkdtemp(prefix="verdict-stack.", dir="/tmp"))
     url = f"unix://{sock_dir}/podman.sock"
     log = (WORK / "podman-service.log").open("w")
+    # A session of its own: a Ctrl-C meant for the run must not take the socket away before
+    # docker-compose has taken the stack down; the run stops the service itself.
     proc = subprocess.Popen(
         ["podman", "system", "service", "--time=0", url],
-        env=engine_env(), stdout=log, stderr=subprocess.STDOUT,
+        env=engine_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30

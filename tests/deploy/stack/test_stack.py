@@ -258,7 +258,7 @@ def test_compose_stop_drains_in_flight_requests_within_the_grace_period(stack: S
     for sock in uploads:
         sock.sendall(head + body[:half])
     # And whole requests still being answered, perhaps, when SIGTERM arrives.
-    big = json.dumps({"model": MODEL, "instances": [ROWS[i % len(ROWS)] for i in range(1000)]})
+    big = json.dumps({"model": MODEL, "instances": [ROWS[i % len(ROWS)] for i in range(500)]})
     clients = [PredictClient(port, big.encode(), timeout_s=60) for _ in range(3)]
     for client in clients:
         client.start()
@@ -302,7 +302,7 @@ def test_compose_stop_drains_in_flight_requests_within_the_grace_period(stack: S
 
     assert answers == [(200, rows)] * len(uploads), answers
     problems = [(c.status, c.rows, repr(c.error)) for c in clients if c.status != 200]
-    assert not problems and all(c.rows == 1000 for c in clients), problems
+    assert not problems and all(c.rows == 500 for c in clients), problems
     assert stopped["done"].returncode == 0, stopped["done"].stderr
     assert stopped["seconds"] < grace_s, f"compose stop took {stopped['seconds']:.1f} s"
     state = stack.container("verdict")["State"]
