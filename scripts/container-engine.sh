@@ -5,7 +5,7 @@
 # debootstrap from this machine's own Debian mirror and imported into podman as
 # localhost/debian-base:bookworm. podman's image store keeps it between runs.
 # podman's system settings are left alone: the test run hands podman its own containers.conf
-# (tests/deploy/stack/harness.py).
+# (tests/deploy/stack/engine.py).
 set -euo pipefail
 
 BASE_IMAGE=${BASE_IMAGE:-localhost/debian-base:bookworm}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.stack import harness
+from tests.deploy.stack import engine, harness
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK_DIR = ROOT / "tests" / "deploy" / "stack"
@@ -69,7 +69,7 @@ def test_every_image_of_the_compose_file_has_a_stand_in_built_on_the_local_base(
     for stand_in, tag in plan:
         assert stand_in.containerfile.is_file(), stand_in.containerfile
         assert "{tag}" not in stand_in.name(tag)
-        bases = set(stand_in.build_args.values()) & {harness.BASE_IMAGE, harness.PYTHON_IMAGE}
+        bases = set(stand_in.build_args.values()) & {engine.BASE_IMAGE, harness.PYTHON_IMAGE}
         assert bases, f"{stand_in.containerfile.name} is not built on the local base"
     # Locust is installed at the version of the public image's tag.
     locust = harness.compose_images()["locust"]
@@ -86,9 +86,9 @@ def test_an_image_without_a_stand_in_fails_the_run(
     compose = tmp_path / "docker-compose.yml"
     compose.write_text(yaml.safe_dump(doc))
     monkeypatch.setattr(harness, "COMPOSE", compose)
-    with pytest.raises(harness.StackError, match=r"postgres:17.*no stand-in"):
+    with pytest.raises(engine.StackError, match=r"postgres:17.*no stand-in"):
         harness.stack_config()
-    with pytest.raises(harness.StackError, match="no stand-in"):
+    with pytest.raises(engine.StackError, match="no stand-in"):
         harness.images_to_build()
 
 

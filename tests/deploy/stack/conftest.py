@@ -15,14 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.stack.harness import (
-    WORK,
-    Stack,
-    anonymous_volumes,
-    api_service,
-    podman,
-    remove_leftovers,
-)
+from tests.deploy.stack.engine import WORK, anonymous_volumes, api_service, podman, remove_leftovers
+from tests.deploy.stack.harness import Stack
 
 HERE = Path(__file__).resolve().parent
 ENABLED = os.environ.get("VERDICT_STACK") == "1"

@@ -21,16 +21,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import PredictClient
-from tests.deploy.stack.harness import (
-    GPU,
-    PROJECT_LABEL,
-    PYTHON_IMAGE,
-    Stack,
-    host_port,
-    image_exists,
-    image_size_bytes,
-    podman,
-)
+from tests.deploy.stack.engine import PROJECT_LABEL, image_exists, image_size_bytes, podman
+from tests.deploy.stack.harness import GPU, PYTHON_IMAGE, Stack, host_port
 
 ROOT = Path(__file__).resolve().parents[3]
 SAMPLE = json.loads((ROOT / "deploy" / "locust" / "breast_cancer_sample.json").read_text())
