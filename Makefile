@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: serve test models lint format bench bench-quick load sysdeps install install-dev clean constraints
+.PHONY: serve test models lint format bench bench-quick load sysdeps install install-dev clean constraints compose-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ sysdeps:
 ## test: install everything, then run the whole suite
 test: sysdeps $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## compose-test: docker-compose.yml for real: set up podman and a debootstrap base image when
+## missing (Debian 12, root), build the images, run tests/deploy/stack against the running stack
+## (verdict, Prometheus, Locust), remove everything; see docs/deploy.md
+compose-test: sysdeps $(VENV)/.installed-dev
+	VENV=$(VENV) bash scripts/compose-test.sh
 
 ## models: retrain the bundled models (seeded) in a temp folder, then `add` each to models/:
 ## a new version only where the model or its decision changed ("unchanged" otherwise)
