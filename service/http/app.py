@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.dataplane import Access, DataPlane, FeedbackService, Inference, Metadata
 from service.dataplane.access import Need
 from service.errors import StoreUnavailableError, VerdictError, error_body
+from service.http.docs import install_docs, with_served_examples
 from service.http.edge import INFER_TYPES, JSON_TYPES, Edge, Route
 from service.http.rest import Rest
 from service.http.routes import admin, cards, feedback, v2
@@ -79,6 +80,9 @@ def route_table(rest: Rest) -> list[Route]:
         Route("/models/{name}/card", GET),
         Route("/models/{name}/card/assets/{file}", GET),
         Route("/docs", GET),
+        Route("/docs/oauth2-redirect", GET),
+        Route("/docs/assets/{file}", GET),
+        Route("/redoc", GET),
         Route("/openapi.json", GET),
     ]
 
@@ -191,14 +195,15 @@ def _no_telemetry() -> dict[str, Any]:
 
 
 def _openapi(app: VerdictApp) -> dict[str, Any]:
-    """The framework's OpenAPI document, with the routes the edge answers itself added."""
+    """The framework's OpenAPI document, with the routes the edge answers itself added, and
+    examples for the models served now."""
     if app.openapi_schema is None:
         spec = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         spec["paths"] = {**edge_paths(), **spec["paths"]}
         app.openapi_schema = spec
-    return app.openapi_schema
+    return with_served_examples(app.openapi_schema, app.state.repository)
 
 
 def create_app(
@@ -214,6 +219,8 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs, with its assets
+        redoc_url=None,
         **_no_telemetry(),
     )
     repository = Repository(settings, metrics)
@@ -257,6 +264,7 @@ def create_app(
     state.dataplane = plane
     for router in ROUTERS:
         app.include_router(router)
+    install_docs(app)
     app.edge = Edge(
         route_table(Rest(inference)),
         super(VerdictApp, app).__call__,
