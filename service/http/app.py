@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.dataplane import Access, DataPlane, FeedbackService, Inference, Metadata
 from service.dataplane.access import Need
 from service.errors import StoreUnavailableError, VerdictError, error_body
+from service.http.asgi import asgi_request
 from service.http.docs import install_docs, with_served_examples
 from service.http.edge import INFER_TYPES, JSON_TYPES, Edge, Route
 from service.http.rest import Rest
@@ -94,7 +95,7 @@ class VerdictApp(FastAPI):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            await self.edge.asgi(scope, receive, send)
+            await asgi_request(self.edge, scope, receive, send)
         else:  # lifespan
             await super().__call__(scope, receive, send)
 

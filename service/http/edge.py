@@ -9,7 +9,7 @@ error to the one error shape, builds the answer's headers, counts the request an
 
 Two faces feed it and write its answers, and share everything above:
 - `service.http.server`, verdict's HTTP/1.1 server (`python -m service`);
-- `Edge.asgi`, for any ASGI server (`uvicorn service.http.app:create_app --factory`,
+- `service.http.asgi`, for any ASGI server (`uvicorn service.http.app:create_app --factory`,
   Starlette's TestClient).
 """
 
@@ -24,7 +24,6 @@ from urllib.parse import unquote
 
 from service.dataplane.access import Access, Need
 from service.errors import (
-    ClientDisconnectedError,
     OverloadedError,
     RequestTimeoutError,
     UnsupportedMediaTypeError,
@@ -357,52 +356,6 @@ class Edge:
             headers=headers,
             close=isinstance(exc, RequestTimeoutError),
         )
-
-    # -- the ASGI face -----------------------------------------------------------------------
-
-    async def asgi(self, scope: Scope, receive: Any, send: Any) -> None:
-        """One HTTP request from an ASGI server, through the same steps as every other."""
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        ex = self.open(scope["method"], raw_path, scope.get("query_string", b""), scope["headers"])
-        ex.scope = scope
-        status = 500
-        try:
-            if ex.answer is None:
-                await self._read(ex, receive)
-            answer = await self.respond(ex)
-            status = answer.status
-            await send(
-                {"type": "http.response.start", "status": status, "headers": self.head(ex, answer)}
-            )
-            await send({"type": "http.response.body", "body": answer.body})
-        finally:
-            self.finish(ex, status)
-
-    async def _read(self, ex: Exchange, receive: Any) -> None:
-        """Feed the body from ASGI messages until it is in, refused, or past its deadline."""
-        task = asyncio.current_task()
-        assert task is not None
-        ex.on_expire = task.cancel
-        ex.arm(asyncio.get_running_loop())
-        try:
-            while ex.answer is None:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    ex.body = None
-                    ex.answer = self.error_answer(
-                        ClientDisconnectedError("the client closed the connection mid-body")
-                    )
-                    return
-                ex.feed(message.get("body", b""))
-                if not message.get("more_body", False):
-                    return
-        except asyncio.CancelledError:
-            # The deadline's own cancellation becomes its 408; any other goes on.
-            if not ex.expired or task.uncancel() > 0:
-                raise
-        finally:
-            ex.on_expire = None
-            ex.disarm()
 
 
 def _check_media_type(headers: RequestHeaders, accepted: tuple[str, ...]) -> None:

@@ -94,7 +94,9 @@ def test_every_openapi_example_is_answered_2xx(bundled: LiveServer) -> None:
             assert r.status_code == 200
 
 
-def test_docs_render_without_any_network_but_the_server(bundled: LiveServer, tmp_path: Path) -> None:
+def test_docs_render_without_any_network_but_the_server(
+    bundled: LiveServer, tmp_path: Path
+) -> None:
     page = httpx.get(f"{bundled.url}/docs").text
     assert "cdn" not in page.lower() and "https://" not in page
     for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
