@@ -251,18 +251,21 @@ def _decode_tensor(tensor: Any, i: int, binary: bytes, offset: int) -> tuple[Any
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise BadRequestError(f"input {name!r}: shape must be a list of non-negative integers")
-    params = _parameters(tensor.get("parameters"), f"input {name!r}: parameters")
-    size = params.get("binary_data_size")
+    params = tensor.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise BadRequestError(f"input {name!r}: parameters must be an object")
+    size = params.get("binary_data_size") if params else None
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise BadRequestError(f"input {name!r}: binary_data_size must be an integer")
-        needed = math.prod(shape) * check_datatype(name, datatype).itemsize
+        dtype = check_datatype(name, datatype)
+        needed = math.prod(shape) * dtype.itemsize
         if size != needed:
             raise BadRequestError(
                 f"input {name!r}: binary_data_size is {size} bytes but shape {shape} of "
                 f"{datatype} needs {needed}"
             )
-        return tensor_from_bytes(name, datatype, shape, binary, offset), size
+        return tensor_from_bytes(name, dtype, shape, binary, offset), size
     if "data" not in tensor:
         raise BadRequestError(f"input {name!r}: `data` is missing (and no binary_data_size)")
     return tensor_from_values(name, datatype, shape, tensor["data"]), 0
