@@ -202,6 +202,22 @@ class Metrics:
             registry=r,
         )
 
+        self.model_refusals = Counter(
+            "verdict_model_refusals",
+            "Model versions refused at load, by the check that refused them (manifest, files, "
+            "parity, graph, warmup, conformance).",
+            ["model", "version", "check"],
+            registry=r,
+        )
+        self.conformance_diff = Gauge(
+            "verdict_conformance_max_abs_diff",
+            "Largest |probability - expected| on the reference sample at the last load of a "
+            "version, on the provider that serves it (a refused version's too).",
+            ["model", "version", "provider"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+
     def histogram(self, child: Any) -> BufferedHistogram | DirectHistogram:
         """A buffer in front of a labelled histogram child, flushed with the others."""
         return self._track(histogram_buffer(child))
@@ -276,6 +292,10 @@ class Metrics:
                 self.reference_bin_ratio.labels(model, str(version), feature, str(i)).set(
                     proportion
                 )
+
+    def set_conformance(self, model: str, version: int, provider: str, max_abs_diff: float) -> None:
+        """What a version's reference sample measured on the provider that would serve it."""
+        self.conformance_diff.labels(model, str(version), provider).set(max_abs_diff)
 
     def clear_model_version(
         self, model: str, version: int, providers: list[str], keep: set[tuple[str, ...]]
