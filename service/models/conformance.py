@@ -173,8 +173,9 @@ def check_conformance(
         x, expected, labels, stable = _sample_arrays(raw, manifest, threshold)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         text = "it is missing" if isinstance(exc, FileNotFoundError) else scrub_paths(str(exc))
-        raise ModelLoadError(f"{where}: cannot use the reference sample {name}: {text}",
-                             "conformance") from None
+        raise ModelLoadError(
+            f"{where}: cannot use the reference sample {name}: {text}", "conformance"
+        ) from None
     try:
         got = session.run(x)
     except Exception as exc:
@@ -184,9 +185,7 @@ def check_conformance(
     finite = got.shape == expected.shape and bool(np.isfinite(got).all())
     diff = float(np.abs(got.astype(np.float64) - expected).max()) if finite else None
     got_labels = _decide(got, positive_index, threshold) if finite else None
-    mismatches = (
-        int(((got_labels != labels) & stable).sum()) if got_labels is not None else len(x)
-    )
+    mismatches = int(((got_labels != labels) & stable).sum()) if got_labels is not None else len(x)
     ok = diff is not None and diff <= atol and mismatches == 0
     result = Conformance(
         PASSED if ok else FAILED,

@@ -201,4 +201,3 @@ def model_fingerprint(folder: Path) -> tuple[Fingerprint, ...]:
         for v in sorted(folder.iterdir())
         if v.is_dir() and v.name.isascii() and v.name.isdigit()
     )
-
