@@ -243,6 +243,9 @@ def write_image(root: Path, version: int = 1, seed: int = 1, name: str = "img") 
         classes=IMG_CLASSES,
         feature_names=None,
     )
+    # What training writes for a multiclass model's drift (docs/manifest.md).
+    manifest["reference"]["classes"] = {"proportions": [0.5, 0.25, 0.25]}
+    manifest["reference"]["confidence"] = {"edges": [0.5, 0.9], "proportions": [0.2, 0.3, 0.5]}
     folder = write_version(root, name, version, graph, manifest)
     add_reference_sample(folder, w, b)
     return folder

@@ -29,6 +29,7 @@ from service.monitoring.buffers import (
     DirectHistogram,
     histogram_buffer,
 )
+from service.monitoring.quality import alert_min_labelled
 
 LATENCY_BUCKETS = (
     0.00025,
@@ -181,6 +182,14 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=r,
         )
+        self.objective_min_labeled = Gauge(
+            "verdict_objective_min_labeled",
+            "Fewest labelled rows of the class in a window before an alert on the objective "
+            "may fire (max_fnr: positives, max_fpr: negatives).",
+            ["model", "objective"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
         self.outcome_cost = Gauge(
             "verdict_outcome_cost",
             "Cost of one outcome from the manifest (fp, fn).",
@@ -190,8 +199,9 @@ class Metrics:
         )
         self.feature_bin = Counter(
             "verdict_feature_bin",
-            "Served rows per input feature reference bin (drift).",
-            ["model", "feature", "bin"],
+            "Served rows per reference bin of an input feature, the score, the predicted class "
+            "or the top-class confidence (drift).",
+            ["model", "version", "feature", "bin"],
             registry=r,
         )
         self.reference_bin_ratio = Gauge(
@@ -278,6 +288,9 @@ class Metrics:
         for objective, value in (manifest.get("objectives") or {}).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 self.objective_ratio.labels(model, objective).set(value)
+                self.objective_min_labeled.labels(model, objective).set(
+                    alert_min_labelled(float(value))
+                )
         for key, value in (manifest.get("costs") or {}).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 outcome = key.removeprefix("cost_")

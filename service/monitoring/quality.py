@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 OBJECTIVES = ("max_fnr", "max_fpr")
+# The fewest labelled rows of the class (positives for FNR, negatives for FPR) a window needs
+# before an alert on the target may fire, at the least (docs/monitoring.md).
+ALERT_MIN_LABELLED_FLOOR = 10
+
+
+def alert_min_labelled(target: float) -> int:
+    """The fewest labelled rows of the class before an alert on `target` may fire: the
+    smallest count in which one error alone does not exceed the target (ceil(1 / target)),
+    and never fewer than ALERT_MIN_LABELLED_FLOOR."""
+    if target <= 0:
+        return ALERT_MIN_LABELLED_FLOOR
+    return max(ALERT_MIN_LABELLED_FLOOR, math.ceil(1 / target - 1e-9))
 
 
 def confusion_matrix(cells: Iterable[tuple[int, int, int]], n_classes: int) -> list[list[int]]:

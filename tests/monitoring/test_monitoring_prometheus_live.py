@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
@@ -10,12 +11,15 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.monitoring.test_monitoring_evidence import lower_bound
+
 OUTCOMES = ("tp", "fp", "tn", "fn")
 ROWS_PER_REQUEST = 32
 MAX_ROWS = 2000
 # The labelling pattern: of the rows the service called positive, 45 are labelled positive
 # (tp) and 5 negative (fp); of those it called negative, 15 are labelled positive (fn) and 40
-# negative (tn). 60 labelled positives clear the alert's volume guard (50).
+# negative (tn). 60 labelled positives clear the alert's minimum (20 for max_fnr 0.05), and
+# 15 misses among them put FNR's lower bound far above the target.
 PATTERN = {"tp": 45, "fp": 5, "fn": 15, "tn": 40}
 
 
@@ -132,4 +136,15 @@ def test_recorded_fnr_fpr_and_pending_fnr_alert_from_live_feedback(
     alert = prom.wait_for(fnr_alert, f"VerdictFNRAboveTarget for {model}")
     # `for: 30m`: it stays pending for far longer than this test runs.
     assert alert["state"] == "pending"
-    assert float(alert["value"]) == pytest.approx(expected_fnr, rel=1e-9)
+    # Its value is the 95% lower bound of the live FNR (the evidence), from the labelled
+    # positives Prometheus counted in the 6h window; the service exported the minimum of
+    # labelled positives the alert needs (ceil(1 / max_fnr), at least 10).
+    positives = prom.values(
+        f'model:verdict_labeled_positives:increase6h{{model="{model}"}}', by="model"
+    )[model]
+    assert positives >= prom.values("model:verdict_fnr_min_labeled:max", by="model")[model]
+    exported = prom.values('verdict_objective_min_labeled{objective="max_fnr"}', by="model")
+    assert exported[model] == max(10, math.ceil(1 / target))
+    bound = lower_bound(expected_fnr * positives, positives)
+    assert float(alert["value"]) == pytest.approx(float(bound), rel=1e-9)
+    assert target < float(alert["value"]) < expected_fnr
