@@ -148,3 +148,44 @@ def test_recorded_fnr_fpr_and_pending_fnr_alert_from_live_feedback(
     bound = lower_bound(expected_fnr * positives, positives)
     assert float(alert["value"]) == pytest.approx(float(bound), rel=1e-9)
     assert target < float(alert["value"]) < expected_fnr
+
+
+def test_an_image_model_drifts_on_its_predictions_through_prometheus(
+    live_server: str, prometheus: Callable[[list[str]], Any]
+) -> None:
+    """The live image model (3 classes, no tabular feature) gets a PSI per version for its
+    predicted classes and top-class confidence, from the reference its manifest carries."""
+    base = live_server.rstrip("/")
+    prom = prometheus([urlparse(base).netloc])
+    prom.wait_for_targets_up(1)
+    features = {"__class__", "__confidence__"}
+
+    def counters_at_zero() -> bool:
+        found = prom.values(
+            'sum by (feature) (verdict_feature_bin_total{model="img",version="1"})', by="feature"
+        )
+        return features <= set(found)
+
+    # The bins exist before any prediction of this test (increase() needs a first sample);
+    # the module's earlier test may have predicted already, which only adds to them.
+    prom.wait_for(counters_at_zero, "verdict_feature_bin_total of img's predictions")
+    rows = np.random.default_rng(5).normal(size=(64, 16)).tolist()
+    with httpx.Client(base_url=base, timeout=10) as client:
+        for _ in range(4):
+            assert (
+                client.post("/predict", json={"model": "img", "instances": rows}).status_code == 200
+            )
+
+    def psi() -> dict[str, float] | None:
+        found = prom.values(
+            'model_version_feature:verdict_psi:rate1h{model="img",version="1"}', by="feature"
+        )
+        return found if set(found) == features else None
+
+    values = prom.wait_for(psi, "PSI of img's __class__ and __confidence__")
+    assert all(v >= 0 for v in values.values())
+    shares = prom.values(
+        'model_version_feature_bin:verdict_feature_bin:ratio_rate1h{model="img",feature="__class__"}',
+        by="bin",
+    )
+    assert set(shares) == {"0", "1", "2"} and sum(shares.values()) == pytest.approx(1.0)
