@@ -80,19 +80,24 @@ def _plain_name(name: Any) -> bool:
     return isinstance(name, str) and bool(name) and "/" not in name and not name.startswith(".")
 
 
-def check_claims(manifest: dict[str, Any]) -> list[str]:
-    """Problems with what the manifest claims about itself: a failed parity gate, and the
-    form of the `files` and `conformance` blocks when present."""
-    problems: list[str] = []
+def check_parity(manifest: dict[str, Any]) -> list[str]:
+    """A failed parity gate recorded by the manifest (`passed: false`, or `labels_equal:
+    false` in a manifest written before `passed` existed)."""
     parity = manifest.get("parity")
     if isinstance(parity, dict) and (
         parity.get("passed") is False or parity.get("labels_equal") is False
     ):
-        problems.append(
+        return [
             "the manifest records a failed parity gate (torch and onnxruntime disagreed at "
             f"training: max_abs_diff {parity.get('max_abs_diff')!r}, labels_equal "
             f"{parity.get('labels_equal')!r})"
-        )
+        ]
+    return []
+
+
+def check_blocks(manifest: dict[str, Any]) -> list[str]:
+    """Problems with the form of the `files` and `conformance` blocks, when present."""
+    problems: list[str] = []
     files = manifest.get("files")
     if files is not None and (
         not isinstance(files, dict)

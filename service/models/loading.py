@@ -18,8 +18,9 @@ from service.errors import ModelLoadError, scrub_paths
 from service.models.codecs import InputSpec
 from service.models.conformance import (
     Conformance,
-    check_claims,
+    check_blocks,
     check_conformance,
+    check_parity,
     read_checked_files,
     sha256_hex,
 )
@@ -120,7 +121,10 @@ def load_version(folder: Path, name: str, version: int, options: RuntimeOptions)
     problems = check_manifest(manifest, name, version)
     if problems:
         raise ModelLoadError(f"{name} v{version} refused: " + "; ".join(problems))
-    problems = check_claims(manifest)
+    problems = check_blocks(manifest)
+    if problems:
+        raise ModelLoadError(f"{name} v{version} refused: " + "; ".join(problems))
+    problems = check_parity(manifest)
     if problems:
         raise ModelLoadError(f"{name} v{version} refused: " + "; ".join(problems), "parity")
     model_file, sample_file = checked_files(manifest)

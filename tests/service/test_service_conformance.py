@@ -200,7 +200,7 @@ DOCTORED_MANIFESTS: dict[str, tuple[Any, str, str]] = {
     ),
     "no tolerance": (
         lambda m: m["conformance"].update(atol=0),
-        "parity",
+        "manifest",
         "conformance.atol must be a positive number",
     ),
 }
