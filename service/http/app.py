@@ -250,9 +250,7 @@ def create_app(
         on_unload=lambda mv: drift.unregister(mv.name, mv.version),
     )
     inference.observers.append(
-        lambda mv, x, class_index, score: drift.observe(
-            mv.name, mv.version, x, score if mv.binary else None
-        )
+        lambda mv, x, class_index, score: drift.observe(mv.name, mv.version, x, score, class_index)
     )
     state = app.state
     state.settings = settings

@@ -29,6 +29,7 @@ from service.monitoring.buffers import (
     DirectHistogram,
     histogram_buffer,
 )
+from service.monitoring.quality import alert_min_labelled
 
 LATENCY_BUCKETS = (
     0.00025,
@@ -181,6 +182,14 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=r,
         )
+        self.objective_min_labeled = Gauge(
+            "verdict_objective_min_labeled",
+            "Fewest labelled rows of the class in a window before an alert on the objective "
+            "may fire (max_fnr: positives, max_fpr: negatives).",
+            ["model", "objective"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
         self.outcome_cost = Gauge(
             "verdict_outcome_cost",
             "Cost of one outcome from the manifest (fp, fn).",
@@ -190,14 +199,31 @@ class Metrics:
         )
         self.feature_bin = Counter(
             "verdict_feature_bin",
-            "Served rows per input feature reference bin (drift).",
-            ["model", "feature", "bin"],
+            "Served rows per reference bin of an input feature, the score, the predicted class "
+            "or the top-class confidence (drift).",
+            ["model", "version", "feature", "bin"],
             registry=r,
         )
         self.reference_bin_ratio = Gauge(
             "verdict_reference_bin_ratio",
             "Reference proportion of each feature bin from the manifest (drift).",
             ["model", "version", "feature", "bin"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+
+        self.model_refusals = Counter(
+            "verdict_model_refusals",
+            "Model versions refused at load, by the check that refused them (manifest, files, "
+            "parity, graph, warmup, conformance).",
+            ["model", "version", "check"],
+            registry=r,
+        )
+        self.conformance_diff = Gauge(
+            "verdict_conformance_max_abs_diff",
+            "Largest |probability - expected| on the reference sample at the last load of a "
+            "version, on the provider that serves it (a refused version's too).",
+            ["model", "version", "provider"],
             multiprocess_mode="mostrecent",
             registry=r,
         )
@@ -262,6 +288,9 @@ class Metrics:
         for objective, value in (manifest.get("objectives") or {}).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 self.objective_ratio.labels(model, objective).set(value)
+                self.objective_min_labeled.labels(model, objective).set(
+                    alert_min_labelled(float(value))
+                )
         for key, value in (manifest.get("costs") or {}).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 outcome = key.removeprefix("cost_")
@@ -276,6 +305,10 @@ class Metrics:
                 self.reference_bin_ratio.labels(model, str(version), feature, str(i)).set(
                     proportion
                 )
+
+    def set_conformance(self, model: str, version: int, provider: str, max_abs_diff: float) -> None:
+        """What a version's reference sample measured on the provider that would serve it."""
+        self.conformance_diff.labels(model, str(version), provider).set(max_abs_diff)
 
     def clear_model_version(
         self, model: str, version: int, providers: list[str], keep: set[tuple[str, ...]]

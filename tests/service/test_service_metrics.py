@@ -25,6 +25,7 @@ BOUNDED_LABELS = {
     "feature",
     "bin",
     "le",
+    "check",
 }
 NAMES = {
     "http_duration": "verdict_http_request_duration_seconds",
@@ -43,6 +44,8 @@ NAMES = {
     "outcome_cost": "verdict_outcome_cost",
     "feature_bin": "verdict_feature_bin",
     "reference_bin_ratio": "verdict_reference_bin_ratio",
+    "model_refusals": "verdict_model_refusals",
+    "conformance_diff": "verdict_conformance_max_abs_diff",
 }
 
 
