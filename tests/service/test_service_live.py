@@ -189,7 +189,10 @@ def test_two_workers_add_up_their_metrics(
             r = http.post("/predict", json={"model": "bin", "instances": [[1, 2, 3]]})
             assert r.status_code == 200
     # Each worker hands its buffered updates over every second; the sum is exact after that.
-    wanted = 'verdict_inference_requests_total{model="bin",outcome="ok",protocol="rest",version="1"} 12.0'
+    wanted = (
+        'verdict_inference_requests_total{model="bin",outcome="ok",protocol="rest",version="1"}'
+        " 12.0"
+    )
     deadline = time.monotonic() + 10
     text = httpx.get(f"{server.url}/metrics").text
     while wanted not in text and time.monotonic() < deadline:
