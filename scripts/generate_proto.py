@@ -4,7 +4,7 @@ grpcio-tools writes the message and stub modules; two lines are then changed so 
 live inside the `service` package without clashing with anyone else's `inference` package:
 the stubs import the messages by their package path, and the messages go into a descriptor
 pool of their own (tritonclient.grpc defines the same `inference.*` names in the default
-pool, and a process may load both). tests/service/test_grpc_generated.py regenerates into a
+pool, and a process may load both). tests/service/test_service_grpc_proto.py regenerates into a
 temporary folder and fails when the committed files differ.
 """
 
