@@ -68,6 +68,7 @@ class Server:
     cpus: str
     workers: int
     startup_s: float = float("nan")
+    grpc_port: int = 0  # verdict's gRPC port (0: none)
     _stopped: bool = field(default=False, repr=False)
 
     def log_tail(self, chars: int = 3000) -> str:
