@@ -176,16 +176,15 @@ def run_h2load(
     connections: int,
     streams: int,
     seconds: int,
-    warmup_s: int,
     cpus: str,
     log_file: Path,
     batch: bool = False,
 ) -> dict[str, float]:
     """Run h2load (one thread, pinned to `cpus`) posting one gRPC ModelInfer request over
-    `connections` HTTP/2 connections with `streams` in flight on each, for `warmup_s` then
-    `seconds`; return a summary shaped like wrk's (requests, duration, percentiles from the
-    per-request log of the measured window, errors: HTTP failures only; gRPC statuses
-    are counted from the server's metrics by the caller), plus `loadgen_cpu_s`."""
+    `connections` HTTP/2 connections with `streams` in flight on each, for `seconds`;
+    return a summary shaped like wrk's (requests, duration, percentiles from the
+    per-request log, errors: HTTP failures only; gRPC statuses are counted from the
+    server's metrics by the caller), plus `loadgen_cpu_s`."""
     body_file.write_bytes(grpc_frame(message))
     log_file.unlink(missing_ok=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -199,7 +198,6 @@ def run_h2load(
         f"-c{connections}",
         f"-m{streams}",
         f"-D{seconds}",
-        f"--warm-up-time={warmup_s}",
         "-d",
         str(body_file),
         "-H",
@@ -214,7 +212,7 @@ def run_h2load(
             command,
             capture_output=True,
             text=True,
-            timeout=warmup_s + seconds + H2LOAD_GRACE_S,
+            timeout=seconds + H2LOAD_GRACE_S,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:

@@ -261,19 +261,13 @@ class Bench:
         if case.protocol == "grpc":
             message = self.grpc_message(server, case)
             body = Body(GRPC_PATH, message, "application/grpc")
+            log = self.work / "h2load.log"
+            shape = (server.grpc_port, message, body_file, case.connections, case.streams)
+            run_h2load(*shape, self.plan.warmup_s, wrk_cpu, log, batch)
             failed_before = grpc_failures(server.port)
-            result = run_h2load(
-                server.grpc_port,
-                message,
-                body_file,
-                case.connections,
-                case.streams,
-                self.plan.duration_s,
-                self.plan.warmup_s,
-                wrk_cpu,
-                self.work / "h2load.log",
-                batch,
-            )
+            cpu_before = server.cpu_s()
+            result = run_h2load(*shape, self.plan.duration_s, wrk_cpu, log, batch)
+            result["server_cpu_s"] = server.cpu_s() - cpu_before
             # h2load sees HTTP/2 statuses only; a gRPC error is a 200 with grpc-status in
             # the trailers, so errors are what the server counted as not OK.
             failed = grpc_failures(server.port) - failed_before
@@ -284,6 +278,7 @@ class Bench:
             run_wrk(
                 server.port, body, body_file, case.connections, self.plan.warmup_s, wrk_cpu, batch
             )
+            cpu_before = server.cpu_s()
             result = run_wrk(
                 server.port,
                 body,
@@ -293,6 +288,7 @@ class Bench:
                 wrk_cpu,
                 batch,
             )
+            result["server_cpu_s"] = server.cpu_s() - cpu_before
         seconds = result["duration_us"] / 1e6
         requests = int(result["requests"])
         record: dict[str, Any] = {
@@ -329,6 +325,11 @@ class Bench:
             "body_bytes": len(body.data),
             # The share of one CPU that wrk used; with 2 workers, that CPU is a server's too.
             "wrk_cpu_share": result["loadgen_cpu_s"] / seconds if seconds > 0 else 0.0,
+            # CPU time the server's processes used per request (user + system), measured
+            # window only: steadier than req/s when other work shares the machine.
+            "server_cpu_us_per_request": (
+                result["server_cpu_s"] * 1e6 / requests if requests else None
+            ),
         }
         print(
             f"  {server.name:<10} {case.model:<13} {case.name:<16} "
@@ -557,8 +558,11 @@ def grpc_failures(port: int) -> float:
         raise LoadError(f"GET /metrics answered {status}")
     total = 0.0
     for line in text.decode().splitlines():
+        # CANCELLED: the load generator resets the calls in flight when its window ends.
         if line.startswith("verdict_grpc_request_duration_seconds_count{") and (
-            'method="ModelInfer"' in line and 'code="OK"' not in line
+            'method="ModelInfer"' in line
+            and 'code="OK"' not in line
+            and 'code="CANCELLED"' not in line
         ):
             total += float(line.rsplit(" ", 1)[1])
     return total

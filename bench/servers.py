@@ -99,6 +99,16 @@ class Server:
             todo.extend(children.get(pid, []))
         return found
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server's processes have used so far."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        return total
+
     def peak_rss(self) -> list[dict[str, str | int | float]]:
         """VmHWM (peak resident set, MB = 10^6 bytes) of each of the server's processes."""
         found: list[dict[str, str | int | float]] = []
