@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from service.grpc.server import GrpcServer
 from service.http.app import VerdictApp, create_app, lifespan
 from service.http.server import HttpServer
 from service.settings import Settings
@@ -89,6 +88,9 @@ async def serve(
             app = create_app(settings)
         except Exception as exc:
             raise StartupError(f"the app cannot be built: {exc}") from exc
+    # Imported here: a --workers supervisor serves nothing and need not load grpcio.
+    from service.grpc.server import GrpcServer
+
     server = HttpServer(app.edge, settings.read_timeout_s)
     state = app.state
     grpc_server = GrpcServer.over(state.dataplane, state.metrics, state.tracing, settings)
