@@ -186,8 +186,9 @@ def _install_error_handlers(app: VerdictApp) -> None:
 
 
 def _no_telemetry() -> dict[str, Any]:
-    """Newer FastAPI checks OpenTelemetry providers on every request; verdict exports
-    Prometheus metrics instead, so switch that off where the option exists."""
+    """Newer FastAPI checks OpenTelemetry providers on every request; switch that off where
+    the option exists: verdict's edge makes every request's span itself when traces are on
+    (`service.monitoring.tracing`), whichever part answers it."""
     if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
         return {}
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
