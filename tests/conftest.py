@@ -276,6 +276,7 @@ def make_settings(repo: Path, tmp: Path, **overrides: Any) -> Any:
         "feedback_db": str(tmp / "var" / "feedback.sqlite3"),
         "prediction_id_key": TEST_KEY,
         "max_queue_delay_ms": 1.0,
+        "grpc_port": 0,  # tests never take a fixed port
     }
     values.update(overrides)
     return Settings(**values)
@@ -331,6 +332,7 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("VERDICT_")}
+        full_env["VERDICT_GRPC_PORT"] = "0"  # tests never take a fixed port
         full_env.update(env)
         full_env["PYTHONPATH"] = str(ROOT)
         # A file, not a pipe: a pipe nobody reads would block a chatty server.

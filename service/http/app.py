@@ -33,6 +33,7 @@ from service.monitoring.ids import PredictionIds
 from service.monitoring.keys import load_prediction_key
 from service.monitoring.metrics import Metrics, mark_process_dead, multiproc_dir
 from service.monitoring.store import FeedbackStore
+from service.monitoring.tracing import Tracing, provider_from_env
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ async def lifespan(app: FastAPI, load_first: bool = False) -> AsyncIterator[None
             await fb.close()  # commits are per request; this closes the file cleanly
         except Exception:
             log.exception("closing the feedback store at shutdown failed")
+        if state.tracing is not None:  # export the last spans (a network call: off the loop)
+            await asyncio.to_thread(state.tracing.shutdown)
         mark_process_dead(state.metrics.multiproc)
 
 
@@ -188,8 +191,9 @@ def _install_error_handlers(app: VerdictApp) -> None:
 
 
 def _no_telemetry() -> dict[str, Any]:
-    """Newer FastAPI checks OpenTelemetry providers on every request; verdict exports
-    Prometheus metrics instead, so switch that off where the option exists."""
+    """Newer FastAPI checks OpenTelemetry providers on every request; switch that off where
+    the option exists: verdict's edge makes every request's span itself when traces are on
+    (`service.monitoring.tracing`), whichever part answers it."""
     if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
         return {}
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
@@ -208,11 +212,16 @@ def _openapi(app: VerdictApp) -> dict[str, Any]:
 
 
 def create_app(
-    settings: Settings | None = None, registry: CollectorRegistry | None = None
+    settings: Settings | None = None,
+    registry: CollectorRegistry | None = None,
+    tracer_provider: Any = None,
 ) -> VerdictApp:
     """A new app with its own settings, metrics registry, model repository, data plane and
-    edge; `registry` lets a caller read the metrics."""
+    edge; `registry` lets a caller read the metrics; `tracer_provider` (an OpenTelemetry
+    SDK TracerProvider) turns traces on with it, else the OTEL_* environment decides."""
     settings = settings or Settings()
+    provider = tracer_provider if tracer_provider is not None else provider_from_env()
+    tracing = Tracing(provider) if provider is not None else None
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     metrics = Metrics(registry, multiproc_dir())
     app = VerdictApp(
@@ -261,6 +270,7 @@ def create_app(
     state.feedback = feedback_service
     state.drift = drift
     state.dataplane = plane
+    state.tracing = tracing
     for router in ROUTERS:
         app.include_router(router)
     install_docs(app)
@@ -274,6 +284,7 @@ def create_app(
         max_inflight_requests=settings.max_inflight_requests,
         cors_origins=settings.cors_origins,
         access_log=settings.access_log,
+        tracing=tracing,
     )
     _install_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
 
 from service.dataplane.access import Access, Need
@@ -44,6 +44,9 @@ from service.http.messages import (
 )
 from service.logs import REQUEST_ID
 from service.monitoring.metrics import Metrics
+
+if TYPE_CHECKING:
+    from service.monitoring.tracing import RequestTrace, Tracing
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")
@@ -127,6 +130,7 @@ class Exchange:
         "scope",
         "start",
         "timer",
+        "trace",
         "written",
     )
 
@@ -155,6 +159,7 @@ class Exchange:
         self.complete = False  # the whole body is in (set by the face that reads it)
         self.keep_alive = True  # the connection may go on after the answer
         self.written = False  # the answer is written
+        self.trace: RequestTrace | None = None  # the request's span, when traces are on
 
     @property
     def template(self) -> str:
@@ -213,6 +218,7 @@ class Edge:
         max_inflight_requests: int,
         cors_origins: list[str],
         access_log: bool,
+        tracing: Tracing | None = None,
     ) -> None:
         self.router = Router(routes)
         self.framework = framework
@@ -223,6 +229,7 @@ class Edge:
         self.active = 0  # POST requests admitted and not yet answered
         self.cors = Cors(cors_origins) if cors_origins else None
         self.access_log = access_log
+        self.tracing = tracing
         self._histogram = metrics.http_duration
         self._metrics = metrics
         self._children: dict[tuple[str, str, int], Any] = {}
@@ -238,6 +245,8 @@ class Edge:
         preflight); else its body is fed to `ex.feed` and `respond` answers it."""
         ex = Exchange(self, method, raw_path, query, headers)
         ex.route, ex.params = self.router.match(ex.path)
+        if self.tracing is not None:
+            ex.trace = self._trace(ex)
         if method == "OPTIONS" and self.cors is not None:
             preflight = self.cors.preflight(ex.headers)
             if preflight is not None:
@@ -325,10 +334,31 @@ class Edge:
             child = self._metrics.histogram(self._histogram.labels(key[0], key[1], str(status)))
             self._children[key] = child
         child.observe(elapsed)
+        if ex.trace is not None:
+            ex.trace.end(
+                {"http.response.status_code": status},
+                str(status) if status >= 500 else None,
+            )
+            ex.trace = None
         if self.access_log:
             token = REQUEST_ID.set(ex.request_id)
             access_log.info("%s %s %d %.1fms", ex.method, ex.path, status, elapsed * 1000.0)
             REQUEST_ID.reset(token)
+
+    def _trace(self, ex: Exchange) -> RequestTrace:
+        """The request's server span, a child of the context its headers carry."""
+        assert self.tracing is not None
+        route = ex.route.template if ex.route is not None else None
+        attributes: dict[str, Any] = {
+            "http.request.method": ex.method,
+            "url.path": ex.path,
+            "verdict.request_id": ex.request_id,
+        }
+        if route is not None:
+            attributes["http.route"] = route
+        name = f"{ex.method} {route}" if route is not None else ex.method
+        headers = ex.headers
+        return self.tracing.start(name, lambda key: headers.text(key.encode("latin-1")), attributes)
 
     def reject(self, exc: BaseException) -> tuple[Exchange, Answer]:
         """An answer for what never became a request (malformed HTTP, headers too large or

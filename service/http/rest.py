@@ -54,7 +54,11 @@ class Rest:
 
     async def predict(self, ex: Exchange, body: bytes) -> Answer:
         """`{"model"?, "version"?, "instances": [...]}` -> one answer per row."""
-        doc = decode_json(body)
+        if ex.trace is None:
+            doc = decode_json(body)
+        else:
+            with ex.trace.stage("decode"):
+                doc = decode_json(body)
         if not isinstance(doc, dict):
             raise BadRequestError("the body must be a JSON object with `instances`")
         model = doc.get("model")
@@ -65,21 +69,35 @@ class Rest:
             isinstance(version, bool) or not isinstance(version, int | str)
         ):
             raise BadRequestError("`version` must be an integer")
-        decided = await self.inference.predict(model, version, doc.get("instances"))
-        return Answer(200, encode_predictions(decided))
+        trace = ex.trace
+        decided = await self.inference.predict(model, version, doc.get("instances"), trace)
+        if trace is None:
+            return Answer(200, encode_predictions(decided))
+        with trace.stage("encode"):
+            return Answer(200, encode_predictions(decided))
 
     async def infer(self, ex: Exchange, body: bytes) -> Answer:
         """An OIP inference request, JSON or JSON + binary tensor data."""
         header_length = ex.headers.get(HEADER_LENGTH_NAME)
-        request = InferRequest.decode(body, header_length)
+        trace = ex.trace
+        if trace is None:
+            request = InferRequest.decode(body, header_length)
+        else:
+            with trace.stage("decode"):
+                request = InferRequest.decode(body, header_length)
         decided = await self.inference.infer(
             ex.params["model"],
             ex.params.get("version"),
             request.inputs,
             [name for name, _ in request.outputs] if request.outputs else None,
             with_ids=bool(request.parameters.get("prediction_ids")),
+            trace=trace,
         )
-        payload, json_length = request.encode(decided)
+        if trace is None:
+            payload, json_length = request.encode(decided)
+        else:
+            with trace.stage("encode"):
+                payload, json_length = request.encode(decided)
         if json_length is None:
             return Answer(200, payload)
         return Answer(200, payload, BINARY, [(HEADER_LENGTH_NAME, b"%d" % json_length)])

@@ -138,8 +138,6 @@ class Batcher:
         if self._closed:
             raise ShuttingDownError(f"model {self.name} is being unloaded")
         if self._queued_rows and self._queued_rows + rows > self.max_queue_rows:
-            if self._metrics is not None:
-                self._metrics.overloaded.inc()
             raise OverloadedError(
                 f"model {self.name} is overloaded: {self._queued_rows} rows already waiting "
                 f"(max_queue_rows {self.max_queue_rows})"
@@ -167,7 +165,7 @@ class Batcher:
         """Run directly on the calling thread (warm-up, before traffic)."""
         return self._run(x)
 
-    def run_now(self, x: np.ndarray) -> BatchResult | None:
+    def run_now(self, x: np.ndarray, tag: object = None) -> BatchResult | None:
         """Run at once, on the loop, a request that has nothing to be merged with (the caller
         knows), when the run is cheap and no group waits for the end of this turn (it would
         go first); its answer can then be written before the loop turns at all. None:
@@ -184,14 +182,15 @@ class Batcher:
             raise as_inference_error(self.name, exc) from exc
         finally:
             self._set_queued(self._queued_rows - rows)
-        result = BatchResult(out, 0.0, perf_counter() - start)
+        result = BatchResult(out, 0.0, perf_counter() - start, rows, (tag,))
         self.inline_runs += 1
         self.batches_run += 1
         asyncio.get_running_loop().call_soon(self._observe, rows, [result])
         return result
 
-    async def submit(self, x: np.ndarray) -> BatchResult:
-        """Probabilities for a validated float32 batch; raises OverloadedError when full."""
+    async def submit(self, x: np.ndarray, tag: object = None) -> BatchResult:
+        """Probabilities for a validated float32 batch; raises OverloadedError when full.
+        `tag` is handed back, with the tags of the requests merged with it, in the result."""
         rows = len(x)
         self._admit(rows)
         loop = asyncio.get_running_loop()
@@ -201,7 +200,7 @@ class Batcher:
             join = self.enabled and bool(self._tick) and self._cheap(self._group_rows + rows)
             if join or self._cheap(rows):
                 future: asyncio.Future[BatchResult] = loop.create_future()
-                pending = Pending(x, future)
+                pending = Pending(x, future, tag)
                 if join:
                     self._tick[-1].append(pending)
                     self._group_rows += rows
@@ -213,14 +212,14 @@ class Batcher:
                     loop.call_soon(self._run_tick)
                 return await future
         if not self.enabled or (not self._busy and not self._queue):
-            return await self._run_alone_on_thread(x)
+            return await self._run_alone_on_thread(x, tag)
         future = loop.create_future()
-        self._queue.append(Pending(x, future))
+        self._queue.append(Pending(x, future, tag))
         assert self._wakeup is not None
         self._wakeup.set()
         return await future
 
-    async def _run_alone_on_thread(self, x: np.ndarray) -> BatchResult:
+    async def _run_alone_on_thread(self, x: np.ndarray, tag: object = None) -> BatchResult:
         """Idle (or batching off): run now on the thread, no queueing."""
         rows = len(x)
         self._busy = True
@@ -235,7 +234,7 @@ class Batcher:
             self._last_batch_requests = 1
             if self._queue and self._wakeup is not None:
                 self._wakeup.set()
-        result = BatchResult(out, start - enqueued, compute_s)
+        result = BatchResult(out, start - enqueued, compute_s, rows, (tag,))
         self.batches_run += 1
         self._observe(rows, [result])
         return result
@@ -396,7 +395,7 @@ class Batcher:
                     p.future.set_exception(failed_alone(self.name, outcome))
                 continue
             out, start, compute_s = outcome
-            result = BatchResult(out, start - p.enqueued, compute_s)
+            result = BatchResult(out, start - p.enqueued, compute_s, p.rows, (p.tag,))
             self.batches_run += 1
             if not p.future.done():
                 p.future.set_result(result)

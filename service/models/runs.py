@@ -15,22 +15,29 @@ from service.errors import InferenceError, OverloadedError, ShuttingDownError
 
 @dataclass(slots=True)
 class BatchResult:
-    """The rows of one request, and how long they queued and computed."""
+    """The rows of one request, how long they queued and computed, the rows of the run they
+    were part of, and the tags of every request merged into that run (traces link them)."""
 
     probabilities: np.ndarray
     queue_s: float
     compute_s: float
+    run_rows: int = 0
+    tags: tuple[object, ...] = ()
 
 
 class Pending:
-    """A request waiting for its run: its rows and the future its answer goes to."""
+    """A request waiting for its run: its rows, the future its answer goes to, and the tag it
+    was submitted with."""
 
-    __slots__ = ("enqueued", "future", "rows", "x")
+    __slots__ = ("enqueued", "future", "rows", "tag", "x")
 
-    def __init__(self, x: np.ndarray, future: asyncio.Future[BatchResult]) -> None:
+    def __init__(
+        self, x: np.ndarray, future: asyncio.Future[BatchResult], tag: object = None
+    ) -> None:
         self.x = x
         self.rows = len(x)
         self.future = future
+        self.tag = tag
         self.enqueued = perf_counter()
 
 
@@ -64,8 +71,12 @@ def hand_out(
     """Give each request of a merged run its own rows of the output, in order."""
     results = []
     offset = 0
+    rows = len(out)
+    tags = tuple(p.tag for p in batch)
     for p in batch:
-        result = BatchResult(out[offset : offset + p.rows], start - p.enqueued, compute_s)
+        result = BatchResult(
+            out[offset : offset + p.rows], start - p.enqueued, compute_s, rows, tags
+        )
         offset += p.rows
         results.append(result)
         if not p.future.done():

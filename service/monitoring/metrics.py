@@ -64,6 +64,8 @@ LABEL_DELAY_BUCKETS = (
     4 * WEEK,
 )
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The transports, as the `protocol` label of the series that count requests.
+PROTOCOLS = ("rest", "grpc")
 
 
 class _FlushFirst:
@@ -103,6 +105,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.grpc_duration = Histogram(
+            "verdict_grpc_request_duration_seconds",
+            "gRPC request duration by method and status code.",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.inference_duration = Histogram(
             "verdict_inference_duration_seconds",
             "Time a request spends queued for a batch, and computing in ONNX Runtime.",
@@ -126,8 +135,8 @@ class Metrics:
         )
         self.inference_requests = Counter(
             "verdict_inference_requests",
-            "Inference requests by outcome (ok, invalid, overloaded, error).",
-            ["model", "version", "outcome"],
+            "Inference requests by outcome (ok, invalid, overloaded, error) and protocol.",
+            ["model", "version", "outcome", "protocol"],
             registry=r,
         )
         self.model_info = Gauge(
@@ -246,8 +255,9 @@ class Metrics:
 
     def forget(self, vm: VersionMetrics) -> None:
         """Flush a retired version's buffers and stop tracking them (reloads add new ones)."""
-        mine = [vm.queue, vm.compute, vm.batch_size, vm.queue_depth, vm.ok, vm.invalid]
-        mine += [vm.overloaded, vm.error, vm.score, vm.predictions]
+        mine = [vm.queue, vm.compute, vm.batch_size, vm.queue_depth, vm.score, vm.predictions]
+        for o in vm.requests.values():
+            mine += [o.ok, o.invalid, o.overloaded, o.error]
         ids = {id(b) for b in mine}
         for buffer in mine:
             if isinstance(buffer, Buffered):
@@ -268,10 +278,15 @@ class Metrics:
             compute=self.histogram(self.inference_duration.labels(model, v, "compute")),
             batch_size=self.histogram(self.batch_size.labels(model, v)),
             queue_depth=self.gauge(self.queue_depth.labels(model, v)),
-            ok=self.counter(outcome.labels(model, v, "ok")),
-            invalid=self.counter(outcome.labels(model, v, "invalid")),
-            overloaded=self.counter(outcome.labels(model, v, "overloaded")),
-            error=self.counter(outcome.labels(model, v, "error")),
+            requests={
+                p: Outcomes(
+                    ok=self.counter(outcome.labels(model, v, "ok", p)),
+                    invalid=self.counter(outcome.labels(model, v, "invalid", p)),
+                    overloaded=self.counter(outcome.labels(model, v, "overloaded", p)),
+                    error=self.counter(outcome.labels(model, v, "error", p)),
+                )
+                for p in PROTOCOLS
+            },
             predictions=self._track(
                 BufferedClassCounts([self.predictions.labels(model, v, c) for c in classes])
             ),
@@ -338,6 +353,16 @@ class Metrics:
 
 
 @dataclass(slots=True)
+class Outcomes:
+    """The outcome counters of one model version's requests over one protocol."""
+
+    ok: Any
+    invalid: Any
+    overloaded: Any
+    error: Any
+
+
+@dataclass(slots=True)
 class VersionMetrics:
     """Cached labelled children for one model version."""
 
@@ -345,10 +370,7 @@ class VersionMetrics:
     compute: Any
     batch_size: Any
     queue_depth: Any
-    ok: Any
-    invalid: Any
-    overloaded: Any
-    error: Any
+    requests: dict[str, Outcomes]  # by protocol (PROTOCOLS)
     predictions: BufferedClassCounts
     score: Any
 
