@@ -102,13 +102,14 @@ def decode_infer(data: bytes) -> InferCall:
 
 
 def _from_raw(name: str, datatype: str, shape: list[int], raw: bytes, i: int) -> np.ndarray:
-    needed = math.prod(shape) * check_datatype(name, datatype).itemsize
+    dtype = check_datatype(name, datatype)
+    needed = math.prod(shape) * dtype.itemsize
     if len(raw) != needed:
         raise BadRequestError(
             f"input {name!r}: raw_input_contents[{i}] is {len(raw)} bytes but shape {shape} "
             f"of {datatype} needs {needed}"
         )
-    return tensor_from_bytes(name, datatype, shape, raw)
+    return tensor_from_bytes(name, dtype, shape, raw)
 
 
 def _from_contents(name: str, tensor: Any, shape: list[int]) -> np.ndarray:
