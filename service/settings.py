@@ -95,10 +95,11 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind.")
     grpc_port: int = Field(
         default=8001,
-        ge=0,
+        ge=-1,
         le=65535,
         description="Port of the gRPC Open Inference Protocol (on the same host; 0 = any free "
-        "port); change it where 8001 is taken.",
+        "port; -1 = no gRPC, and grpcio is not loaded); change it where 8001 is taken, or "
+        "turn it off when no client uses gRPC.",
     )
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["auto"],

@@ -88,12 +88,14 @@ async def serve(
             app = create_app(settings)
         except Exception as exc:
             raise StartupError(f"the app cannot be built: {exc}") from exc
-    # Imported here: a --workers supervisor serves nothing and need not load grpcio.
-    from service.grpc.server import GrpcServer
-
     server = HttpServer(app.edge, settings.read_timeout_s)
     state = app.state
-    grpc_server = GrpcServer.over(state.dataplane, state.metrics, state.tracing, settings)
+    grpc_server = None
+    if settings.grpc_port >= 0:
+        # Imported here: a --workers supervisor, or a server with gRPC off, never loads grpcio.
+        from service.grpc.server import GrpcServer
+
+        grpc_server = GrpcServer.over(state.dataplane, state.metrics, state.tracing, settings)
     async with lifespan(app, load_first=load_first):
         try:
             if sock is None:
@@ -106,29 +108,32 @@ async def serve(
                 )
         except OSError as exc:
             raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
-        try:
-            state.grpc_port = await grpc_server.start(
-                settings.host, settings.grpc_port, reuse_port=sock is not None
-            )
-        except OSError as exc:
-            listener.close()
-            raise StartupError(f"gRPC: {exc}") from exc
+        state.grpc_port = None
+        if grpc_server is not None:
+            try:
+                state.grpc_port = await grpc_server.start(
+                    settings.host, settings.grpc_port, reuse_port=sock is not None
+                )
+            except OSError as exc:
+                listener.close()
+                raise StartupError(f"gRPC: {exc}") from exc
         where = listener.sockets[0].getsockname()
         log.info(
-            "verdict %d serving on http://%s:%d and gRPC port %d",
+            "verdict %d serving on http://%s:%d, %s",
             os.getpid(),
             where[0],
             where[1],
-            state.grpc_port,
+            "gRPC off" if state.grpc_port is None else f"gRPC port {state.grpc_port}",
         )
         if ready is not None:
             ready(server, listener)
         await stop.wait()
         log.info("stopping: draining requests in flight (up to %g s)", settings.drain_seconds)
         listener.close()
-        await asyncio.gather(
-            server.drain(settings.drain_seconds), grpc_server.drain(settings.drain_seconds)
-        )
+        drains = [server.drain(settings.drain_seconds)]
+        if grpc_server is not None:
+            drains.append(grpc_server.drain(settings.drain_seconds))
+        await asyncio.gather(*drains)
     log.info("stopped")
 
 
@@ -226,15 +231,17 @@ def serve_workers(settings: Settings, overrides: dict[str, Any], workers: int) -
     try:
         # Bound (not listening) here: reserves the ports (HTTP, gRPC), and resolves port 0
         # once for all.
-        for wanted in (settings.port, settings.grpc_port):
+        wanted_ports = [settings.port] + ([settings.grpc_port] if settings.grpc_port >= 0 else [])
+        for wanted in wanted_ports:
             reserved.append(_reuseport_socket(host, wanted))
     except OSError as exc:
         print(f"verdict: cannot bind {host}:{wanted}: {exc}", file=sys.stderr)
         for sock in reserved:
             sock.close()
         return STARTUP_FAILURE
-    port, grpc_port = (sock.getsockname()[1] for sock in reserved)
-    for taken in (port, grpc_port):
+    taken_ports = [sock.getsockname()[1] for sock in reserved]
+    port, grpc_port = taken_ports[0], taken_ports[1] if len(taken_ports) > 1 else -1
+    for taken in taken_ports:
         if _someone_listens(host, taken):
             # SO_REUSEPORT would let these workers join that server's and take a share of
             # its connections without either one knowing.

@@ -407,3 +407,38 @@ def test_workers_share_the_grpc_port(tmp_path: Path) -> None:
         assert server.proc.wait(30) == 0
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_grpc_port_minus_one_serves_http_without_loading_grpcio(
+    tmp_path: Path, workers: str
+) -> None:
+    server = LiveServer(
+        {
+            "VERDICT_MODEL_REPOSITORY": str(MODELS),
+            "VERDICT_FEEDBACK_DB": str(tmp_path / "feedback.sqlite3"),
+            "VERDICT_PREDICTION_ID_KEY": TEST_KEY,
+            "VERDICT_GRPC_PORT": "-1",
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+        },
+        ["--workers", workers],
+    )
+    try:
+        server.wait_ready()
+        x = _rows("breast-cancer", 2).tolist()
+        answer = httpx.post(
+            f"{server.url}/predict", json={"model": "breast-cancer", "instances": x}
+        )
+        assert answer.status_code == 200, answer.text
+        assert "gRPC off" in server.output()
+        pids = [server.proc.pid]
+        children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+        pids += [int(p) for p in children.read_text().split()]
+        if workers == "2":  # the supervisor, its workers (and multiprocessing's helper)
+            assert len(pids) >= 3, pids
+        for pid in pids:  # no process mapped grpcio's extension
+            assert "cygrpc" not in Path(f"/proc/{pid}/maps").read_text(), pid
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0
+    finally:
+        server.stop()
