@@ -81,6 +81,9 @@ class FeedbackStore:
     surfaces as `StoreUnavailableError`, and the connection is reopened on the next call.
     """
 
+    # Threads worth calling it from: SQLite has one writer, and this class one connection.
+    threads = 1
+
     def __init__(self, path: str, busy_timeout_s: float = 5.0) -> None:
         self.path = path
         self.busy_timeout_s = busy_timeout_s
