@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import free_port
 
 PASSWORD = "verdict-test"
@@ -141,3 +143,23 @@ def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for a test session (per conftest that imports it)."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg(pg_server: PostgresServer) -> Iterator[PostgresServer]:
+    """The server, running, writable, with an empty `verdict` database."""
+    if not pg_server.running():
+        pg_server.start()
+    pg_server.sql_admin("postgres", "ALTER SYSTEM RESET ALL")
+    pg_server.sql_admin("postgres", "SELECT pg_reload_conf()")
+    pg_server.reset()
+    yield pg_server
+    if not pg_server.running():
+        pg_server.start()

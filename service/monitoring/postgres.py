@@ -13,7 +13,7 @@ from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from service.errors import StoreUnavailableError
 from service.monitoring.postgres_schema import migrate_schema, schema_version
@@ -119,15 +119,17 @@ class PostgresStore:
                 self._pool.open(wait=False)
             return self._pool
 
-    def _admit(self) -> None:
-        """Fail at once while the database is known to be unreachable (one call probes)."""
+    def _admit(self) -> float:
+        """How long this call may wait for a connection; fails at once while the database is
+        known to be unreachable (one call a second probes, for a shorter time)."""
         with self._lock:
             if self._down is None:
-                return
+                return WAIT_S
             now = time.monotonic()
             if now < self._retry_at:
                 raise StoreUnavailableError(f"feedback store unreachable: {self._down}")
             self._retry_at = now + DOWN_HOLD_S  # this call probes; the others wait their turn
+            return DOWN_HOLD_S
 
     def _mark(self, down: str | None) -> None:
         with self._lock:
@@ -135,15 +137,24 @@ class PostgresStore:
             if down is not None:
                 self._retry_at = time.monotonic() + DOWN_HOLD_S
 
+    def _why_unreachable(self) -> psycopg.Error | None:
+        """The pool only says it timed out; one direct attempt says why (refused, wrong
+        password, no such database), for the answer and the log."""
+        try:
+            psycopg.connect(self._conninfo, connect_timeout=2).close()
+        except psycopg.Error as exc:
+            return exc
+        return None
+
     def _call(self, doing: str, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Run `fn` on a pooled connection. A connection that broke while idle (the database
         restarted) is replaced and the call made once more: `fn` must be safe to repeat."""
-        self._admit()
+        wait_s = self._admit()
         pool = self._get_pool()
         for attempt in (1, 2):
             conn: psycopg.Connection[Any] | None = None
             try:
-                with pool.connection() as conn:
+                with pool.connection(timeout=wait_s) as conn:
                     result = fn(conn)
                 self._mark(None)
                 return result
@@ -151,7 +162,10 @@ class PostgresStore:
                 lost = conn is None or conn.broken
                 if lost and attempt == 1 and conn is not None:
                     pool.check()  # drop every idle connection that broke the same way
+                    wait_s = min(wait_s, DOWN_HOLD_S)  # back at once after a restart, or down
                     continue
+                if isinstance(exc, PoolTimeout):
+                    exc = self._why_unreachable() or exc
                 message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                 if lost:
                     self._mark(message)
