@@ -98,7 +98,7 @@ class PostgresServer:
         with psycopg.connect(
             host=str(self.root), port=self.port, user="postgres", dbname=dbname, autocommit=True
         ) as conn:
-            cursor = conn.execute(statement)  # type: ignore[arg-type]
+            cursor = conn.execute(statement)
             return list(cursor.fetchall()) if cursor.description else []
 
     def sql(self, statement: str) -> list[tuple[Any, ...]]:
