@@ -292,12 +292,15 @@ class Stack:
         return done.stdout[-8000:] + done.stderr[-2000:]
 
     def up(self) -> None:
-        self.compose("up", "-d", timeout=600)
+        # Before `up`: it waits for the services others depend on to be healthy (postgres),
+        # and nothing else runs their health checks.
         if not self.ticker.is_alive():
             self.ticker.start()
+        self.compose("up", "-d", timeout=600)
 
     def down(self) -> None:
-        self.ticker.stop()
+        if self.ticker.is_alive():
+            self.ticker.stop()
         self.compose("down", "-v", "--remove-orphans", "--timeout", "40", check=False, timeout=300)
         remove_leftovers()
 
