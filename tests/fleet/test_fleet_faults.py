@@ -187,7 +187,7 @@ def test_a_rolling_restart_under_load_fails_no_prediction_and_keeps_every_label(
         labels, predicted = ingest.sent, predictions.ok
         fleet.start(1)  # the new replica first (a surge of one), then the old one goes
         fleet.leave(old)
-        time.sleep(0.3)  # what a preStop sleep gives the balancer
+        time.sleep(1.0)  # what a preStop sleep gives the balancer
         old.proc.send_signal(signal.SIGTERM)
         assert old.proc.wait(30) == 0, old.output()[-2000:]
         fleet.replicas.remove(old)
