@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: serve test models lint format bench bench-quick load sysdeps install install-dev clean constraints compose-test
+.PHONY: serve test models lint format bench bench-quick load sysdeps install install-dev clean constraints compose-test proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ install-dev: $(VENV)/.installed-dev
 serve: $(VENV)/.installed-serve
 	$(BIN)/verdict-serve --host $(HOST) --port $(PORT)
 
-## sysdeps: Debian packages the tests use (prometheus/promtool, wrk, docker-compose, postgresql)
+## sysdeps: Debian packages the tests use (prometheus/promtool, wrk, h2load, docker-compose, postgresql)
 sysdeps:
 	@bash scripts/sysdeps.sh
 
@@ -65,6 +65,10 @@ format: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+## proto: regenerate service/grpc/generated/ from service/grpc/inference.proto (grpcio-tools)
+proto: $(VENV)/.installed-dev
+	$(BIN)/python scripts/generate_proto.py
 
 ## constraints: pin the serving install's exact versions (a fresh venv's pip freeze)
 constraints:

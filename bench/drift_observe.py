@@ -22,7 +22,10 @@ from service.monitoring.drift import DriftMonitor
 class _Metrics:
     def __init__(self) -> None:
         self.feature_bin = Counter(
-            "verdict_feature_bin", "bins", ["model", "feature", "bin"], registry=CollectorRegistry()
+            "verdict_feature_bin",
+            "bins",
+            ["model", "version", "feature", "bin"],
+            registry=CollectorRegistry(),
         )
 
 

@@ -19,11 +19,14 @@ class Case:
     protocol: str
     # "single": verdict (1 worker) and the obvious server; "workers": verdict with 2 workers.
     group: str = "single"
+    # Requests in flight on each connection (HTTP/2 streams; gRPC only).
+    streams: int = 1
 
     @property
     def name(self) -> str:
-        """A stable case name, e.g. `64r-8c-v2-binary`."""
-        return f"{self.rows}r-{self.connections}c-{self.protocol}"
+        """A stable case name, e.g. `64r-8c-v2-binary`, `1r-1c-32s-grpc`."""
+        streams = f"{self.streams}s-" if self.streams > 1 else ""
+        return f"{self.rows}r-{self.connections}c-{streams}{self.protocol}"
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,10 @@ def full_cases(models: tuple[str, ...], subset: bool = False) -> tuple[Case, ...
         if keep_all:
             cases.append(Case(model, 1, 1, "json"))
             cases.append(Case(model, 1, 32, "json"))
-        for protocol in ("json", "v2-json", "v2-binary"):
+            # gRPC as its clients use it: one channel (connection), requests multiplexed.
+            cases.append(Case(model, 1, 1, "grpc"))
+            cases.append(Case(model, 1, 1, "grpc", streams=32))
+        for protocol in ("json", "v2-json", "v2-binary", "grpc"):
             cases.append(Case(model, 64, 8, protocol))
         if keep_all:
             cases.append(Case(model, 1, 32, "json", group="workers"))
@@ -57,7 +63,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
     """Pick the mode's defaults, then apply explicit overrides."""
     models = tuple(args.models.split(",")) if args.models else MODELS
     if args.smoke:
-        plan = Plan("smoke", 1, 1, 1, 0.2, (Case(models[0], 1, 1, "json"),))
+        smoke = (Case(models[0], 1, 1, "json"), Case(models[0], 1, 1, "grpc"))
+        plan = Plan("smoke", 1, 1, 1, 0.2, smoke)
     elif args.quick:
         plan = Plan("quick", 1, 2, 4, 1.0, full_cases(models, subset=True))
     else:

@@ -24,6 +24,9 @@ def add_ratios(records: list[Record]) -> None:
       with the same model, rows per request and connections.
     - `ratio_vs_one_worker`: 2 workers against 1 worker, same case.
     - `ratio_vs_ceiling`: rows/s against in-process session.run rows/s at the same batch size.
+    - `ratio_vs_rest_binary`: a gRPC case's requests/s against REST binary v2 (`v2-binary`),
+      same model, rows and connections (gRPC cases have no obvious-server ratio: the
+      obvious server speaks REST only).
     - `per_cpu_vs_one_worker`: 2 workers' requests/s per CPU left to them (2 less the share
       wrk used of the CPU it shares with a worker) against 1 worker's on its own CPU. An
       estimate of the scaling on free cores, shown beside the target, never instead of it.
@@ -55,7 +58,10 @@ def add_ratios(records: list[Record]) -> None:
 
     for r in cases:
         key = (r["model"], r["rows_per_request"], r["connections"])
-        obvious = find("obvious", *key, "json") if r["server"] != "obvious" else None
+        grpc = r["protocol"] == "grpc"
+        obvious = find("obvious", *key, "json") if r["server"] != "obvious" and not grpc else None
+        rest = find(r["server"], *key, "v2-binary") if grpc else None
+        r["ratio_vs_rest_binary"] = _ratio(r["requests_per_s"], rest, "requests_per_s")
         two_workers = r["server"].endswith("-2w")
         one = find(r["server"].removesuffix("-2w"), *key, r["protocol"]) if two_workers else None
         ceiling = ceilings.get((r["model"], r["rows_per_request"]))
@@ -146,6 +152,7 @@ def targets(records: list[Record], server: str = "verdict") -> list[Target]:
         c32 = _select(cases, server=server, model=m, case="1r-32c-json")
         b64 = _select(cases, server=server, model=m, case="64r-8c-json")
         bin64 = _select(cases, server=server, model=m, case="64r-8c-v2-binary")
+        grpc64 = _select(cases, server=server, model=m, case="64r-8c-grpc")
         w2 = _select(cases, server=f"{server}-2w", model=m, case="1r-32c-json")
         found += [
             Target(
@@ -195,6 +202,14 @@ def targets(records: list[Record], server: str = "verdict") -> list[Target]:
                 med,
                 lambda v: v >= 10,
                 ".1f",
+            ),
+            Target(
+                f"{m}: 64 rows, 8 conn, gRPC req/s vs REST binary v2",
+                "≥ 1×",
+                _values(grpc64, "ratio_vs_rest_binary"),
+                med,
+                lambda v: v >= 1,
+                ".2f",
             ),
             Target(
                 f"{m}: 2 workers vs 1 worker, 1 row, 32 conn req/s",

@@ -26,7 +26,15 @@ from types import FrameType
 from typing import Any
 
 from bench import report
-from bench.load import Body, build_body, run_wrk
+from bench.load import (
+    GRPC_PATH,
+    Body,
+    LoadError,
+    build_body,
+    build_grpc_message,
+    run_h2load,
+    run_wrk,
+)
 from bench.payloads import PAYLOAD_DIR, load_rows
 from bench.plan import TARGETS, Case, Plan, make_plan
 from bench.report import Record
@@ -145,12 +153,14 @@ class Bench:
             str(self.repository),
         ]
 
-    def _verdict_extra(self, port: int, workers: int) -> dict[str, str]:
-        """Defaults except the model repository; the feedback store and the metrics
-        multiprocess folder go to this run's scratch folder, away from the repo's var/."""
+    def _verdict_extra(self, port: int, workers: int, grpc_port: int) -> dict[str, str]:
+        """Defaults except the model repository and the ports; the feedback store and the
+        metrics multiprocess folder go to this run's scratch folder, away from the repo's
+        var/."""
         extra = {
             "VERDICT_MODEL_REPOSITORY": str(self.repository),
             "VERDICT_FEEDBACK_DB": str(self.work / f"feedback-{port}.sqlite3"),
+            "VERDICT_GRPC_PORT": str(grpc_port),
         }
         if workers > 1:
             extra["PROMETHEUS_MULTIPROC_DIR"] = str(self.work / f"prometheus-{port}")
@@ -164,6 +174,7 @@ class Bench:
         checkout (cwd and PYTHONPATH), so that its own `service` package is imported.
         """
         port = free_port()
+        grpc_port = 0
         host_port = ["--host", "127.0.0.1", "--port", str(port)]
         checkout = self._checkout(kind)
         if kind == "obvious":
@@ -176,9 +187,11 @@ class Bench:
                 command += ["--workers", str(workers)]
             cpus = self.both_cpus if workers > 1 else self.server_cpu
             ready = "/v2/health/ready"
-            extra = self._verdict_extra(port, workers)
+            grpc_port = free_port()
+            extra = self._verdict_extra(port, workers, grpc_port)
         env = self._env(extra, checkout)
         server = start_server(kind, command, ready, port, cpus, workers, env, checkout, self.work)
+        server.grpc_port = grpc_port
         self.live.append(server)
         print(f"  started {kind} on :{port} (cpus {cpus}) in {server.startup_s:.3f} s", flush=True)
         return server
@@ -227,16 +240,55 @@ class Bench:
 
     # -- measuring -----------------------------------------------------------------------
 
+    def grpc_message(self, server: Server, case: Case) -> bytes:
+        """The serialised ModelInferRequest for `case`, checked once against `server` with
+        the generated stub (OK and the right output shape expected)."""
+        key = ("grpc", case.model, case.rows, case.protocol)
+        if key in self.bodies:
+            return self.bodies[key].data
+        rows = _payload_rows(case.model, self.payload_dir, case.rows)
+        input_name, shape, _ = _tensors(self.versions[case.model])
+        message = build_grpc_message(case.model, rows, shape, input_name)
+        check_grpc(server.grpc_port, message, case.rows)
+        self.bodies[key] = Body(GRPC_PATH, message, "application/grpc")
+        return message
+
     def measure(self, server: Server, case: Case, round_no: int) -> dict[str, Any]:
         """Warm up, then run the measured window; return the case record."""
-        body = self.body(server, case)
-        body_file = self.work / "body.bin"
         wrk_cpu = self.wrk_cpu
         batch = wrk_batch(self.args.wrk_policy, wrk_cpu, server.cpus)
-        run_wrk(server.port, body, body_file, case.connections, self.plan.warmup_s, wrk_cpu, batch)
-        result = run_wrk(
-            server.port, body, body_file, case.connections, self.plan.duration_s, wrk_cpu, batch
-        )
+        body_file = self.work / "body.bin"
+        if case.protocol == "grpc":
+            message = self.grpc_message(server, case)
+            body = Body(GRPC_PATH, message, "application/grpc")
+            log = self.work / "h2load.log"
+            shape = (server.grpc_port, message, body_file, case.connections, case.streams)
+            run_h2load(*shape, self.plan.warmup_s, wrk_cpu, log, batch)
+            failed_before = grpc_failures(server.port)
+            cpu_before = server.cpu_s()
+            result = run_h2load(*shape, self.plan.duration_s, wrk_cpu, log, batch)
+            result["server_cpu_s"] = server.cpu_s() - cpu_before
+            # h2load sees HTTP/2 statuses only; a gRPC error is a 200 with grpc-status in
+            # the trailers, so errors are what the server counted as not OK.
+            failed = grpc_failures(server.port) - failed_before
+            result["errors"] += failed
+            result["errors_grpc_status"] = float(failed)
+        else:
+            body = self.body(server, case)
+            run_wrk(
+                server.port, body, body_file, case.connections, self.plan.warmup_s, wrk_cpu, batch
+            )
+            cpu_before = server.cpu_s()
+            result = run_wrk(
+                server.port,
+                body,
+                body_file,
+                case.connections,
+                self.plan.duration_s,
+                wrk_cpu,
+                batch,
+            )
+            result["server_cpu_s"] = server.cpu_s() - cpu_before
         seconds = result["duration_us"] / 1e6
         requests = int(result["requests"])
         record: dict[str, Any] = {
@@ -254,6 +306,7 @@ class Bench:
             "protocol": case.protocol,
             "rows_per_request": case.rows,
             "connections": case.connections,
+            "streams": case.streams,
             "warmup_s": self.plan.warmup_s,
             "duration_s": seconds,
             "requests": requests,
@@ -272,6 +325,11 @@ class Bench:
             "body_bytes": len(body.data),
             # The share of one CPU that wrk used; with 2 workers, that CPU is a server's too.
             "wrk_cpu_share": result["loadgen_cpu_s"] / seconds if seconds > 0 else 0.0,
+            # CPU time the server's processes used per request (user + system), measured
+            # window only: steadier than req/s when other work shares the machine.
+            "server_cpu_us_per_request": (
+                result["server_cpu_s"] * 1e6 / requests if requests else None
+            ),
         }
         print(
             f"  {server.name:<10} {case.model:<13} {case.name:<16} "
@@ -383,6 +441,8 @@ class Bench:
                 for kind in kinds:
                     if kind == "obvious" and case.protocol != "json":
                         continue
+                    if case.protocol == "grpc" and not kind.startswith("verdict"):
+                        continue  # the obvious server and the baseline answer HTTP only
                     records.append(self.measure(servers[kind], case, round_no))
             records += [self.server_record(s, round_no) for s in servers.values()]
         finally:
@@ -474,6 +534,40 @@ class Bench:
         return self.records
 
 
+def check_grpc(port: int, message: bytes, rows: int) -> None:
+    """One ModelInfer with the generated stub: OK with `rows` rows of output, or ServerError."""
+    import grpc
+
+    from service.grpc.generated import inference_pb2 as pb
+    from service.grpc.generated import inference_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            answer = stub.ModelInfer(pb.ModelInferRequest.FromString(message), timeout=10)
+        except grpc.RpcError as exc:
+            raise ServerError(f"gRPC ModelInfer refused: {exc}") from exc
+    if answer.outputs[0].shape[0] != rows:
+        raise ServerError(f"gRPC ModelInfer answered shape {list(answer.outputs[0].shape)}")
+
+
+def grpc_failures(port: int) -> float:
+    """ModelInfer calls the server answered with a status other than OK, so far."""
+    status, text = http_request(port, "GET", "/metrics")
+    if status != 200:
+        raise LoadError(f"GET /metrics answered {status}")
+    total = 0.0
+    for line in text.decode().splitlines():
+        # CANCELLED: the load generator resets the calls in flight when its window ends.
+        if line.startswith("verdict_grpc_request_duration_seconds_count{") and (
+            'method="ModelInfer"' in line
+            and 'code="OK"' not in line
+            and 'code="CANCELLED"' not in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def wrk_batch(policy: str, wrk_cpus: str, server_cpus: str) -> bool:
     """Whether wrk runs under SCHED_BATCH: always, never, or (`auto`) when it shares a CPU
     with the server under test, as with 2 workers on a 2-core machine.
@@ -488,7 +582,10 @@ def wrk_batch(policy: str, wrk_cpus: str, server_cpus: str) -> bool:
 
 
 def _check_tools(args: argparse.Namespace) -> None:
-    for tool in ("wrk", "taskset", "chrt"):
+    tools = ["wrk", "taskset", "chrt"]
+    if args.target in ("all", "verdict"):
+        tools.append("h2load")  # the gRPC cases (Debian's nghttp2-client)
+    for tool in tools:
         if shutil.which(tool) is None:
             raise SystemExit(f"bench: `{tool}` is not installed (run `make sysdeps`)")
     if args.target in ("all", "verdict"):

@@ -68,6 +68,7 @@ class Server:
     cpus: str
     workers: int
     startup_s: float = float("nan")
+    grpc_port: int = 0  # verdict's gRPC port (0: none)
     _stopped: bool = field(default=False, repr=False)
 
     def log_tail(self, chars: int = 3000) -> str:
@@ -97,6 +98,16 @@ class Server:
             found.append(pid)
             todo.extend(children.get(pid, []))
         return found
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the server's processes have used so far."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        return total
 
     def peak_rss(self) -> list[dict[str, str | int | float]]:
         """VmHWM (peak resident set, MB = 10^6 bytes) of each of the server's processes."""

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Bounded headless load run: start verdict on a free 127.0.0.1 port, wait until ready, run
-# Locust with the SLO gate, write an HTML report, stop the server. Exit code = Locust's (gate).
+# Bounded headless load run: start verdict on free 127.0.0.1 ports (HTTP and gRPC), wait until
+# ready, run Locust (REST and gRPC users) with the SLO gate, write an HTML report, stop the
+# server. Exit code = Locust's (gate).
 # Knobs (environment): VENV (.venv), USERS (10), SPAWN_RATE (5), RUN_TIME (30s),
 # VERDICT_SLO_P99_MS (250), REPORT_DIR (var/reports), READY_TIMEOUT_S (60).
 set -euo pipefail
@@ -27,12 +28,13 @@ done
 mkdir -p "$REPORT_DIR"
 work=$(mktemp -d "${TMPDIR:-/tmp}/verdict-load.XXXXXX")
 PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+GRPC_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
 URL="http://127.0.0.1:$PORT"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 REPORT="$REPORT_DIR/load-$stamp.html"
 
 # A throwaway feedback store and id key: the load run never touches var/feedback.sqlite3.
-VERDICT_HOST=127.0.0.1 VERDICT_PORT=$PORT \
+VERDICT_HOST=127.0.0.1 VERDICT_PORT=$PORT VERDICT_GRPC_PORT=$GRPC_PORT \
 VERDICT_FEEDBACK_URL="sqlite:///$work/feedback.sqlite3" \
 VERDICT_PREDICTION_ID_KEY=${VERDICT_PREDICTION_ID_KEY:-load-test-key-$stamp} \
   "$SERVE" --host 127.0.0.1 --port "$PORT" >"$work/server.log" 2>&1 &
@@ -47,7 +49,7 @@ stop_server() {
 }
 trap stop_server EXIT
 
-echo "load: verdict pid $server on $URL"
+echo "load: verdict pid $server on $URL and gRPC port $GRPC_PORT"
 if ! "$PY" - "$URL/v2/health/ready" "$READY_TIMEOUT_S" "$server" <<'PYEOF'
 import os, sys, time, urllib.request
 url, limit, pid = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
@@ -71,7 +73,9 @@ then
 fi
 
 rc=0
-"$LOCUST" -f deploy/locust/locustfile.py --host "$URL" --headless \
+# gRPC users import the generated stub from this checkout's service package.
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" \
+"$LOCUST" -f deploy/locust/locustfile.py --host "$URL" --grpc-target "127.0.0.1:$GRPC_PORT" --headless \
   --users "$USERS" --spawn-rate "$SPAWN_RATE" --run-time "$RUN_TIME" --stop-timeout 5 \
   --only-summary --html "$REPORT" || rc=$?
 echo "load: report $REPORT (gate exit code $rc, p99 bound ${VERDICT_SLO_P99_MS} ms)"

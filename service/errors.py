@@ -8,6 +8,7 @@ server path (`scrub_paths`).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import orjson
 
@@ -167,10 +168,19 @@ class NotFoundError(VerdictError):
 
 
 class ModelLoadError(VerdictError):
-    """A model version was refused at load (manifest, graph or checksum mismatch)."""
+    """A model version was refused at load (manifest, graph or checksum mismatch).
+
+    `check` names the check that refused it (a bounded label: manifest, files, parity, graph,
+    warmup, conformance); `measured` carries what a conformance check measured, if any.
+    """
 
     status_code = 400
     code = "model_load_failed"
+
+    def __init__(self, message: str, check: str = "manifest", measured: Any = None) -> None:
+        super().__init__(message)
+        self.check = check
+        self.measured = measured
 
 
 # -- the server's state ----------------------------------------------------------------------

@@ -99,6 +99,13 @@ class Settings(BaseSettings):
         default="127.0.0.1", description="Address to bind; 0.0.0.0 to take traffic from others."
     )
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind.")
+    grpc_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="Port of the gRPC Open Inference Protocol (on the same host; 0 = any free "
+        "port); change it where 8001 is taken.",
+    )
     providers: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["auto"],
         description="ONNX Runtime execution providers in order, comma-separated, or `auto` "

@@ -95,7 +95,9 @@ def make_manifest(
     threshold: float | None = None,
     positive_class: str | None = None,
 ) -> dict[str, Any]:
-    """A manifest in the form of docs/manifest.md."""
+    """A manifest in the form of docs/manifest.md as written before conformance checks existed
+    (no `files`, `parity.passed` or `conformance`: the service serves it `unchecked`);
+    `add_reference_sample` adds them."""
     features = {
         f: {"edges": [-1.0, 0.0, 1.0], "proportions": [0.2, 0.3, 0.3, 0.2]}
         for f in (feature_names or [])
@@ -155,9 +157,64 @@ def write_version(
     return folder
 
 
+def add_reference_sample(
+    folder: Path, w: np.ndarray, b: np.ndarray, rows: int = 16, atol: float = 5e-3
+) -> dict[str, Any]:
+    """Give a written version what training writes for the conformance check at load:
+    reference_sample.json (expected probabilities from numpy, not from onnxruntime), `files`
+    with both checksums, `parity.passed` and `conformance` (docs/manifest.md). Returns the
+    manifest."""
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    dims = manifest["input"]["shape"][1:]
+    x = np.random.default_rng(rows).normal(scale=2.0, size=(rows, *dims)).astype(np.float32)
+    p = reference_probabilities(x, w, b)
+    threshold = manifest["decision"]["threshold"]
+    positive = None
+    if manifest["task"] == "binary":
+        positive = manifest["output"]["classes"].index(manifest["output"]["positive_class"])
+        labels = np.where(p[:, positive] >= threshold, positive, 1 - positive)
+        stable = np.abs(p[:, positive] - threshold) > atol
+    else:
+        labels = p.argmax(axis=1)
+        top2 = np.sort(p, axis=1)[:, -2:]
+        stable = top2[:, 1] - top2[:, 0] > 2 * atol
+    sample = {
+        "format": 1,
+        "input": {"name": "input", "shape": [rows, *dims], "dtype": "float32"},
+        "output": {"name": "probabilities", "shape": [rows, p.shape[1]], "dtype": "float32"},
+        "threshold": threshold,
+        "positive_index": positive,
+        "atol": atol,
+        "expected_from": "numpy",
+        "inputs": x.tolist(),
+        "probabilities": p.tolist(),
+        "labels": labels.tolist(),
+        "label_stable": stable.tolist(),
+        "kinds": ["seeded draw"] * rows,
+        "data_rows": [None] * rows,
+    }
+    raw = json.dumps(sample).encode()
+    (folder / "reference_sample.json").write_bytes(raw)
+    manifest["files"] = {
+        "model.onnx": manifest["sha256"],
+        "reference_sample.json": hashlib.sha256(raw).hexdigest(),
+    }
+    manifest["parity"].update(atol=1e-4, passed=True)
+    manifest["conformance"] = {
+        "sample_file": "reference_sample.json",
+        "rows": rows,
+        "atol": atol,
+        "expected_from": "numpy",
+        "measured": {"provider": "CPUExecutionProvider", "max_abs_diff": 0.0},
+    }
+    path.write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
 def write_binary(root: Path, version: int = 1, seed: int = 0, name: str = "bin") -> Path:
-    """A binary tabular model with 3 features, threshold 0.3."""
-    graph, _, _ = build_onnx((3,), 2, seed=seed)
+    """A binary tabular model with 3 features, threshold 0.3, and its reference sample."""
+    graph, w, b = build_onnx((3,), 2, seed=seed)
     manifest = make_manifest(
         name,
         version,
@@ -169,12 +226,14 @@ def write_binary(root: Path, version: int = 1, seed: int = 0, name: str = "bin")
         threshold=0.3,
         positive_class="spam",
     )
-    return write_version(root, name, version, graph, manifest)
+    folder = write_version(root, name, version, graph, manifest)
+    add_reference_sample(folder, w, b)
+    return folder
 
 
 def write_image(root: Path, version: int = 1, seed: int = 1, name: str = "img") -> Path:
-    """A 3-class image model on [1, 4, 4] inputs."""
-    graph, _, _ = build_onnx(IMG_SHAPE, 3, seed=seed)
+    """A 3-class image model on [1, 4, 4] inputs, and its reference sample."""
+    graph, w, b = build_onnx(IMG_SHAPE, 3, seed=seed)
     manifest = make_manifest(
         name,
         version,
@@ -184,7 +243,12 @@ def write_image(root: Path, version: int = 1, seed: int = 1, name: str = "img") 
         classes=IMG_CLASSES,
         feature_names=None,
     )
-    return write_version(root, name, version, graph, manifest)
+    # What training writes for a multiclass model's drift (docs/manifest.md).
+    manifest["reference"]["classes"] = {"proportions": [0.5, 0.25, 0.25]}
+    manifest["reference"]["confidence"] = {"edges": [0.5, 0.9], "proportions": [0.2, 0.3, 0.5]}
+    folder = write_version(root, name, version, graph, manifest)
+    add_reference_sample(folder, w, b)
+    return folder
 
 
 def model_weights(kind: str, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -212,6 +276,7 @@ def make_settings(repo: Path, tmp: Path, **overrides: Any) -> Any:
         "feedback_db": str(tmp / "var" / "feedback.sqlite3"),
         "prediction_id_key": TEST_KEY,
         "max_queue_delay_ms": 1.0,
+        "grpc_port": 0,  # tests never take a fixed port
     }
     values.update(overrides)
     return Settings(**values)
@@ -267,6 +332,7 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("VERDICT_")}
+        full_env["VERDICT_GRPC_PORT"] = "0"  # tests never take a fixed port
         full_env.update(env)
         full_env["PYTHONPATH"] = str(ROOT)
         # A file, not a pipe: a pipe nobody reads would block a chatty server.

@@ -201,6 +201,31 @@ def reference_bins(values: np.ndarray, bins: int) -> dict[str, list[float]]:
     return {"edges": [float(e) for e in edges], "proportions": [float(p) for p in props]}
 
 
+# Fixed edges of the top-class probability for the confidence reference of multiclass models:
+# readable bins ("more than 99.9% sure"), and, unlike quantiles of a distribution piled up
+# near 1, edges that a difference of 1e-7 between torch and a server's provider cannot move
+# rows across.
+CONFIDENCE_EDGES = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 0.9999)
+
+
+def reference_classes(proba: np.ndarray) -> dict[str, list[float]]:
+    """The share of each predicted class (the argmax) on held-out rows, in class order."""
+    counts = np.bincount(np.asarray(proba).argmax(axis=1), minlength=proba.shape[1])
+    return {"proportions": [float(c) for c in counts / counts.sum()]}
+
+
+def reference_confidence(proba: np.ndarray) -> dict[str, list[float]]:
+    """Bins of the top-class probability on held-out rows: the fixed CONFIDENCE_EDGES (bin i
+    is (edges[i-1], edges[i]], as for the other reference bins) and their proportions."""
+    top = np.asarray(proba, dtype=np.float64).max(axis=1)
+    edges = np.asarray(CONFIDENCE_EDGES)
+    counts = np.bincount(np.searchsorted(edges, top, side="left"), minlength=len(edges) + 1)
+    return {
+        "edges": [float(e) for e in edges],
+        "proportions": [float(c) for c in counts / counts.sum()],
+    }
+
+
 def frameworks() -> dict[str, str]:
     """Versions of the tools that produced the artifact."""
     out = {"python": platform.python_version()}

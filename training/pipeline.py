@@ -199,6 +199,9 @@ def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> R
         else {f: export.reference_bins(x_test[:, j], bins) for j, f in enumerate(ds.feature_names)}
     )
     score_ref = export.reference_bins(test_proba[:, pos], bins) if pos is not None else None
+    # Multiclass models drift on what they predict and how sure they are (docs/monitoring.md).
+    class_ref = export.reference_classes(test_proba) if pos is None else None
+    confidence_ref = export.reference_confidence(test_proba) if pos is None else None
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     binary = pos is not None
     d = cfg.decision
@@ -262,7 +265,13 @@ def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> R
             },
             "parity": parity,
             "conformance": conformance,
-            "reference": {"bins": bins, "features": features, "score": score_ref},
+            "reference": {
+                "bins": bins,
+                "features": features,
+                "score": score_ref,
+                "classes": class_ref,
+                "confidence": confidence_ref,
+            },
             "training": {
                 "config": cfg.model_dump(mode="json"),
                 "dataset": {"name": ds.name, "sha256": ds.sha256, "rows": ds.rows},

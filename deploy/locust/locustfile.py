@@ -1,4 +1,5 @@
-"""Locust load test for verdict: /predict, v2 infer and /feedback, with an SLO gate at quit.
+"""Locust load test for verdict: /predict, v2 infer, /feedback and (with --grpc-target) gRPC
+ModelInfer, with an SLO gate at quit.
 
 Run: locust -f deploy/locust/locustfile.py --host http://127.0.0.1:8000 --headless \
          --users 20 --spawn-rate 5 --run-time 1m
@@ -6,6 +7,8 @@ The host may also come from LOCUST_HOST. At quit the run fails (exit code 1) whe
 failed or when the p99 response time exceeds --slo-p99-ms (env VERDICT_SLO_P99_MS).
 Rows and true labels come from breast_cancer_sample.json (scripts/gen_locust_sample.py draws
 them from scikit-learn's breast cancer data; the service image carries no scikit-learn).
+gRPC calls need grpcio and this repository's `service` package on the path (`make load` runs
+them; without --grpc-target the gRPC task makes no request).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
+from array import array
 from collections import deque
 from functools import cache
 from pathlib import Path
@@ -57,6 +62,13 @@ def _add_arguments(parser: Any) -> None:
         env_var="VERDICT_LOAD_API_KEY",
         default="",
         help="Bearer key sent with every request when the service has VERDICT_API_KEYS set.",
+    )
+    parser.add_argument(
+        "--grpc-target",
+        type=str,
+        env_var="VERDICT_LOAD_GRPC_TARGET",
+        default="",
+        help="host:port of verdict's gRPC port; when set, users also call ModelInfer over gRPC.",
     )
 
 
@@ -109,6 +121,8 @@ class VerdictUser(FastHttpUser):
         self.pending: deque[dict[str, str]] = deque(maxlen=PENDING_MAX)
         key = getattr(self.environment.parsed_options, "api_key", "") or ""
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        target = getattr(self.environment.parsed_options, "grpc_target", "") or ""
+        self.grpc = _grpc_stub(target) if target else None
 
     def _predict(self, indices: list[int], name: str) -> list[dict[str, Any]]:
         body = {"model": self.model, "instances": [self.rows[i] for i in indices]}
@@ -179,6 +193,42 @@ class VerdictUser(FastHttpUser):
             if shape[0] != n:
                 resp.failure(f"infer answered {shape[0]} rows for {n}")
 
+    @task(2)
+    def infer_grpc(self) -> None:
+        if self.grpc is None:
+            return
+        import grpc
+
+        from service.grpc.generated import inference_pb2 as pb
+
+        n = random.randint(1, 8)
+        rows = [self.rows[random.randrange(len(self.rows))] for _ in range(n)]
+        request = pb.ModelInferRequest(model_name=self.model)
+        request.inputs.add(name="input", datatype="FP32", shape=[n, len(rows[0])])
+        values = array("f", [v for row in rows for v in row])
+        if array("H", [1]).tobytes() != b"\x01\x00":  # the wire is little-endian
+            values.byteswap()
+        request.raw_input_contents.append(values.tobytes())
+        metadata = tuple((k.lower(), v) for k, v in self.headers.items())
+        start = time.perf_counter()
+        error: Exception | None = None
+        size = 0
+        try:
+            answer = self.grpc.ModelInfer(request, metadata=metadata, timeout=10)
+            size = answer.ByteSize()
+            if answer.outputs[0].shape[0] != n:
+                error = ValueError(f"ModelInfer answered {answer.outputs[0].shape[0]} rows for {n}")
+        except grpc.RpcError as exc:
+            error = exc
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name="ModelInfer",
+            response_time=(time.perf_counter() - start) * 1000,
+            response_length=size,
+            exception=error,
+            context={},
+        )
+
     @task(1)
     def feedback(self) -> None:
         if not self.pending:
@@ -203,6 +253,25 @@ class VerdictUser(FastHttpUser):
                 resp.failure(f"/feedback answered {len(results)} items for {len(items)}")
             elif bad := [r for r in results if r not in FEEDBACK_OK]:
                 resp.failure(f"/feedback refused labels: {sorted(set(bad))}")
+
+
+@cache
+def _gevent_grpc() -> None:
+    """Make grpcio cooperate with gevent (Locust's users are greenlets); once, before any
+    channel exists."""
+    import grpc.experimental.gevent as grpc_gevent
+
+    grpc_gevent.init_gevent()
+
+
+def _grpc_stub(target: str) -> Any:
+    """A stub of verdict's GRPCInferenceService on its own channel."""
+    _gevent_grpc()
+    import grpc
+
+    from service.grpc.generated import inference_pb2_grpc as pb_grpc
+
+    return pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(target))
 
 
 def _feedback_results(body: Any) -> list[str]:

@@ -37,6 +37,17 @@ class Access:
         self.admin_key = admin_key
         self.metrics_need_key = metrics_need_key
 
+    def needs_key(self, need: Need) -> bool:
+        """Whether a caller must present a key for `need` (the admin routes always do: without
+        an admin key set they are disabled)."""
+        if need is Need.NOTHING:
+            return False
+        if need is Need.ADMIN_KEY:
+            return True
+        if need is Need.METRICS_KEY and not self.metrics_need_key:
+            return False
+        return bool(self.api_keys)
+
     def check(self, need: Need, presented: str | None) -> None:
         """Raise UnauthorizedError (or AdminDisabledError) unless `presented` satisfies `need`."""
         if need is Need.NOTHING:

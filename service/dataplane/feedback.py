@@ -15,7 +15,12 @@ from typing import Any, Protocol, TypeVar
 
 from service.errors import InvalidFeedbackError, ModelNotFoundError
 from service.monitoring.ids import PredictionIds, PredictionRef
-from service.monitoring.quality import confusion_matrix, summarise
+from service.monitoring.quality import (
+    CONFIDENCE,
+    confusion_matrix,
+    summarise,
+    training_figures,
+)
 from service.monitoring.store import TIME_COLUMNS, CellCount, LabelRecord
 from service.monitoring.stores import LabelStore
 
@@ -312,6 +317,7 @@ class FeedbackService:
             "generated_at": now,
             "time_basis": time_basis,
             "windows": {"last_hour": 3600, "last_day": 86400, "all_time": None},
+            "confidence": CONFIDENCE,
             "versions": answers,
         }
 
@@ -347,6 +353,7 @@ class FeedbackService:
             "positive_class": manifest["output"].get("positive_class"),
             "objectives": manifest.get("objectives"),
             "costs": manifest.get("costs"),
+            "training": training_figures(manifest),
             "conflicts": conflicts.get(version, 0),
             "coverage": await self._coverage(model, version, windows["all_time"]["labelled"]),
             "windows": windows,

@@ -12,15 +12,19 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.errors import BadRequestError, InferenceError, VerdictError
+from service.errors import BadRequestError, InferenceError, OverloadedError, VerdictError
 from service.models.batching import BatchResult
 from service.models.codecs import InferInput, rows_to_input, tensor_to_input
 from service.models.repository import ModelVersion, Repository
 from service.monitoring.ids import PredictionIds
+from service.monitoring.metrics import Outcomes
+
+if TYPE_CHECKING:
+    from service.monitoring.tracing import RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +56,24 @@ class Inference:
         self._active = 0  # inference requests in flight
         self._lone_turn = False  # a request ran at once in this turn of the loop
 
-    async def predict(self, model: str | None, version: int | str | None, rows: Any) -> Decided:
-        """The simple API: rows as lists in feature order or objects keyed by feature name."""
+    async def predict(
+        self,
+        model: str | None,
+        version: int | str | None,
+        rows: Any,
+        trace: RequestTrace | None = None,
+    ) -> Decided:
+        """The simple API (REST only): rows as lists in feature order or objects keyed by
+        feature name."""
         mv = self.repository.acquire(model, version)
         self._active += 1
         try:
             try:
                 x = rows_to_input(rows, mv.spec, self.max_rows)
             except VerdictError:
-                mv.metrics.invalid.inc()
+                mv.metrics.requests["rest"].invalid.inc()
                 raise
-            return await self.run(mv, x, with_ids=True)
+            return await self.run(mv, x, True, "rest", trace)
         finally:
             self._active -= 1
             self.repository.release(mv)
@@ -74,9 +85,12 @@ class Inference:
         inputs: list[InferInput],
         outputs: list[str] | None,
         with_ids: bool,
+        protocol: str = "rest",
+        trace: RequestTrace | None = None,
     ) -> Decided:
         """Open Inference Protocol: one input tensor named as the model's; `outputs` names the
-        outputs wanted (None or empty: every output). Every input problem is a 400."""
+        outputs wanted (None or empty: every output). Every input problem is a 400.
+        `protocol` (rest, grpc) labels the request's outcome; `trace` gets its spans."""
         mv = self.repository.acquire(model, version)
         self._active += 1
         try:
@@ -89,9 +103,9 @@ class Inference:
                             f"outputs: [{mv.output_name!r}]"
                         )
             except VerdictError:
-                mv.metrics.invalid.inc()
+                mv.metrics.requests[protocol].invalid.inc()
                 raise
-            return await self.run(mv, x, with_ids)
+            return await self.run(mv, x, with_ids, protocol, trace)
         finally:
             self._active -= 1
             self.repository.release(mv)
@@ -107,17 +121,40 @@ class Inference:
             raise BadRequestError(f"too many rows: {len(x)} > max_rows_per_request {self.max_rows}")
         return x
 
-    async def run(self, mv: ModelVersion, x: np.ndarray, with_ids: bool) -> Decided:
+    async def run(
+        self,
+        mv: ModelVersion,
+        x: np.ndarray,
+        with_ids: bool,
+        protocol: str = "rest",
+        trace: RequestTrace | None = None,
+    ) -> Decided:
         """Run a validated float32 batch on a version and decide each row; the prediction is
         counted (metrics, observers) on the loop's next callback, after the answer."""
-        m = mv.metrics
+        outcomes = mv.metrics.requests[protocol]
+        tag = None
+        if trace is not None:
+            trace.set(
+                {
+                    "verdict.model": mv.name,
+                    "verdict.model_version": mv.version,
+                    "verdict.rows": len(x),
+                }
+            )
+            tag = trace.tag
+            submitted = time.time_ns()
         try:
-            result = self._run_now(mv, x)
+            result = self._run_now(mv, x, tag)
             if result is None:
-                result = await mv.batcher.submit(x)
+                result = await mv.batcher.submit(x, tag)
         except InferenceError:
-            m.error.inc()
+            outcomes.error.inc()
             raise
+        except OverloadedError:
+            outcomes.overloaded.inc()
+            raise
+        if trace is not None:
+            trace.ran(submitted, result)
         probs = result.probabilities
         if mv.positive_index is not None and mv.threshold is not None:
             pos = mv.positive_index
@@ -130,10 +167,10 @@ class Inference:
         ids = None
         if with_ids:
             ids = self.ids.issue_many(mv.name, mv.version, class_index, score, time.time())
-        asyncio.get_running_loop().call_soon(self._count, mv, x, class_index, score)
+        asyncio.get_running_loop().call_soon(self._count, mv, x, class_index, score, outcomes)
         return Decided(mv, probs, class_index, score, ids, result)
 
-    def _run_now(self, mv: ModelVersion, x: np.ndarray) -> BatchResult | None:
+    def _run_now(self, mv: ModelVersion, x: np.ndarray, tag: object) -> BatchResult | None:
         """Run at once a request that has nothing to be merged with: it is the only one in
         flight, and no other request ran at once in this turn of the loop (the requests
         that follow in the same turn merge, as under load; running each at once instead
@@ -142,19 +179,24 @@ class Inference:
             return None
         self._lone_turn = True
         asyncio.get_running_loop().call_soon(self._end_turn)
-        return mv.batcher.run_now(x)
+        return mv.batcher.run_now(x, tag)
 
     def _end_turn(self) -> None:
         self._lone_turn = False
 
     def _count(
-        self, mv: ModelVersion, x: np.ndarray, class_index: np.ndarray, score: np.ndarray
+        self,
+        mv: ModelVersion,
+        x: np.ndarray,
+        class_index: np.ndarray,
+        score: np.ndarray,
+        outcomes: Outcomes,
     ) -> None:
         """Count one answered request: the version's metrics, then each observer (drift)."""
         m = mv.metrics
         if mv.positive_index is not None and mv.threshold is not None:
             m.score.observe_many(score)
-        m.ok.inc()
+        outcomes.ok.inc()
         mv.issued += len(class_index)
         if len(class_index) == 1:
             m.predictions.add_one(int(class_index[0]))

@@ -73,6 +73,7 @@ class Metadata:
                 "positive_class": out.get("positive_class"),
                 "feature_names": inp.get("feature_names"),
                 "batching": mv.batcher.enabled,
+                "conformance": mv.conformance.record(mv.manifest),
             },
         }
 

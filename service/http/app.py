@@ -21,6 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.dataplane import Access, DataPlane, FeedbackService, Inference, Metadata
 from service.dataplane.access import Need
 from service.errors import StoreUnavailableError, VerdictError, error_body
+from service.http.asgi import asgi_request
+from service.http.docs import install_docs, with_served_examples
 from service.http.edge import INFER_TYPES, JSON_TYPES, Edge, Route
 from service.http.rest import Rest
 from service.http.routes import admin, cards, feedback, v2
@@ -31,6 +33,7 @@ from service.monitoring.ids import PredictionIds
 from service.monitoring.keys import load_prediction_key
 from service.monitoring.metrics import Metrics, mark_process_dead, multiproc_dir
 from service.monitoring.stores import open_store
+from service.monitoring.tracing import Tracing, provider_from_env
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,9 @@ def route_table(rest: Rest) -> list[Route]:
         Route("/models/{name}/card", GET),
         Route("/models/{name}/card/assets/{file}", GET),
         Route("/docs", GET),
+        Route("/docs/oauth2-redirect", GET),
+        Route("/docs/assets/{file}", GET),
+        Route("/redoc", GET),
         Route("/openapi.json", GET),
     ]
 
@@ -90,7 +96,7 @@ class VerdictApp(FastAPI):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
-            await self.edge.asgi(scope, receive, send)
+            await asgi_request(self.edge, scope, receive, send)
         else:  # lifespan
             await super().__call__(scope, receive, send)
 
@@ -143,6 +149,8 @@ async def lifespan(app: FastAPI, load_first: bool = False) -> AsyncIterator[None
             await fb.close()  # commits are per request; this closes the file cleanly
         except Exception:
             log.exception("closing the feedback store at shutdown failed")
+        if state.tracing is not None:  # export the last spans (a network call: off the loop)
+            await asyncio.to_thread(state.tracing.shutdown)
         mark_process_dead(state.metrics.multiproc)
 
 
@@ -183,30 +191,37 @@ def _install_error_handlers(app: VerdictApp) -> None:
 
 
 def _no_telemetry() -> dict[str, Any]:
-    """Newer FastAPI checks OpenTelemetry providers on every request; verdict exports
-    Prometheus metrics instead, so switch that off where the option exists."""
+    """Newer FastAPI checks OpenTelemetry providers on every request; switch that off where
+    the option exists: verdict's edge makes every request's span itself when traces are on
+    (`service.monitoring.tracing`), whichever part answers it."""
     if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
         return {}
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
 
 
 def _openapi(app: VerdictApp) -> dict[str, Any]:
-    """The framework's OpenAPI document, with the routes the edge answers itself added."""
+    """The framework's OpenAPI document, with the routes the edge answers itself added, and
+    examples for the models served now."""
     if app.openapi_schema is None:
         spec = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         spec["paths"] = {**edge_paths(), **spec["paths"]}
         app.openapi_schema = spec
-    return app.openapi_schema
+    return with_served_examples(app.openapi_schema, app.state.repository)
 
 
 def create_app(
-    settings: Settings | None = None, registry: CollectorRegistry | None = None
+    settings: Settings | None = None,
+    registry: CollectorRegistry | None = None,
+    tracer_provider: Any = None,
 ) -> VerdictApp:
     """A new app with its own settings, metrics registry, model repository, data plane and
-    edge; `registry` lets a caller read the metrics."""
+    edge; `registry` lets a caller read the metrics; `tracer_provider` (an OpenTelemetry
+    SDK TracerProvider) turns traces on with it, else the OTEL_* environment decides."""
     settings = settings or Settings()
+    provider = tracer_provider if tracer_provider is not None else provider_from_env()
+    tracing = Tracing(provider) if provider is not None else None
     registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
     metrics = Metrics(registry, multiproc_dir())
     app = VerdictApp(
@@ -214,6 +229,8 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs, with its assets
+        redoc_url=None,
         **_no_telemetry(),
     )
     repository = Repository(settings, metrics)
@@ -243,9 +260,7 @@ def create_app(
         on_unload=lambda mv: drift.unregister(mv.name, mv.version),
     )
     inference.observers.append(
-        lambda mv, x, class_index, score: drift.observe(
-            mv.name, mv.version, x, score if mv.binary else None
-        )
+        lambda mv, x, class_index, score: drift.observe(mv.name, mv.version, x, score, class_index)
     )
     state = app.state
     state.settings = settings
@@ -256,8 +271,10 @@ def create_app(
     state.feedback = feedback_service
     state.drift = drift
     state.dataplane = plane
+    state.tracing = tracing
     for router in ROUTERS:
         app.include_router(router)
+    install_docs(app)
     app.edge = Edge(
         route_table(Rest(inference)),
         super(VerdictApp, app).__call__,
@@ -268,6 +285,7 @@ def create_app(
         max_inflight_requests=settings.max_inflight_requests,
         cors_origins=settings.cors_origins,
         access_log=settings.access_log,
+        tracing=tracing,
     )
     _install_error_handlers(app)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -9,7 +9,7 @@ error to the one error shape, builds the answer's headers, counts the request an
 
 Two faces feed it and write its answers, and share everything above:
 - `service.http.server`, verdict's HTTP/1.1 server (`python -m service`);
-- `Edge.asgi`, for any ASGI server (`uvicorn service.http.app:create_app --factory`,
+- `service.http.asgi`, for any ASGI server (`uvicorn service.http.app:create_app --factory`,
   Starlette's TestClient).
 """
 
@@ -19,12 +19,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from time import perf_counter
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import unquote
 
 from service.dataplane.access import Access, Need
 from service.errors import (
-    ClientDisconnectedError,
     OverloadedError,
     RequestTimeoutError,
     UnsupportedMediaTypeError,
@@ -46,6 +45,9 @@ from service.http.messages import (
 from service.logs import REQUEST_ID
 from service.monitoring.metrics import Metrics
 
+if TYPE_CHECKING:
+    from service.monitoring.tracing import RequestTrace, Tracing
+
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")
 
@@ -56,6 +58,7 @@ Handler = Callable[["Exchange", bytes], Awaitable[Answer]]
 UNMATCHED = "unmatched"
 JSON_TYPES = ("application/json",)
 INFER_TYPES = ("application/json", "application/octet-stream")
+EXACT_TYPES = {t.encode(): t for t in INFER_TYPES}  # as clients send them, without parameters
 
 
 class Route(NamedTuple):
@@ -127,6 +130,7 @@ class Exchange:
         "scope",
         "start",
         "timer",
+        "trace",
         "written",
     )
 
@@ -155,6 +159,7 @@ class Exchange:
         self.complete = False  # the whole body is in (set by the face that reads it)
         self.keep_alive = True  # the connection may go on after the answer
         self.written = False  # the answer is written
+        self.trace: RequestTrace | None = None  # the request's span, when traces are on
 
     @property
     def template(self) -> str:
@@ -213,6 +218,7 @@ class Edge:
         max_inflight_requests: int,
         cors_origins: list[str],
         access_log: bool,
+        tracing: Tracing | None = None,
     ) -> None:
         self.router = Router(routes)
         self.framework = framework
@@ -223,6 +229,7 @@ class Edge:
         self.active = 0  # POST requests admitted and not yet answered
         self.cors = Cors(cors_origins) if cors_origins else None
         self.access_log = access_log
+        self.tracing = tracing
         self._histogram = metrics.http_duration
         self._metrics = metrics
         self._children: dict[tuple[str, str, int], Any] = {}
@@ -238,6 +245,8 @@ class Edge:
         preflight); else its body is fed to `ex.feed` and `respond` answers it."""
         ex = Exchange(self, method, raw_path, query, headers)
         ex.route, ex.params = self.router.match(ex.path)
+        if self.tracing is not None:
+            ex.trace = self._trace(ex)
         if method == "OPTIONS" and self.cors is not None:
             preflight = self.cors.preflight(ex.headers)
             if preflight is not None:
@@ -251,7 +260,7 @@ class Edge:
             route = ex.route
             if route is not None and method in route.methods:
                 need = route.need
-                if need is not Need.NOTHING:
+                if self.access.needs_key(need):
                     bearer_only = need is Need.ADMIN_KEY
                     self.access.check(need, presented_key(ex.headers, bearer_only))
                 if route.body_types:
@@ -325,10 +334,31 @@ class Edge:
             child = self._metrics.histogram(self._histogram.labels(key[0], key[1], str(status)))
             self._children[key] = child
         child.observe(elapsed)
+        if ex.trace is not None:
+            ex.trace.end(
+                {"http.response.status_code": status},
+                str(status) if status >= 500 else None,
+            )
+            ex.trace = None
         if self.access_log:
             token = REQUEST_ID.set(ex.request_id)
             access_log.info("%s %s %d %.1fms", ex.method, ex.path, status, elapsed * 1000.0)
             REQUEST_ID.reset(token)
+
+    def _trace(self, ex: Exchange) -> RequestTrace:
+        """The request's server span, a child of the context its headers carry."""
+        assert self.tracing is not None
+        route = ex.route.template if ex.route is not None else None
+        attributes: dict[str, Any] = {
+            "http.request.method": ex.method,
+            "url.path": ex.path,
+            "verdict.request_id": ex.request_id,
+        }
+        if route is not None:
+            attributes["http.route"] = route
+        name = f"{ex.method} {route}" if route is not None else ex.method
+        headers = ex.headers
+        return self.tracing.start(name, lambda key: headers.text(key.encode("latin-1")), attributes)
 
     def reject(self, exc: BaseException) -> tuple[Exchange, Answer]:
         """An answer for what never became a request (malformed HTTP, headers too large or
@@ -358,55 +388,12 @@ class Edge:
             close=isinstance(exc, RequestTimeoutError),
         )
 
-    # -- the ASGI face -----------------------------------------------------------------------
-
-    async def asgi(self, scope: Scope, receive: Any, send: Any) -> None:
-        """One HTTP request from an ASGI server, through the same steps as every other."""
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        ex = self.open(scope["method"], raw_path, scope.get("query_string", b""), scope["headers"])
-        ex.scope = scope
-        status = 500
-        try:
-            if ex.answer is None:
-                await self._read(ex, receive)
-            answer = await self.respond(ex)
-            status = answer.status
-            await send(
-                {"type": "http.response.start", "status": status, "headers": self.head(ex, answer)}
-            )
-            await send({"type": "http.response.body", "body": answer.body})
-        finally:
-            self.finish(ex, status)
-
-    async def _read(self, ex: Exchange, receive: Any) -> None:
-        """Feed the body from ASGI messages until it is in, refused, or past its deadline."""
-        task = asyncio.current_task()
-        assert task is not None
-        ex.on_expire = task.cancel
-        ex.arm(asyncio.get_running_loop())
-        try:
-            while ex.answer is None:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    ex.body = None
-                    ex.answer = self.error_answer(
-                        ClientDisconnectedError("the client closed the connection mid-body")
-                    )
-                    return
-                ex.feed(message.get("body", b""))
-                if not message.get("more_body", False):
-                    return
-        except asyncio.CancelledError:
-            # The deadline's own cancellation becomes its 408; any other goes on.
-            if not ex.expired or task.uncancel() > 0:
-                raise
-        finally:
-            ex.on_expire = None
-            ex.disarm()
-
 
 def _check_media_type(headers: RequestHeaders, accepted: tuple[str, ...]) -> None:
     """415 unless the body's type is one the route reads (a missing type is taken as JSON)."""
+    sent = headers.get(b"content-type")
+    if sent is None or EXACT_TYPES.get(sent) in accepted:  # the usual case, without parsing
+        return
     kind = media_type(headers)
     if kind is not None and kind not in accepted:
         wanted = " or ".join(accepted)

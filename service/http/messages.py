@@ -49,10 +49,7 @@ class RequestHeaders:
 
     def __init__(self, raw: Headers) -> None:
         self.raw = raw  # as received, names lower-case (for the framework's scope)
-        first: dict[bytes, bytes] = {}
-        for name, value in raw:
-            first.setdefault(name, value)
-        self._first = first
+        self._first = dict(reversed(raw))  # a repeated header keeps its first value
 
     def get(self, name: bytes) -> bytes | None:
         """The first value of a header, by lower-case name, or None."""

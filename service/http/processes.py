@@ -72,10 +72,11 @@ async def serve(
     stop: asyncio.Event | None = None,
     ready: Callable[[HttpServer, asyncio.Server], None] | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT (or `stop`), then drain. `sock`: a bound socket to
-    listen on (else settings.host and settings.port); `load_first`: listen only once every
-    model is loaded; `app`: the app to serve (else one built from `settings`); `ready`:
-    called once listening."""
+    """Serve HTTP and gRPC until SIGTERM or SIGINT (or `stop`), then drain both. `sock`: a
+    bound socket to listen on (else settings.host and settings.port; with `sock`, the gRPC
+    port is shared with other workers); `load_first`: listen only once every model is
+    loaded; `app`: the app to serve (else one built from `settings`); `ready`: called once
+    listening (the gRPC port is then in `app.state.grpc_port`)."""
     loop = asyncio.get_running_loop()
     if stop is None:
         stop = asyncio.Event()
@@ -87,7 +88,12 @@ async def serve(
             app = create_app(settings)
         except Exception as exc:
             raise StartupError(f"the app cannot be built: {exc}") from exc
+    # Imported here: a --workers supervisor serves nothing and need not load grpcio.
+    from service.grpc.server import GrpcServer
+
     server = HttpServer(app.edge, settings.read_timeout_s)
+    state = app.state
+    grpc_server = GrpcServer.over(state.dataplane, state.metrics, state.tracing, settings)
     async with lifespan(app, load_first=load_first):
         try:
             if sock is None:
@@ -100,14 +106,29 @@ async def serve(
                 )
         except OSError as exc:
             raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+        try:
+            state.grpc_port = await grpc_server.start(
+                settings.host, settings.grpc_port, reuse_port=sock is not None
+            )
+        except OSError as exc:
+            listener.close()
+            raise StartupError(f"gRPC: {exc}") from exc
         where = listener.sockets[0].getsockname()
-        log.info("verdict %d serving on http://%s:%d", os.getpid(), where[0], where[1])
+        log.info(
+            "verdict %d serving on http://%s:%d and gRPC port %d",
+            os.getpid(),
+            where[0],
+            where[1],
+            state.grpc_port,
+        )
         if ready is not None:
             ready(server, listener)
         await stop.wait()
         log.info("stopping: draining requests in flight (up to %g s)", settings.drain_seconds)
         listener.close()
-        await server.drain(settings.drain_seconds)
+        await asyncio.gather(
+            server.drain(settings.drain_seconds), grpc_server.drain(settings.drain_seconds)
+        )
     log.info("stopped")
 
 
@@ -201,23 +222,30 @@ def serve_workers(settings: Settings, overrides: dict[str, Any], workers: int) -
     accept most long-lived connections (docs/serving.md); one socket per worker does not.
     """
     host = settings.host
+    reserved: list[socket.socket] = []
     try:
-        # Bound (not listening) here: reserves the port, and resolves port 0 once for all.
-        reserve = _reuseport_socket(host, settings.port)
+        # Bound (not listening) here: reserves the ports (HTTP, gRPC), and resolves port 0
+        # once for all.
+        for wanted in (settings.port, settings.grpc_port):
+            reserved.append(_reuseport_socket(host, wanted))
     except OSError as exc:
-        print(f"verdict: cannot bind {host}:{settings.port}: {exc}", file=sys.stderr)
+        print(f"verdict: cannot bind {host}:{wanted}: {exc}", file=sys.stderr)
+        for sock in reserved:
+            sock.close()
         return STARTUP_FAILURE
-    port = reserve.getsockname()[1]
-    if _someone_listens(host, port):
-        # SO_REUSEPORT would let these workers join that server's and take a share of its
-        # connections without either one knowing.
-        print(
-            f"verdict: cannot bind {host}:{port}: another server already listens there",
-            file=sys.stderr,
-        )
-        reserve.close()
-        return STARTUP_FAILURE
-    overrides = dict(overrides, port=port)
+    port, grpc_port = (sock.getsockname()[1] for sock in reserved)
+    for taken in (port, grpc_port):
+        if _someone_listens(host, taken):
+            # SO_REUSEPORT would let these workers join that server's and take a share of
+            # its connections without either one knowing.
+            print(
+                f"verdict: cannot bind {host}:{taken}: another server already listens there",
+                file=sys.stderr,
+            )
+            for sock in reserved:
+                sock.close()
+            return STARTUP_FAILURE
+    overrides = dict(overrides, port=port, grpc_port=grpc_port)
     ctx = multiprocessing.get_context("spawn")
     stop = threading.Event()
 
@@ -272,5 +300,6 @@ def serve_workers(settings: Settings, overrides: dict[str, Any], workers: int) -
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-        reserve.close()
+        for sock in reserved:
+            sock.close()
     return code

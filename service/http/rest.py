@@ -54,7 +54,11 @@ class Rest:
 
     async def predict(self, ex: Exchange, body: bytes) -> Answer:
         """`{"model"?, "version"?, "instances": [...]}` -> one answer per row."""
-        doc = decode_json(body)
+        if ex.trace is None:
+            doc = decode_json(body)
+        else:
+            with ex.trace.stage("decode"):
+                doc = decode_json(body)
         if not isinstance(doc, dict):
             raise BadRequestError("the body must be a JSON object with `instances`")
         model = doc.get("model")
@@ -65,21 +69,35 @@ class Rest:
             isinstance(version, bool) or not isinstance(version, int | str)
         ):
             raise BadRequestError("`version` must be an integer")
-        decided = await self.inference.predict(model, version, doc.get("instances"))
-        return Answer(200, encode_predictions(decided))
+        trace = ex.trace
+        decided = await self.inference.predict(model, version, doc.get("instances"), trace)
+        if trace is None:
+            return Answer(200, encode_predictions(decided))
+        with trace.stage("encode"):
+            return Answer(200, encode_predictions(decided))
 
     async def infer(self, ex: Exchange, body: bytes) -> Answer:
         """An OIP inference request, JSON or JSON + binary tensor data."""
         header_length = ex.headers.get(HEADER_LENGTH_NAME)
-        request = InferRequest.decode(body, header_length)
+        trace = ex.trace
+        if trace is None:
+            request = InferRequest.decode(body, header_length)
+        else:
+            with trace.stage("decode"):
+                request = InferRequest.decode(body, header_length)
         decided = await self.inference.infer(
             ex.params["model"],
             ex.params.get("version"),
             request.inputs,
             [name for name, _ in request.outputs] if request.outputs else None,
             with_ids=bool(request.parameters.get("prediction_ids")),
+            trace=trace,
         )
-        payload, json_length = request.encode(decided)
+        if trace is None:
+            payload, json_length = request.encode(decided)
+        else:
+            with trace.stage("encode"):
+                payload, json_length = request.encode(decided)
         if json_length is None:
             return Answer(200, payload)
         return Answer(200, payload, BINARY, [(HEADER_LENGTH_NAME, b"%d" % json_length)])
@@ -251,18 +269,21 @@ def _decode_tensor(tensor: Any, i: int, binary: bytes, offset: int) -> tuple[Any
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise BadRequestError(f"input {name!r}: shape must be a list of non-negative integers")
-    params = _parameters(tensor.get("parameters"), f"input {name!r}: parameters")
-    size = params.get("binary_data_size")
+    params = tensor.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise BadRequestError(f"input {name!r}: parameters must be an object")
+    size = params.get("binary_data_size") if params else None
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise BadRequestError(f"input {name!r}: binary_data_size must be an integer")
-        needed = math.prod(shape) * check_datatype(name, datatype).itemsize
+        dtype = check_datatype(name, datatype)
+        needed = math.prod(shape) * dtype.itemsize
         if size != needed:
             raise BadRequestError(
                 f"input {name!r}: binary_data_size is {size} bytes but shape {shape} of "
                 f"{datatype} needs {needed}"
             )
-        return tensor_from_bytes(name, datatype, shape, binary, offset), size
+        return tensor_from_bytes(name, dtype, shape, binary, offset), size
     if "data" not in tensor:
         raise BadRequestError(f"input {name!r}: `data` is missing (and no binary_data_size)")
     return tensor_from_values(name, datatype, shape, tensor["data"]), 0

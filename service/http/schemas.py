@@ -7,6 +7,43 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# An id of the shape /predict answers with.
+EXAMPLE_ID = "p3.AAAAAQAAAaI7Ae_7YoB5diCCfrtFT-ZCYnJlYXN0LWNhbmNlcg.AAAAAAABP3___B1VrdyM_5jz"
+# The first row of scikit-learn's breast cancer data: a valid request for the bundled
+# `breast-cancer` model (/docs shows examples for the models actually served, docs.py).
+BREAST_CANCER_ROW: list[Any] = [
+    17.99,
+    10.38,
+    122.8,
+    1001.0,
+    0.1184,
+    0.2776,
+    0.3001,
+    0.1471,
+    0.2419,
+    0.07871,
+    1.095,
+    0.9053,
+    8.589,
+    153.4,
+    0.006399,
+    0.04904,
+    0.05373,
+    0.01587,
+    0.03003,
+    0.006193,
+    25.38,
+    17.33,
+    184.6,
+    2019.0,
+    0.1622,
+    0.6656,
+    0.7119,
+    0.2654,
+    0.4601,
+    0.1189,
+]
+
 
 class ErrorResponse(BaseModel):
     """Every error answer."""
@@ -24,12 +61,8 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"model": "breast-cancer", "instances": [[17.99, 10.38, 122.8, "... 30 values"]]},
-                {
-                    "model": "iris-like",
-                    "version": 1,
-                    "instances": [{"f0": 1.0, "f1": 2.0, "f2": 3.0}],
-                },
+                {"model": "breast-cancer", "instances": [BREAST_CANCER_ROW]},
+                {"model": "breast-cancer", "version": 1, "instances": [BREAST_CANCER_ROW]},
             ]
         }
     )
@@ -66,7 +99,7 @@ class PredictResponse(BaseModel):
                     "threshold": 0.12,
                     "predictions": [
                         {
-                            "prediction_id": "p1.AAAAAQABP...",
+                            "prediction_id": EXAMPLE_ID,
                             "label": "malignant",
                             "class_index": 1,
                             "probabilities": {"benign": 0.03, "malignant": 0.97},
@@ -112,9 +145,9 @@ class InferRequestBody(BaseModel):
                     "inputs": [
                         {
                             "name": "input",
-                            "shape": [1, 3],
+                            "shape": [1, 30],
                             "datatype": "FP32",
-                            "data": [0.1, 0.2, 0.3],
+                            "data": BREAST_CANCER_ROW,
                         }
                     ],
                     "outputs": [{"name": "probabilities"}],

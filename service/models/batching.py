@@ -13,7 +13,10 @@ Where a run happens depends on what it is predicted to cost (`calibrate`, then e
   the next run, up to `max_batch_rows`, after waiting up to `max_queue_delay_ms` for more
   when several are queued.
 
-A failed run fails its own requests only, and never hangs one; the next run goes on.
+A failed run never hangs a request, and one request's rows cannot fail the requests merged
+with it: when a merged run fails, each of its requests runs again alone (`_isolate`), so only
+a request whose own rows fail gets the error. That costs a run per request, on failure only.
+The next run goes on.
 """
 
 from __future__ import annotations
@@ -24,13 +27,23 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
 
 import numpy as np
 
 from service.errors import InferenceError, OverloadedError, ShuttingDownError
+from service.models.runs import (
+    BatchResult,
+    Outcome,
+    Pending,
+    as_inference_error,
+    fail,
+    failed_alone,
+    hand_out,
+    rows_of,
+    run_each,
+    timed_run,
+)
 from service.models.runtime import OrtThread
 from service.monitoring.metrics import VersionMetrics
 
@@ -41,25 +54,6 @@ log = logging.getLogger(__name__)
 INLINE_BUDGET_S = 200e-6
 # Weight of each new run in the moving average of measured / predicted run time.
 COST_SMOOTHING = 0.1
-
-
-@dataclass(slots=True)
-class BatchResult:
-    """The rows of one request, and how long they queued and computed."""
-
-    probabilities: np.ndarray
-    queue_s: float
-    compute_s: float
-
-
-class _Pending:
-    __slots__ = ("enqueued", "future", "rows", "x")
-
-    def __init__(self, x: np.ndarray, future: asyncio.Future[BatchResult]) -> None:
-        self.x = x
-        self.rows = len(x)
-        self.future = future
-        self.enqueued = perf_counter()
 
 
 class Batcher:
@@ -91,12 +85,12 @@ class Batcher:
         self._cost_row = math.inf
         self._cost_scale = 1.0
         # Groups of requests waiting to run on the loop at the end of this turn, in order.
-        self._tick: deque[list[_Pending]] = deque()
+        self._tick: deque[list[Pending]] = deque()
         self._group_rows = 0
         self._tick_scheduled = False
         self._thread = OrtThread(f"ort-{name}")
-        self._queue: deque[_Pending] = deque()
-        self._in_flight: list[_Pending] = []
+        self._queue: deque[Pending] = deque()
+        self._in_flight: list[Pending] = []
         self._queued_rows = 0
         self._busy = False
         self._last_batch_requests = 1
@@ -144,8 +138,6 @@ class Batcher:
         if self._closed:
             raise ShuttingDownError(f"model {self.name} is being unloaded")
         if self._queued_rows and self._queued_rows + rows > self.max_queue_rows:
-            if self._metrics is not None:
-                self._metrics.overloaded.inc()
             raise OverloadedError(
                 f"model {self.name} is overloaded: {self._queued_rows} rows already waiting "
                 f"(max_queue_rows {self.max_queue_rows})"
@@ -173,7 +165,7 @@ class Batcher:
         """Run directly on the calling thread (warm-up, before traffic)."""
         return self._run(x)
 
-    def run_now(self, x: np.ndarray) -> BatchResult | None:
+    def run_now(self, x: np.ndarray, tag: object = None) -> BatchResult | None:
         """Run at once, on the loop, a request that has nothing to be merged with (the caller
         knows), when the run is cheap and no group waits for the end of this turn (it would
         go first); its answer can then be written before the loop turns at all. None:
@@ -187,17 +179,18 @@ class Batcher:
             out = self._run(x)
         except Exception as exc:
             log.exception("run of %d rows failed on %s", rows, self.name)
-            raise _as_inference_error(self.name, exc) from exc
+            raise as_inference_error(self.name, exc) from exc
         finally:
             self._set_queued(self._queued_rows - rows)
-        result = BatchResult(out, 0.0, perf_counter() - start)
+        result = BatchResult(out, 0.0, perf_counter() - start, rows, (tag,))
         self.inline_runs += 1
         self.batches_run += 1
         asyncio.get_running_loop().call_soon(self._observe, rows, [result])
         return result
 
-    async def submit(self, x: np.ndarray) -> BatchResult:
-        """Probabilities for a validated float32 batch; raises OverloadedError when full."""
+    async def submit(self, x: np.ndarray, tag: object = None) -> BatchResult:
+        """Probabilities for a validated float32 batch; raises OverloadedError when full.
+        `tag` is handed back, with the tags of the requests merged with it, in the result."""
         rows = len(x)
         self._admit(rows)
         loop = asyncio.get_running_loop()
@@ -207,7 +200,7 @@ class Batcher:
             join = self.enabled and bool(self._tick) and self._cheap(self._group_rows + rows)
             if join or self._cheap(rows):
                 future: asyncio.Future[BatchResult] = loop.create_future()
-                pending = _Pending(x, future)
+                pending = Pending(x, future, tag)
                 if join:
                     self._tick[-1].append(pending)
                     self._group_rows += rows
@@ -219,29 +212,29 @@ class Batcher:
                     loop.call_soon(self._run_tick)
                 return await future
         if not self.enabled or (not self._busy and not self._queue):
-            return await self._run_alone_on_thread(x)
+            return await self._run_alone_on_thread(x, tag)
         future = loop.create_future()
-        self._queue.append(_Pending(x, future))
+        self._queue.append(Pending(x, future, tag))
         assert self._wakeup is not None
         self._wakeup.set()
         return await future
 
-    async def _run_alone_on_thread(self, x: np.ndarray) -> BatchResult:
+    async def _run_alone_on_thread(self, x: np.ndarray, tag: object = None) -> BatchResult:
         """Idle (or batching off): run now on the thread, no queueing."""
         rows = len(x)
         self._busy = True
         enqueued = perf_counter()
         try:
-            out, start, compute_s = await self._thread.submit(_timed_run, self._run, [x])
+            out, start, compute_s = await self._thread.submit(timed_run, self._run, [x])
         except Exception as exc:
-            raise _as_inference_error(self.name, exc) from exc
+            raise as_inference_error(self.name, exc) from exc
         finally:
             self._busy = False
             self._set_queued(self._queued_rows - rows)
             self._last_batch_requests = 1
             if self._queue and self._wakeup is not None:
                 self._wakeup.set()
-        result = BatchResult(out, start - enqueued, compute_s)
+        result = BatchResult(out, start - enqueued, compute_s, rows, (tag,))
         self.batches_run += 1
         self._observe(rows, [result])
         return result
@@ -254,7 +247,7 @@ class Batcher:
         spent = 0.0
         try:
             while groups:
-                rows = _rows_of(groups[0])
+                rows = rows_of(groups[0])
                 cost = self.estimate_s(rows)
                 if spent and spent + cost > self.inline_budget_s:
                     break
@@ -269,17 +262,21 @@ class Batcher:
                 self._tick_scheduled = True
                 asyncio.get_running_loop().call_soon(self._run_tick)
 
-    def _run_group(self, group: list[_Pending], rows: int) -> None:
+    def _run_group(self, group: list[Pending], rows: int) -> None:
         try:
-            out, start, compute_s = _timed_run(self._run, [p.x for p in group])
+            out, start, compute_s = timed_run(self._run, [p.x for p in group])
         except Exception as exc:
-            log.exception("inline run of %d rows failed on %s", rows, self.name)
-            _fail(group, _as_inference_error(self.name, exc))
+            if len(group) == 1:
+                log.exception("inline run of %d rows failed on %s", rows, self.name)
+                fail(group, as_inference_error(self.name, exc))
+            else:
+                self._merged_failed(group, rows, exc)
+                self._isolate(group, run_each(self._run, [p.x for p in group]))
             self._set_queued(self._queued_rows - rows)
             return
         self.inline_runs += 1
         self.batches_run += 1
-        results = _hand_out(group, out, start, compute_s)
+        results = hand_out(group, out, start, compute_s)
         self._set_queued(self._queued_rows - rows)
         self._observe(rows, results)
 
@@ -297,7 +294,7 @@ class Batcher:
             return False
         return True
 
-    def _take(self) -> list[_Pending]:
+    def _take(self) -> list[Pending]:
         batch = [self._queue.popleft()]
         rows = batch[0].rows
         while self._queue and rows + self._queue[0].rows <= self.max_batch_rows:
@@ -319,7 +316,7 @@ class Batcher:
                 self._in_flight = []
                 self._busy = False
                 self._set_queued(0)
-                _fail(waiting, InferenceError(f"inference failed on {self.name}: batcher error"))
+                fail(waiting, InferenceError(f"inference failed on {self.name}: batcher error"))
 
     async def _dispatch(self) -> None:
         while True:
@@ -343,15 +340,20 @@ class Batcher:
                     continue
             batch = self._take()
             self._in_flight = batch
-            rows = _rows_of(batch)
+            rows = rows_of(batch)
             self._busy = True
             try:
                 out, start, compute_s = await self._thread.submit(
-                    _timed_run, self._run, [p.x for p in batch]
+                    timed_run, self._run, [p.x for p in batch]
                 )
             except Exception as exc:
-                log.exception("batch of %d rows failed on %s", rows, self.name)
-                _fail(batch, _as_inference_error(self.name, exc))
+                if len(batch) == 1:
+                    log.exception("batch of %d rows failed on %s", rows, self.name)
+                    fail(batch, as_inference_error(self.name, exc))
+                else:
+                    self._merged_failed(batch, rows, exc)
+                    xs = [p.x for p in batch]
+                    self._isolate(batch, await self._thread.submit(run_each, self._run, xs))
                 self._in_flight = []
                 continue
             finally:
@@ -359,9 +361,45 @@ class Batcher:
                 self._set_queued(self._queued_rows - rows)
             self._last_batch_requests = len(batch)
             self.batches_run += 1
-            results = _hand_out(batch, out, start, compute_s)
+            results = hand_out(batch, out, start, compute_s)
             self._in_flight = []
             self._observe(rows, results)
+
+    # -- failure isolation -------------------------------------------------------------------
+
+    def _merged_failed(self, group: list[Pending], rows: int, exc: Exception) -> None:
+        log.warning(
+            "a merged run of %d requests (%d rows) failed on %s (%s: %s); running each alone",
+            len(group),
+            rows,
+            self.name,
+            type(exc).__name__,
+            exc,
+        )
+
+    def _isolate(self, group: list[Pending], outcomes: list[Outcome]) -> None:
+        """Hand each request of a failed merged run what its own run gave: its rows, or the
+        error of a run that failed on them alone (500 `inference_failed`: the rows passed
+        every check of the model's input, so the fault is the model's)."""
+        for i, (p, outcome) in enumerate(zip(group, outcomes, strict=True)):
+            if isinstance(outcome, Exception):
+                log.error(
+                    "request %d of %d failed alone on %s: %s: %s",
+                    i + 1,
+                    len(group),
+                    self.name,
+                    type(outcome).__name__,
+                    outcome,
+                )
+                if not p.future.done():
+                    p.future.set_exception(failed_alone(self.name, outcome))
+                continue
+            out, start, compute_s = outcome
+            result = BatchResult(out, start - p.enqueued, compute_s, p.rows, (p.tag,))
+            self.batches_run += 1
+            if not p.future.done():
+                p.future.set_result(result)
+            self._observe(p.rows, [result])
 
     async def close(self) -> None:
         """Take no new requests, finish the queued ones, stop the thread."""
@@ -373,43 +411,3 @@ class Batcher:
         while self._busy or self._tick:
             await asyncio.sleep(0.001)
         self._thread.shutdown()
-
-
-def _timed_run(
-    run: Callable[[np.ndarray], np.ndarray], xs: list[np.ndarray]
-) -> tuple[np.ndarray, float, float]:
-    """One run over the rows of every request in `xs`: (output, start, seconds)."""
-    start = perf_counter()
-    out = run(xs[0] if len(xs) == 1 else np.concatenate(xs))
-    return out, start, perf_counter() - start
-
-
-def _hand_out(
-    batch: list[_Pending], out: np.ndarray, start: float, compute_s: float
-) -> list[BatchResult]:
-    """Give each request of a merged run its own rows of the output, in order."""
-    results = []
-    offset = 0
-    for p in batch:
-        result = BatchResult(out[offset : offset + p.rows], start - p.enqueued, compute_s)
-        offset += p.rows
-        results.append(result)
-        if not p.future.done():
-            p.future.set_result(result)
-    return results
-
-
-def _fail(waiting: list[_Pending], error: Exception) -> None:
-    for p in waiting:
-        if not p.future.done():
-            p.future.set_exception(error)
-
-
-def _rows_of(group: list[_Pending]) -> int:
-    return group[0].rows if len(group) == 1 else sum(p.rows for p in group)
-
-
-def _as_inference_error(name: str, exc: Exception) -> Exception:
-    if isinstance(exc, InferenceError | OverloadedError | ShuttingDownError):
-        return exc
-    return InferenceError(f"inference failed on {name}: {type(exc).__name__}")

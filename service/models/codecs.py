@@ -97,11 +97,10 @@ def check_datatype(name: str, datatype: Any) -> np.dtype[Any]:
 
 
 def tensor_from_bytes(
-    name: str, datatype: Any, shape: list[int], raw: bytes, offset: int = 0
+    name: str, dtype: np.dtype[Any], shape: list[int], raw: bytes, offset: int = 0
 ) -> np.ndarray:
-    """A tensor read (not copied) from little-endian bytes at `offset`; 400 on a size that
-    does not match the shape."""
-    dtype = check_datatype(name, datatype)
+    """A tensor of `dtype` (`check_datatype`) read, not copied, from little-endian bytes at
+    `offset`; 400 when the bytes are shorter than the shape needs."""
     count = math.prod(shape)
     if offset + count * dtype.itemsize > len(raw):
         raise BadRequestError(f"input {name!r}: the binary data is shorter than declared")

@@ -6,7 +6,6 @@ from a worker thread, never on the event loop.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from dataclasses import dataclass
@@ -17,6 +16,14 @@ import numpy as np
 
 from service.errors import ModelLoadError, scrub_paths
 from service.models.codecs import InputSpec
+from service.models.conformance import (
+    Conformance,
+    check_blocks,
+    check_conformance,
+    check_parity,
+    read_checked_files,
+    sha256_hex,
+)
 from service.models.manifest import MANIFEST, check_graph, check_manifest, read_manifest
 from service.models.runtime import ModelSession, RuntimeOptions, create_session
 
@@ -25,8 +32,12 @@ WARMUP_ROWS = (1, 8)
 COST_ROWS = (1, 16)
 COST_RUNS = 7
 PROBABILITY_TOLERANCE = 1e-3
+MODEL_FILE = "model.onnx"
+SAMPLE_FILE = "reference_sample.json"  # the reference sample's name when a manifest names none
 
-Fingerprint = tuple[int, int, int, int]
+# mtime and size of each file a version's checks read: the manifest, the model file and the
+# reference sample (0, 0 for a file that is absent).
+Fingerprint = tuple[int, ...]
 
 
 @dataclass(slots=True)
@@ -42,18 +53,32 @@ class LoadedVersion:
     session: ModelSession
     fingerprint: Fingerprint
     cost: tuple[float, float]  # seconds per run: fixed, per row (see Batcher.calibrate)
+    conformance: Conformance
 
 
-def file_fingerprint(folder: Path, model_file: str = "model.onnx") -> Fingerprint:
-    """mtime and size of the manifest and the model file: what polling compares."""
+def checked_files(manifest: dict[str, Any]) -> tuple[str, str]:
+    """The model file and the reference sample a manifest names (the defaults otherwise)."""
+    block = manifest.get("conformance")
+    sample = block.get("sample_file") if isinstance(block, dict) else None
+    return (
+        str(manifest.get("model_file", MODEL_FILE)),
+        sample if isinstance(sample, str) else SAMPLE_FILE,
+    )
+
+
+def file_fingerprint(
+    folder: Path, model_file: str = MODEL_FILE, sample_file: str = SAMPLE_FILE
+) -> Fingerprint:
+    """mtime and size of the manifest, the model file and the reference sample: what polling
+    compares (a changed sample is re-checked like a changed model)."""
     out: list[int] = []
-    for name in (MANIFEST, model_file):
+    for name in (MANIFEST, model_file, sample_file):
         try:
             st = (folder / name).stat()
             out += [st.st_mtime_ns, st.st_size]
         except OSError:
             out += [0, 0]
-    return (out[0], out[1], out[2], out[3])
+    return tuple(out)
 
 
 def _warm_up(session: ModelSession, spec: InputSpec, n_classes: int) -> list[str]:
@@ -90,53 +115,67 @@ def _measure_cost(session: ModelSession, spec: InputSpec) -> tuple[float, float]
 
 
 def load_version(folder: Path, name: str, version: int, options: RuntimeOptions) -> LoadedVersion:
-    """Read, check and warm up one version folder (blocking; call from a worker thread)."""
+    """Read, check, conformance-check and warm up one version folder (blocking; call from a
+    worker thread). Raises ModelLoadError, whose `check` names the check that refused it."""
     manifest = read_manifest(folder)
     problems = check_manifest(manifest, name, version)
     if problems:
         raise ModelLoadError(f"{name} v{version} refused: " + "; ".join(problems))
-    model_file = manifest.get("model_file", "model.onnx")
-    fingerprint = file_fingerprint(folder, model_file)
+    problems = check_blocks(manifest)
+    if problems:
+        raise ModelLoadError(f"{name} v{version} refused: " + "; ".join(problems))
+    problems = check_parity(manifest)
+    if problems:
+        raise ModelLoadError(f"{name} v{version} refused: " + "; ".join(problems), "parity")
+    model_file, sample_file = checked_files(manifest)
+    fingerprint = file_fingerprint(folder, model_file, sample_file)
     try:
         raw = (folder / model_file).read_bytes()
     except OSError as exc:
         reason = f"{name} v{version} refused: cannot read {model_file}: {exc.strerror}"
-        raise ModelLoadError(reason) from None
-    digest = hashlib.sha256(raw).hexdigest()
+        raise ModelLoadError(reason, "files") from None
+    digest = sha256_hex(raw)
     if digest != manifest["sha256"].lower():
         raise ModelLoadError(
             f"{name} v{version} refused: sha256 of {model_file} is {digest}, "
-            f"the manifest says {manifest['sha256']}"
+            f"the manifest says {manifest['sha256']}",
+            "files",
         )
+    read = read_checked_files(folder, manifest, model_file, raw)
     try:
         session, providers = create_session(raw, options)
     except Exception as exc:
         raise ModelLoadError(
             f"{name} v{version} refused: onnxruntime cannot load {model_file}: "
-            + scrub_paths(str(exc))
+            + scrub_paths(str(exc)),
+            "graph",
         ) from None
     inp, out = manifest["input"], manifest["output"]
     ms = ModelSession(session, providers, inp["name"], out["name"])
     problems = check_graph(manifest, ms)
+    if problems:
+        raise ModelLoadError(f"{name} v{version} refused: " + "; ".join(problems), "graph")
     features = inp.get("feature_names")
     spec = InputSpec(
         inp["name"], tuple(inp["shape"][1:]), tuple(features) if features is not None else None
     )
     classes = list(out["classes"])
-    if not problems:
-        problems = _warm_up(ms, spec, len(classes))
+    problems = _warm_up(ms, spec, len(classes))
     if problems:
-        raise ModelLoadError(f"{name} v{version} refused: " + "; ".join(problems))
+        raise ModelLoadError(f"{name} v{version} refused: " + "; ".join(problems), "warmup")
     task = manifest["task"]
     threshold = float(manifest["decision"]["threshold"]) if task == "binary" else None
     positive = classes.index(out["positive_class"]) if task == "binary" else None
+    conformance = check_conformance(folder, manifest, ms, read, positive, threshold)
     try:
         cost = _measure_cost(ms, spec)
     except Exception as exc:
         raise ModelLoadError(
-            f"{name} v{version} refused: timing runs failed: {scrub_paths(str(exc))}"
+            f"{name} v{version} refused: timing runs failed: {scrub_paths(str(exc))}", "warmup"
         ) from None
-    return LoadedVersion(manifest, spec, classes, task, threshold, positive, ms, fingerprint, cost)
+    return LoadedVersion(
+        manifest, spec, classes, task, threshold, positive, ms, fingerprint, cost, conformance
+    )
 
 
 def scan_folder(root: Path, name_re: re.Pattern[str]) -> dict[str, list[int]]:
@@ -166,4 +205,3 @@ def model_fingerprint(folder: Path) -> tuple[Fingerprint, ...]:
         for v in sorted(folder.iterdir())
         if v.is_dir() and v.name.isascii() and v.name.isdigit()
     )
-

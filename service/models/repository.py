@@ -26,9 +26,11 @@ from service.errors import (
 )
 from service.models.batching import INLINE_BUDGET_S, Batcher
 from service.models.codecs import InputSpec
+from service.models.conformance import UNCHECKED, Conformance
 from service.models.loading import (
     Fingerprint,
     LoadedVersion,
+    checked_files,
     file_fingerprint,
     load_version,
     model_fingerprint,
@@ -64,6 +66,7 @@ class ModelVersion:
     batcher: Batcher
     metrics: VersionMetrics
     fingerprint: Fingerprint
+    conformance: Conformance
     loaded_at: float = field(default_factory=time.time)
     issued: int = 0  # rows predicted by this process on this version
     active: int = 0
@@ -174,14 +177,14 @@ class Repository:
                 folder = self.root / name / str(v)
                 old = current.get(v)
                 if old is not None and old.fingerprint == file_fingerprint(
-                    folder, old.manifest.get("model_file", "model.onnx")
+                    folder, *checked_files(old.manifest)
                 ):
                     new[v] = old
                     continue
                 try:
                     checked = await asyncio.to_thread(load_version, folder, name, v, self.options)
                 except ModelLoadError as exc:
-                    log.error("%s", exc.message)
+                    self._refused(name, v, exc, still_serving=bool(current))
                     reasons.append(exc.message)
                     self._states[(name, v)] = _VersionState("UNAVAILABLE", exc.message)
                     if old is not None:
@@ -190,6 +193,8 @@ class Repository:
                 new[v] = self._activate(name, v, folder, checked)
                 self._states[(name, v)] = _VersionState("READY")
                 log.info("loaded %s v%d on %s", name, v, ",".join(checked.session.providers))
+                if checked.conformance.status == UNCHECKED:
+                    log.warning("%s v%d serves %s", name, v, checked.conformance.describe())
             if reasons:
                 # A refused version never replaces what serves: keep every served version.
                 for v, mv in current.items():
@@ -211,6 +216,15 @@ class Repository:
                 raise ModelLoadError(f"{why} (still serving versions {sorted(new)})")
             return sorted(new)
 
+    def _refused(self, name: str, version: int, exc: ModelLoadError, still_serving: bool) -> None:
+        """A refused version: the log line, and the metrics that make it visible."""
+        keeps = "; what served before keeps serving" if still_serving else ""
+        log.error("%s%s", exc.message, keeps)
+        self.metrics.model_refusals.labels(name, str(version), exc.check).inc()
+        measured = exc.measured
+        if isinstance(measured, Conformance) and measured.max_abs_diff is not None:
+            self.metrics.set_conformance(name, version, measured.provider, measured.max_abs_diff)
+
     def _activate(self, name: str, version: int, folder: Path, c: LoadedVersion) -> ModelVersion:
         vm = self.metrics.version_metrics(name, version, c.classes)
         s = self.settings
@@ -229,6 +243,10 @@ class Repository:
         batcher.calibrate(*c.cost)
         batcher.start()
         self.metrics.set_model_config(name, version, c.session.providers, c.manifest)
+        if c.conformance.max_abs_diff is not None:
+            self.metrics.set_conformance(
+                name, version, c.conformance.provider, c.conformance.max_abs_diff
+            )
         mv = ModelVersion(
             name=name,
             version=version,
@@ -244,6 +262,7 @@ class Repository:
             batcher=batcher,
             metrics=vm,
             fingerprint=c.fingerprint,
+            conformance=c.conformance,
         )
         self._notify(self._on_load, mv)
         return mv

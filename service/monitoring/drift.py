@@ -1,4 +1,5 @@
-"""Drift: counts inputs and scores into the manifest's reference bins, once per batch."""
+"""Drift: counts inputs, scores, predicted classes and top-class confidence into the manifest's
+reference bins, once per batch, per model version."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-SCORE_FEATURE = "__score__"
+SCORE_FEATURE = "__score__"  # binary models: the positive-class probability
+CLASS_FEATURE = "__class__"  # multiclass models: the predicted class (bin = class index)
+CONFIDENCE_FEATURE = "__confidence__"  # multiclass models: the top-class probability
 DEFAULT_MAX_FEATURES = 30
 # Rows a second per model version binned in full by the server; beyond it a uniform sample of
 # whole batches (DriftMonitor): binning every row of a cheap model under heavy load costs a
@@ -36,7 +39,7 @@ class DriftMetrics(Protocol):
 
     @property
     def feature_bin(self) -> _Family:
-        """verdict_feature_bin_total{model,feature,bin}"""
+        """verdict_feature_bin_total{model,version,feature,bin}"""
 
 
 @dataclass(slots=True)
@@ -48,13 +51,16 @@ class _Plan:
     edges: list[np.ndarray]  # interior cut points per monitored feature
     padded: np.ndarray  # [F, max cuts] the same cut points, padded with +inf
     offsets: np.ndarray  # where each feature's bins start in the flat bincount
-    children: list[Any]  # one counter child per (feature, bin), then the score's bins
-    score_edges: np.ndarray | None
+    children: list[Any]  # one counter child per (feature, bin), the score's, then the classes'
+    score_edges: np.ndarray | None  # cut points of the score (binary) or confidence (multiclass)
     score_offset: int  # where the score's bins start
+    class_offset: int  # where the predicted classes' bins start
+    n_classes: int  # classes counted (0: none)
     pending: np.ndarray  # counts not yet added to the counters (when flushing on a timer)
     flushed_at: float  # time.monotonic() of the last flush
     inputs: list[np.ndarray]  # buffered monitored columns, not yet binned
     scores: list[np.ndarray]  # buffered scores, not yet binned
+    classes: list[np.ndarray]  # buffered predicted classes, not yet counted
     buffered_rows: int
     lock: threading.Lock
     second: int = 0  # the second (of time.monotonic) that this_rows counts
@@ -76,7 +82,10 @@ def bin_index(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 class DriftMonitor:
-    """Feeds `verdict_feature_bin_total{model,feature,bin}` so PSI can be computed in PromQL.
+    """Feeds `verdict_feature_bin_total{model,version,feature,bin}` so PSI can be computed in
+    PromQL: the input features of tabular models, the score of binary models
+    (`__score__`), and the predicted class (`__class__`, bin = class index) and top-class
+    probability (`__confidence__`) of multiclass models whose manifest has those references.
 
     The predict path calls `observe` once per batch: the batch is binned in one broadcast
     comparison against every feature's cut points (small batches) or one `searchsorted`
@@ -114,8 +123,10 @@ class DriftMonitor:
         self._lock = threading.Lock()
 
     def register(self, model: str, version: int, manifest: Mapping[str, Any]) -> list[str]:
-        """Start watching a model version; returns the monitored features (score not included)."""
+        """Start watching a model version; returns the monitored input features (the score,
+        class and confidence pseudo-features not included)."""
         reference = manifest.get("reference") or {}
+        v = str(version)
         names = list((manifest.get("input") or {}).get("feature_names") or [])
         features = monitored_features(manifest, self.max_features)
         family = self.metrics.feature_bin
@@ -127,18 +138,24 @@ class DriftMonitor:
             offsets.append(len(children))
             edges.append(cuts)
             children.extend(
-                family.labels(model=model, feature=feature, bin=str(i))
+                family.labels(model=model, version=v, feature=feature, bin=str(i))
                 for i in range(len(cuts) + 1)
             )
-        score = reference.get("score")
+        score_feature, score = _score_reference(manifest)
         score_edges = None
         score_offset = len(children)
-        if score and manifest.get("task") == "binary":
+        if score is not None:
             score_edges = np.asarray(score["edges"], dtype=np.float64)
             children.extend(
-                family.labels(model=model, feature=SCORE_FEATURE, bin=str(i))
+                family.labels(model=model, version=v, feature=score_feature, bin=str(i))
                 for i in range(len(score_edges) + 1)
             )
+        class_offset = len(children)
+        n_classes = len(_class_reference(manifest) or [])
+        children.extend(
+            family.labels(model=model, version=v, feature=CLASS_FEATURE, bin=str(i))
+            for i in range(n_classes)
+        )
         padded = np.full((len(edges), max((len(e) for e in edges), default=0)), np.inf)
         for row, cuts in enumerate(edges):
             padded[row, : len(cuts)] = cuts
@@ -151,35 +168,35 @@ class DriftMonitor:
             children=children,
             score_edges=score_edges,
             score_offset=score_offset,
+            class_offset=class_offset,
+            n_classes=n_classes,
             pending=np.zeros(len(children), dtype=np.int64),
             flushed_at=time.monotonic(),
             inputs=[],
             scores=[],
+            classes=[],
             buffered_rows=0,
             lock=threading.Lock(),
         )
         with self._lock:
             self._plans[(model, version)] = plan
-        self._publish_reference(model, version, reference, features, score_edges is not None)
+        parts = [(f, reference["features"][f]["proportions"]) for f in features]
+        if score is not None:
+            parts.append((score_feature, score["proportions"]))
+        if n_classes:
+            parts.append((CLASS_FEATURE, _class_reference(manifest) or []))
+        self._publish_reference(model, version, parts)
         return features
 
     def _publish_reference(
-        self,
-        model: str,
-        version: int,
-        reference: Mapping[str, Any],
-        features: list[str],
-        with_score: bool,
+        self, model: str, version: int, parts: list[tuple[str, list[float]]]
     ) -> None:
         """Set verdict_reference_bin_ratio, when the metrics object has that family."""
         family = getattr(self.metrics, "reference_bin_ratio", None)
         if family is None:
             return
-        parts = [(f, reference["features"][f]) for f in features]
-        if with_score:
-            parts.append((SCORE_FEATURE, reference["score"]))
-        for feature, ref in parts:
-            for i, share in enumerate(ref.get("proportions") or []):
+        for feature, shares in parts:
+            for i, share in enumerate(shares):
                 family.labels(model=model, version=str(version), feature=feature, bin=str(i)).set(
                     float(share)
                 )
@@ -198,15 +215,24 @@ class DriftMonitor:
         for plan in plans:
             _flush(plan)
 
-    def observe(self, model: str, version: int, x: np.ndarray, scores: np.ndarray | None) -> None:
-        """Count one batch: `x` is the [n, F] input matrix, `scores` the positive-class scores."""
+    def observe(
+        self,
+        model: str,
+        version: int,
+        x: np.ndarray,
+        scores: np.ndarray | None,
+        classes: np.ndarray | None = None,
+    ) -> None:
+        """Count one batch: `x` is the input batch, `scores` each row's score (the positive
+        class's probability of a binary model, the top class's of a multiclass one), `classes`
+        each row's predicted class index."""
         plan = self._plans.get((model, version))
         if plan is None:
             return
         if self.max_rows_per_s > 0 and not self._sampled(plan, len(x)):
             return
         if self.flush_interval_s > 0 and len(x) < BUFFER_MIN_DIRECT_ROWS:
-            self._buffer(plan, x, scores)
+            self._buffer(plan, x, scores, classes)
             return
         parts = []
         if plan.edges and x.ndim == 2 and len(x):
@@ -214,6 +240,8 @@ class DriftMonitor:
         if plan.score_edges is not None and scores is not None and len(scores):
             values = np.asarray(scores, dtype=np.float64).ravel()
             parts.append(bin_index(plan.score_edges, values) + plan.score_offset)
+        if plan.n_classes and classes is not None and len(classes):
+            parts.append(np.asarray(classes, dtype=np.intp).ravel() + plan.class_offset)
         if not parts:
             return
         flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -251,7 +279,13 @@ class DriftMonitor:
         plan = self._plans.get((model, version))
         return 0 if plan is None else plan.skipped_rows
 
-    def _buffer(self, plan: _Plan, x: np.ndarray, scores: np.ndarray | None) -> None:
+    def _buffer(
+        self,
+        plan: _Plan,
+        x: np.ndarray,
+        scores: np.ndarray | None,
+        classes: np.ndarray | None,
+    ) -> None:
         """Keep a batch's monitored columns and scores (a few microseconds); bin them later,
         many batches at once, where binning costs well under a microsecond per row."""
         rows = 0
@@ -263,6 +297,9 @@ class DriftMonitor:
             if plan.score_edges is not None and scores is not None and len(scores):
                 plan.scores.append(np.asarray(scores, dtype=np.float64).ravel())
                 rows = max(rows, len(scores))
+            if plan.n_classes and classes is not None and len(classes):
+                plan.classes.append(np.asarray(classes, dtype=np.intp).ravel())
+                rows = max(rows, len(classes))
             plan.buffered_rows += rows
             due = (
                 plan.buffered_rows >= BUFFER_MAX_ROWS
@@ -270,6 +307,25 @@ class DriftMonitor:
             )
         if due:
             _flush(plan)
+
+
+def _score_reference(manifest: Mapping[str, Any]) -> tuple[str, Mapping[str, Any] | None]:
+    """The pseudo-feature binned on each row's score, and its reference bins (or None): the
+    score of a binary model, the top-class probability of a multiclass one."""
+    reference = manifest.get("reference") or {}
+    if manifest.get("task") == "binary":
+        return SCORE_FEATURE, reference.get("score") or None
+    return CONFIDENCE_FEATURE, reference.get("confidence") or None
+
+
+def _class_reference(manifest: Mapping[str, Any]) -> list[float] | None:
+    """The predicted-class shares of a multiclass model's reference, when they fit its
+    classes (else None: no class drift for it)."""
+    if manifest.get("task") != "multiclass":
+        return None
+    shares = ((manifest.get("reference") or {}).get("classes") or {}).get("proportions")
+    n_classes = len((manifest.get("output") or {}).get("classes") or [])
+    return [float(s) for s in shares] if shares and len(shares) == n_classes else None
 
 
 def feature_bins(plan: _Plan, x: np.ndarray, broadcast: bool) -> np.ndarray:
@@ -295,6 +351,7 @@ def _flush(plan: _Plan) -> None:
         counts, plan.pending = plan.pending, np.zeros_like(plan.pending)
         inputs, plan.inputs = plan.inputs, []
         scores, plan.scores = plan.scores, []
+        classes, plan.classes = plan.classes, []
         plan.buffered_rows = 0
         plan.flushed_at = time.monotonic()
     parts = []
@@ -305,6 +362,8 @@ def _flush(plan: _Plan) -> None:
     if scores and plan.score_edges is not None:
         values = scores[0] if len(scores) == 1 else np.concatenate(scores)
         parts.append(bin_index(plan.score_edges, values) + plan.score_offset)
+    if classes:
+        parts.append(np.concatenate(classes) + plan.class_offset)
     if parts:
         flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
         counts = counts + np.bincount(flat, minlength=len(plan.children))

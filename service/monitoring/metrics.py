@@ -29,6 +29,7 @@ from service.monitoring.buffers import (
     DirectHistogram,
     histogram_buffer,
 )
+from service.monitoring.quality import alert_min_labelled
 
 LATENCY_BUCKETS = (
     0.00025,
@@ -63,6 +64,8 @@ LABEL_DELAY_BUCKETS = (
     4 * WEEK,
 )
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The transports, as the `protocol` label of the series that count requests.
+PROTOCOLS = ("rest", "grpc")
 
 
 class _FlushFirst:
@@ -102,6 +105,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.grpc_duration = Histogram(
+            "verdict_grpc_request_duration_seconds",
+            "gRPC request duration by method and status code.",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.inference_duration = Histogram(
             "verdict_inference_duration_seconds",
             "Time a request spends queued for a batch, and computing in ONNX Runtime.",
@@ -125,8 +135,8 @@ class Metrics:
         )
         self.inference_requests = Counter(
             "verdict_inference_requests",
-            "Inference requests by outcome (ok, invalid, overloaded, error).",
-            ["model", "version", "outcome"],
+            "Inference requests by outcome (ok, invalid, overloaded, error) and protocol.",
+            ["model", "version", "outcome", "protocol"],
             registry=r,
         )
         self.model_info = Gauge(
@@ -181,6 +191,14 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=r,
         )
+        self.objective_min_labeled = Gauge(
+            "verdict_objective_min_labeled",
+            "Fewest labelled rows of the class in a window before an alert on the objective "
+            "may fire (max_fnr: positives, max_fpr: negatives).",
+            ["model", "objective"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
         self.outcome_cost = Gauge(
             "verdict_outcome_cost",
             "Cost of one outcome from the manifest (fp, fn).",
@@ -190,14 +208,31 @@ class Metrics:
         )
         self.feature_bin = Counter(
             "verdict_feature_bin",
-            "Served rows per input feature reference bin (drift).",
-            ["model", "feature", "bin"],
+            "Served rows per reference bin of an input feature, the score, the predicted class "
+            "or the top-class confidence (drift).",
+            ["model", "version", "feature", "bin"],
             registry=r,
         )
         self.reference_bin_ratio = Gauge(
             "verdict_reference_bin_ratio",
             "Reference proportion of each feature bin from the manifest (drift).",
             ["model", "version", "feature", "bin"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+
+        self.model_refusals = Counter(
+            "verdict_model_refusals",
+            "Model versions refused at load, by the check that refused them (manifest, files, "
+            "parity, graph, warmup, conformance).",
+            ["model", "version", "check"],
+            registry=r,
+        )
+        self.conformance_diff = Gauge(
+            "verdict_conformance_max_abs_diff",
+            "Largest |probability - expected| on the reference sample at the last load of a "
+            "version, on the provider that serves it (a refused version's too).",
+            ["model", "version", "provider"],
             multiprocess_mode="mostrecent",
             registry=r,
         )
@@ -220,8 +255,9 @@ class Metrics:
 
     def forget(self, vm: VersionMetrics) -> None:
         """Flush a retired version's buffers and stop tracking them (reloads add new ones)."""
-        mine = [vm.queue, vm.compute, vm.batch_size, vm.queue_depth, vm.ok, vm.invalid]
-        mine += [vm.overloaded, vm.error, vm.score, vm.predictions]
+        mine = [vm.queue, vm.compute, vm.batch_size, vm.queue_depth, vm.score, vm.predictions]
+        for o in vm.requests.values():
+            mine += [o.ok, o.invalid, o.overloaded, o.error]
         ids = {id(b) for b in mine}
         for buffer in mine:
             if isinstance(buffer, Buffered):
@@ -242,10 +278,15 @@ class Metrics:
             compute=self.histogram(self.inference_duration.labels(model, v, "compute")),
             batch_size=self.histogram(self.batch_size.labels(model, v)),
             queue_depth=self.gauge(self.queue_depth.labels(model, v)),
-            ok=self.counter(outcome.labels(model, v, "ok")),
-            invalid=self.counter(outcome.labels(model, v, "invalid")),
-            overloaded=self.counter(outcome.labels(model, v, "overloaded")),
-            error=self.counter(outcome.labels(model, v, "error")),
+            requests={
+                p: Outcomes(
+                    ok=self.counter(outcome.labels(model, v, "ok", p)),
+                    invalid=self.counter(outcome.labels(model, v, "invalid", p)),
+                    overloaded=self.counter(outcome.labels(model, v, "overloaded", p)),
+                    error=self.counter(outcome.labels(model, v, "error", p)),
+                )
+                for p in PROTOCOLS
+            },
             predictions=self._track(
                 BufferedClassCounts([self.predictions.labels(model, v, c) for c in classes])
             ),
@@ -262,6 +303,9 @@ class Metrics:
         for objective, value in (manifest.get("objectives") or {}).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 self.objective_ratio.labels(model, objective).set(value)
+                self.objective_min_labeled.labels(model, objective).set(
+                    alert_min_labelled(float(value))
+                )
         for key, value in (manifest.get("costs") or {}).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
                 outcome = key.removeprefix("cost_")
@@ -276,6 +320,10 @@ class Metrics:
                 self.reference_bin_ratio.labels(model, str(version), feature, str(i)).set(
                     proportion
                 )
+
+    def set_conformance(self, model: str, version: int, provider: str, max_abs_diff: float) -> None:
+        """What a version's reference sample measured on the provider that would serve it."""
+        self.conformance_diff.labels(model, str(version), provider).set(max_abs_diff)
 
     def clear_model_version(
         self, model: str, version: int, providers: list[str], keep: set[tuple[str, ...]]
@@ -305,6 +353,16 @@ class Metrics:
 
 
 @dataclass(slots=True)
+class Outcomes:
+    """The outcome counters of one model version's requests over one protocol."""
+
+    ok: Any
+    invalid: Any
+    overloaded: Any
+    error: Any
+
+
+@dataclass(slots=True)
 class VersionMetrics:
     """Cached labelled children for one model version."""
 
@@ -312,10 +370,7 @@ class VersionMetrics:
     compute: Any
     batch_size: Any
     queue_depth: Any
-    ok: Any
-    invalid: Any
-    overloaded: Any
-    error: Any
+    requests: dict[str, Outcomes]  # by protocol (PROTOCOLS)
     predictions: BufferedClassCounts
     score: Any
 

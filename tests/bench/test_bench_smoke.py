@@ -103,8 +103,11 @@ def test_smoke_run_with_the_repository_itself_as_baseline(tmp_path: Path) -> Non
     assert meta["checkout"]["path"] == str(ROOT)
     cases = [r for r in records if r["kind"] == "case"]
     # Round 1: the baseline next to verdict, before it; the obvious server last.
-    assert [r["server"] for r in cases] == ["before", "verdict", "obvious"]
-    by_server = {r["server"]: r for r in cases}
+    json_cases = [r for r in cases if r["protocol"] == "json"]
+    assert [r["server"] for r in json_cases] == ["before", "verdict", "obvious"]
+    # gRPC: verdict only (the obvious server and the baseline are measured over HTTP).
+    assert [r["server"] for r in cases if r["protocol"] == "grpc"] == ["verdict"]
+    by_server = {r["server"]: r for r in json_cases}
     assert by_server["verdict"]["ratio_vs_before_requests"] > 0
     assert by_server["before"]["ratio_vs_obvious_requests"] > 0
     assert by_server["before"]["ratio_vs_before_requests"] is None

@@ -35,7 +35,8 @@ def test_load_script_runs_a_bounded_gated_run_and_writes_a_report(tmp_path: Path
     html = list(reports.glob("load-*.html"))
     assert len(html) == 1, out[-2000:]
     text = html[0].read_text()
-    for name in ("/predict [1 row]", "/predict [16 rows]", "/v2/models/[m]/infer", "/feedback"):
+    names = ("/predict [1 row]", "/predict [16 rows]", "/v2/models/[m]/infer", "/feedback")
+    for name in (*names, "ModelInfer"):  # ModelInfer: the gRPC users
         assert name in text, f"{name} missing from the report"
 
 

@@ -43,6 +43,7 @@ class Server:
             PYTHONPATH=str(ROOT),
             VERDICT_HOST="127.0.0.1",
             VERDICT_PORT=str(self.port),
+            VERDICT_GRPC_PORT="0",  # tests never take a fixed port
             VERDICT_MODEL_REPOSITORY=str(ROOT / "models"),
             VERDICT_FEEDBACK_DB=str(store),
             VERDICT_PREDICTION_ID_KEY="shutdown-test-key-" + "k" * 24,

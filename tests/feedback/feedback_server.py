@@ -31,7 +31,9 @@ def main() -> None:
         versions_of=lambda model: [1] if model == "bc" else [],
     )
     app = feedback_app(service, Path(tempfile.mkdtemp(prefix="feedback-server-")))
-    settings = app.state.settings.model_copy(update={"host": "127.0.0.1", "port": port})
+    settings = app.state.settings.model_copy(
+        update={"host": "127.0.0.1", "port": port, "grpc_port": 0}
+    )
     _run_loop(serve(settings, app=app))
 
 

@@ -96,7 +96,7 @@ class Metrics:
         self.feature_bin = Counter(
             "verdict_feature_bin",
             "Inputs per reference bin",
-            ["model", "feature", "bin"],
+            ["model", "version", "feature", "bin"],
             registry=registry,
         )
         self.reference_bin_ratio = Gauge(

@@ -7,6 +7,8 @@ from feedback_support import BINARY, MULTICLASS, Metrics
 from prometheus_client import CollectorRegistry
 
 from service.monitoring.drift import (
+    CLASS_FEATURE,
+    CONFIDENCE_FEATURE,
     SCORE_FEATURE,
     DriftMonitor,
     bin_index,
@@ -15,10 +17,13 @@ from service.monitoring.drift import (
 )
 
 
-def bins(registry: CollectorRegistry, feature: str, n: int, model: str = "bc") -> list[float]:
+def bins(
+    registry: CollectorRegistry, feature: str, n: int, model: str = "bc", version: int = 1
+) -> list[float]:
     return [
         registry.get_sample_value(
-            "verdict_feature_bin_total", {"model": model, "feature": feature, "bin": str(i)}
+            "verdict_feature_bin_total",
+            {"model": model, "version": str(version), "feature": feature, "bin": str(i)},
         )
         or 0.0
         for i in range(n)
@@ -55,7 +60,7 @@ def test_bin_counts_by_hand(registry: CollectorRegistry) -> None:
     assert bins(registry, "a", 3) == [3, 1, 1]
     assert bins(registry, SCORE_FEATURE, 4) == [3, 0, 1, 1]
     # no bin beyond B - 1 exists
-    labels = {"model": "bc", "feature": "a", "bin": "3"}
+    labels = {"model": "bc", "version": "1", "feature": "a", "bin": "3"}
     assert registry.get_sample_value("verdict_feature_bin_total", labels) is None
 
 
@@ -68,7 +73,7 @@ def test_the_feature_cap_keeps_the_first_features_in_manifest_order(
     assert bins(registry, "a", 3) == [5, 0, 0]
     assert bins(registry, "b", 2) == [5, 0]
     for i in range(4):
-        labels = {"model": "bc", "feature": "c", "bin": str(i)}
+        labels = {"model": "bc", "version": "1", "feature": "c", "bin": str(i)}
         assert registry.get_sample_value("verdict_feature_bin_total", labels) is None
     assert monitored_features(BINARY, 0) == []
 
@@ -103,6 +108,74 @@ def test_register_publishes_the_reference_proportions(registry: CollectorRegistr
     assert [ratio("a", b) for b in range(3)] == [0.3, 0.4, 0.3]
     assert [ratio(SCORE_FEATURE, b) for b in range(4)] == [0.25] * 4
     assert ratio("b", 0) is None  # beyond the cap
+
+
+# A multiclass manifest as training writes it now: predicted-class shares and confidence bins.
+WITH_REFERENCE = {
+    **MULTICLASS,
+    "reference": {
+        "bins": 10,
+        "features": {},
+        "score": None,
+        "classes": {"proportions": [0.5, 0.25, 0.25]},
+        "confidence": {"edges": [0.5, 0.9], "proportions": [0.1, 0.3, 0.6]},
+    },
+}
+
+
+def test_multiclass_models_count_predicted_classes_and_confidence(
+    registry: CollectorRegistry,
+) -> None:
+    monitor = DriftMonitor(Metrics(registry), max_features=10)
+    assert monitor.register("digits", 2, WITH_REFERENCE) == []
+    x = np.zeros((5, 1, 8, 8), dtype=np.float32)
+    top = np.array([0.4, 0.5, 0.51, 0.95, 1.0], dtype=np.float32)  # (.., 0.5], (0.5, 0.9], ..
+    classes = np.array([2, 0, 0, 1, 0])
+    monitor.observe("digits", 2, x, top, classes)
+    assert bins(registry, CLASS_FEATURE, 3, "digits", 2) == [3, 1, 1]
+    assert bins(registry, CONFIDENCE_FEATURE, 3, "digits", 2) == [2, 1, 2]
+    assert bins(registry, SCORE_FEATURE, 3, "digits", 2) == [0, 0, 0]
+
+    def ratio(feature: str, b: int) -> float | None:
+        labels = {"model": "digits", "version": "2", "feature": feature, "bin": str(b)}
+        return registry.get_sample_value("verdict_reference_bin_ratio", labels)
+
+    assert [ratio(CLASS_FEATURE, b) for b in range(3)] == [0.5, 0.25, 0.25]
+    assert [ratio(CONFIDENCE_FEATURE, b) for b in range(3)] == [0.1, 0.3, 0.6]
+    # Buffered (small batches, a flush interval) counts the same.
+    other = CollectorRegistry()
+    deferred = DriftMonitor(Metrics(other), max_features=10, flush_interval_s=3600.0)
+    deferred.register("digits", 2, WITH_REFERENCE)
+    deferred.observe("digits", 2, x[:2], top[:2], classes[:2])
+    deferred.observe("digits", 2, x[2:], top[2:], classes[2:])
+    deferred.flush()
+    assert bins(other, CLASS_FEATURE, 3, "digits", 2) == [3, 1, 1]
+    assert bins(other, CONFIDENCE_FEATURE, 3, "digits", 2) == [2, 1, 2]
+
+
+def test_a_class_reference_that_does_not_fit_the_classes_is_not_counted(
+    registry: CollectorRegistry,
+) -> None:
+    manifest = {**WITH_REFERENCE, "reference": {**WITH_REFERENCE["reference"]}}
+    manifest["reference"]["classes"] = {"proportions": [0.5, 0.5]}  # 2 shares, 3 classes
+    monitor = DriftMonitor(Metrics(registry), max_features=10)
+    monitor.register("digits", 2, manifest)
+    monitor.observe("digits", 2, np.zeros((2, 1, 8, 8), np.float32), np.ones(2), np.zeros(2))
+    assert bins(registry, CLASS_FEATURE, 3, "digits", 2) == [0, 0, 0]
+    assert bins(registry, CONFIDENCE_FEATURE, 3, "digits", 2) == [0, 0, 2]
+
+
+def test_two_versions_of_a_model_keep_their_bins_apart(registry: CollectorRegistry) -> None:
+    monitor = DriftMonitor(Metrics(registry), max_features=10)
+    monitor.register("bc", 1, BINARY)
+    monitor.register("bc", 2, {**BINARY, "version": 2})
+    x = np.array([[-1.0, 0.0, 0.0]], dtype=np.float32)
+    monitor.observe("bc", 1, x, np.array([0.1]))
+    monitor.observe("bc", 2, x + 5, np.array([0.9]))
+    monitor.observe("bc", 2, x + 5, np.array([0.9]))
+    assert bins(registry, "a", 3, version=1) == [1, 0, 0]
+    assert bins(registry, "a", 3, version=2) == [0, 0, 2]
+    assert bins(registry, SCORE_FEATURE, 4, version=2) == [0, 0, 0, 2]
 
 
 def test_broadcast_and_searchsorted_binning_agree(registry: CollectorRegistry) -> None:

@@ -28,8 +28,18 @@ def test_binary_summary_by_hand() -> None:
     assert summary["fnr"] == pytest.approx(1 / 4)
     assert summary["precision"] == pytest.approx(3 / 4)
     assert summary["recall"] == pytest.approx(3 / 4)
+    # One-sided 95% Clopper-Pearson upper bounds (scipy: beta.ppf(0.95, k + 1, n - k)):
+    # 1 miss of 4 positives could be a miss rate of up to 75%.
+    assert summary["fnr_upper"] == pytest.approx(0.7513953742698181, rel=1e-9)
+    assert summary["fpr_upper"] == pytest.approx(0.5818034092520259, rel=1e-9)
     # targets: max_fnr 0.2 (0.25 misses it), max_fpr 0.1 (0.167 misses it)
-    assert summary["objectives"]["max_fnr"] == {"target": 0.2, "value": 0.25, "met": False}
+    assert summary["objectives"]["max_fnr"] == {
+        "target": 0.2,
+        "value": 0.25,
+        "upper": summary["fnr_upper"],
+        "met": False,
+        "met_with_confidence": False,
+    }
     assert summary["objectives"]["max_fpr"]["met"] is False
     # cost: 1 * 1 FP + 20 * 1 FN = 21 over 10 labelled predictions
     assert summary["expected_cost"] == {"total": 21.0, "per_labelled": 2.1}
@@ -39,14 +49,23 @@ def test_binary_summary_by_hand() -> None:
 def test_objectives_met_and_unmeasurable() -> None:
     lenient = {**BINARY, "objectives": {"max_fnr": 0.5, "max_fpr": None}}
     summary = summarise([[5, 1], [1, 3]], lenient)
+    # Met on the estimate (0.25 <= 0.5), but 4 positives cannot show it: upper bound 0.75.
     assert summary["objectives"]["max_fnr"]["met"] is True
+    assert summary["objectives"]["max_fnr"]["met_with_confidence"] is False
     assert summary["objectives"]["max_fpr"] == {
         "target": None,
         "value": pytest.approx(1 / 6),
+        "upper": pytest.approx(0.5818034092520259),
         "met": None,
+        "met_with_confidence": None,
     }
+    sure = summarise([[500, 1], [0, 400]], lenient)  # no miss among 400 positives
+    assert sure["fnr"] == 0 and sure["fnr_upper"] == pytest.approx(1 - 0.05 ** (1 / 400))
+    assert sure["objectives"]["max_fnr"]["met_with_confidence"] is True
     empty = summarise([[0, 0], [0, 0]], BINARY)
     assert (empty["fpr"], empty["fnr"], empty["precision"], empty["recall"]) == (None,) * 4
+    assert (empty["fpr_upper"], empty["fnr_upper"]) == (None, None)
+    assert empty["objectives"]["max_fnr"]["met_with_confidence"] is None
     assert empty["objectives"]["max_fnr"]["met"] is None
     assert empty["expected_cost"] == {"total": 0.0, "per_labelled": None}
     assert rates(0, 0, 0, 0)["fpr"] is None
@@ -61,6 +80,7 @@ def test_multiclass_rates_one_vs_rest() -> None:
     # class "one": tp 2, fn 2 (sent to "two"), fp 1 (a zero), tn 5
     assert (one["tp"], one["fn"], one["fp"], one["tn"]) == (2, 2, 1, 5)
     assert one["fnr"] == pytest.approx(0.5)
+    assert one["fnr_upper"] == pytest.approx(0.9023885371135856)  # 2 of 4
     assert one["precision"] == pytest.approx(2 / 3)
     assert summary["accuracy"] == pytest.approx(7 / 10)
     # the worst class decides: FNR 0.5 ("one") > 0.4; FPR worst is "two": fp 2, tn 7, 2/9 <= 0.5

@@ -33,6 +33,8 @@ GAUGES = {
     "verdict_objective_ratio",
     "verdict_outcome_cost",
     "verdict_reference_bin_ratio",
+    "verdict_objective_min_labeled",
+    "verdict_conformance_max_abs_diff",
 }
 COUNTERS = {
     "verdict_inference_requests_total",
@@ -41,6 +43,7 @@ COUNTERS = {
     "verdict_labeled_predictions_total",
     "verdict_outcomes_total",
     "verdict_feature_bin_total",
+    "verdict_model_refusals_total",
 }
 CONTRACT_NAMES = (
     GAUGES

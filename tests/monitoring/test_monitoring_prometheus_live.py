@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlparse
@@ -10,12 +11,15 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.monitoring.test_monitoring_evidence import lower_bound
+
 OUTCOMES = ("tp", "fp", "tn", "fn")
 ROWS_PER_REQUEST = 32
 MAX_ROWS = 2000
 # The labelling pattern: of the rows the service called positive, 45 are labelled positive
 # (tp) and 5 negative (fp); of those it called negative, 15 are labelled positive (fn) and 40
-# negative (tn). 60 labelled positives clear the alert's volume guard (50).
+# negative (tn). 60 labelled positives clear the alert's minimum (20 for max_fnr 0.05), and
+# 15 misses among them put FNR's lower bound far above the target.
 PATTERN = {"tp": 45, "fp": 5, "fn": 15, "tn": 40}
 
 
@@ -132,4 +136,56 @@ def test_recorded_fnr_fpr_and_pending_fnr_alert_from_live_feedback(
     alert = prom.wait_for(fnr_alert, f"VerdictFNRAboveTarget for {model}")
     # `for: 30m`: it stays pending for far longer than this test runs.
     assert alert["state"] == "pending"
-    assert float(alert["value"]) == pytest.approx(expected_fnr, rel=1e-9)
+    # Its value is the 95% lower bound of the live FNR (the evidence), from the labelled
+    # positives Prometheus counted in the 6h window; the service exported the minimum of
+    # labelled positives the alert needs (ceil(1 / max_fnr), at least 10).
+    positives = prom.values(
+        f'model:verdict_labeled_positives:increase6h{{model="{model}"}}', by="model"
+    )[model]
+    assert positives >= prom.values("model:verdict_fnr_min_labeled:max", by="model")[model]
+    exported = prom.values('verdict_objective_min_labeled{objective="max_fnr"}', by="model")
+    assert exported[model] == max(10, math.ceil(1 / target))
+    bound = lower_bound(expected_fnr * positives, positives)
+    assert float(alert["value"]) == pytest.approx(float(bound), rel=1e-9)
+    assert target < float(alert["value"]) < expected_fnr
+
+
+def test_an_image_model_drifts_on_its_predictions_through_prometheus(
+    live_server: str, prometheus: Callable[[list[str]], Any]
+) -> None:
+    """The live image model (3 classes, no tabular feature) gets a PSI per version for its
+    predicted classes and top-class confidence, from the reference its manifest carries."""
+    base = live_server.rstrip("/")
+    prom = prometheus([urlparse(base).netloc])
+    prom.wait_for_targets_up(1)
+    features = {"__class__", "__confidence__"}
+
+    def counters_at_zero() -> bool:
+        found = prom.values(
+            'sum by (feature) (verdict_feature_bin_total{model="img",version="1"})', by="feature"
+        )
+        return features <= set(found)
+
+    # The bins exist before any prediction of this test (increase() needs a first sample);
+    # the module's earlier test may have predicted already, which only adds to them.
+    prom.wait_for(counters_at_zero, "verdict_feature_bin_total of img's predictions")
+    rows = np.random.default_rng(5).normal(size=(64, 16)).tolist()
+    with httpx.Client(base_url=base, timeout=10) as client:
+        for _ in range(4):
+            assert (
+                client.post("/predict", json={"model": "img", "instances": rows}).status_code == 200
+            )
+
+    def psi() -> dict[str, float] | None:
+        found = prom.values(
+            'model_version_feature:verdict_psi:rate1h{model="img",version="1"}', by="feature"
+        )
+        return found if set(found) == features else None
+
+    values = prom.wait_for(psi, "PSI of img's __class__ and __confidence__")
+    assert all(v >= 0 for v in values.values())
+    shares = prom.values(
+        'model_version_feature_bin:verdict_feature_bin:ratio_rate1h{model="img",feature="__class__"}',
+        by="bin",
+    )
+    assert set(shares) == {"0", "1", "2"} and sum(shares.values()) == pytest.approx(1.0)

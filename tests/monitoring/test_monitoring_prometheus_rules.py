@@ -53,7 +53,7 @@ def exposition(released: bool) -> str:
         lines.append(f"verdict_reference_bin_ratio{{{labels}}} {ratio}")
     lines.append("# TYPE verdict_feature_bin_total counter")
     for bin_, count in RECENT_BINS.items():
-        labels = f'model="bc",feature="mean radius",bin="{bin_}"'
+        labels = f'model="bc",version="2",feature="mean radius",bin="{bin_}"'
         lines.append(f"verdict_feature_bin_total{{{labels}}} {count if released else 0}")
     return "\n".join(lines) + "\n"
 
@@ -146,8 +146,8 @@ def test_recorded_rates_and_alerts_through_a_real_prometheus(
     assert cost == pytest.approx({"bc": EXPECTED_COST_BC}, rel=1e-9)
 
     psi = prom.wait_for(
-        lambda: prom.values("model_feature:verdict_psi:rate1h", by="feature") or None,
-        "model_feature:verdict_psi:rate1h",
+        lambda: prom.values("model_version_feature:verdict_psi:rate1h", by="feature") or None,
+        "model_version_feature:verdict_psi:rate1h",
     )
     assert psi == pytest.approx({"mean radius": EXPECTED_PSI}, rel=1e-9)
 

@@ -117,6 +117,7 @@ def test_every_alert_has_a_firing_and_a_silent_case() -> None:
         "VerdictHTTPErrorsHigh",
         "VerdictInferenceErrorsHigh",
         "VerdictFeatureDrift",
+        "VerdictModelVersionRefused",
     }
     assert alerts == expected
     firing: set[str] = set()

@@ -21,6 +21,7 @@ def live_env(repo: Path, **settings: Any) -> dict[str, str]:
         "VERDICT_FEEDBACK_DB": str(repo.parent / "var" / "feedback.sqlite3"),
         "VERDICT_PREDICTION_ID_KEY": TEST_KEY,
         "VERDICT_DRAIN_SECONDS": "2",
+        "VERDICT_GRPC_PORT": "0",  # tests never take a fixed port
     }
     for name, value in settings.items():
         if name == "metrics_multiproc_dir":  # prometheus_client's own variable

@@ -118,6 +118,7 @@ def _corrupt_drops(repo: Path) -> list[tuple[str, Callable[[], None]]]:
         import hashlib
 
         manifest["sha256"] = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+        manifest["files"]["model.onnx"] = manifest["sha256"]
         (folder / "manifest.json").write_text(json.dumps(manifest))
 
     def wrong_inputs() -> None:

@@ -26,12 +26,15 @@ class ThreadServer:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.settings = app.state.settings.model_copy(update={"host": "127.0.0.1", "port": 0})
+        self.settings = app.state.settings.model_copy(
+            update={"host": "127.0.0.1", "port": 0, "grpc_port": 0}
+        )
         self._ready = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self.server: Any = None
         self.port = 0
+        self.grpc_port = 0
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         assert self._ready.wait(30), "the server did not start"
@@ -51,6 +54,7 @@ class ThreadServer:
             def ready(server: Any, listener: Any) -> None:
                 self.server = server
                 self.port = listener.sockets[0].getsockname()[1]
+                self.grpc_port = self.app.state.grpc_port
                 self._ready.set()
 
             await serve(self.settings, app=self.app, stop=self._stop, ready=ready)

@@ -89,7 +89,7 @@ def test_overload_is_503_with_retry_after(client: TestClient, app) -> None:
     assert r.status_code == 503 and r.json()["code"] == "overloaded"
     assert int(r.headers["Retry-After"]) >= 1
     get = app.state.registry.get_sample_value
-    labels = {"model": "bin", "version": "1", "outcome": "overloaded"}
+    labels = {"model": "bin", "version": "1", "outcome": "overloaded", "protocol": "rest"}
     assert get("verdict_inference_requests_total", labels) == 1
 
 

@@ -1,4 +1,4 @@
-"""The micro-batcher: exact split of merged batches, bounded queue, failures reach every waiter."""
+"""The micro-batcher: exact split of merged batches, bounded queue, failures kept per request."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def test_full_queue_answers_overloaded_at_once() -> None:
     assert asyncio.run(main()).probabilities.shape == (2, 3)
 
 
-def test_a_failed_batch_fails_every_waiter_and_the_next_batch_works() -> None:
+def test_a_model_that_fails_on_every_request_fails_each_and_the_next_batch_works() -> None:
     fail = {"on": True}
 
     def flaky(x: np.ndarray) -> np.ndarray:
@@ -122,6 +122,49 @@ def test_a_failed_batch_fails_every_waiter_and_the_next_batch_works() -> None:
     results, after = asyncio.run(main())
     assert all(isinstance(r, InferenceError) for r in results)
     assert after.probabilities.shape == (1, 3)
+
+
+def test_a_failed_merged_batch_answers_the_good_requests_and_fails_only_the_bad_one() -> None:
+    calls: list[int] = []
+    gate = threading.Event()
+
+    def fragile(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        gate.wait(5)  # the first (lone) run holds the thread while the others queue up
+        if (x[:, 0] > 1e6).any():
+            raise RuntimeError("index out of bounds")
+        return x @ W3
+
+    good = [np.full((n, 3), float(n), np.float32) for n in (1, 2, 3, 2)]
+    bad = np.array([[2e6, 0.0, 0.0]], np.float32)
+
+    async def main() -> list[Any]:
+        b = _batcher(fragile)
+        b.start()
+        first = asyncio.create_task(b.submit(good[0]))
+        await asyncio.sleep(0.02)
+        rest = [asyncio.create_task(b.submit(x)) for x in (good[1], bad, good[2], good[3])]
+        await asyncio.sleep(0.02)
+        gate.set()
+        results = await asyncio.wait_for(
+            asyncio.gather(first, *rest, return_exceptions=True), timeout=5
+        )
+        assert b._queued_rows == 0
+        await b.close()
+        return results
+
+    results = asyncio.run(main())
+    # The lone first run, one merged run of the four queued requests (8 rows) that failed,
+    # then each of them alone.
+    assert calls == [1, 8, 2, 1, 3, 2]
+    error = results[2]
+    assert isinstance(error, InferenceError) and error.status_code == 500
+    assert "RuntimeError (the model run failed on this request's rows, run alone" in error.message
+    for i, x in zip((0, 1, 3, 4), good, strict=True):
+        np.testing.assert_array_equal(results[i].probabilities, x @ W3)
+
+
+W3 = np.arange(6, dtype=np.float32).reshape(3, 2)
 
 
 def test_batching_off_runs_each_request_alone() -> None:

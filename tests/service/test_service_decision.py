@@ -19,7 +19,7 @@ def _version(positive_index: int | None, threshold: float | None, probs: np.ndar
     registry = CollectorRegistry()
     metrics = Metrics(registry)
 
-    async def submit(x: np.ndarray) -> BatchResult:
+    async def submit(x: np.ndarray, tag: object = None) -> BatchResult:
         return BatchResult(probs, 0.0, 0.0)
 
     mv = SimpleNamespace(
@@ -80,7 +80,7 @@ async def _run(mv: Any, x: np.ndarray) -> Any:
 
 
 def _returning(probs: np.ndarray) -> Any:
-    async def submit(x: np.ndarray) -> BatchResult:
+    async def submit(x: np.ndarray, tag: object = None) -> BatchResult:
         return BatchResult(probs, 0.0, 0.0)
 
     return submit

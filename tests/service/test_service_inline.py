@@ -124,6 +124,34 @@ def test_a_failed_inline_run_fails_each_of_its_requests_and_the_next_run_works()
     asyncio.run(main())
 
 
+def test_a_failed_inline_merged_run_fails_only_the_request_whose_rows_fail() -> None:
+    calls: list[int] = []
+
+    def fragile(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        if (x[:, 0] > 1e6).any():
+            raise RuntimeError("index out of bounds")
+        return x @ W
+
+    xs = [np.full((n, 3), float(n), np.float32) for n in (1, 2, 3)]
+    xs.insert(1, np.array([[2e6, 0.0, 0.0]], np.float32))
+
+    async def main() -> list[Any]:
+        b = _batcher(fragile)
+        b.calibrate(0.0, 0.0)
+        b.start()
+        results = await asyncio.gather(*(b.submit(x) for x in xs), return_exceptions=True)
+        assert b._queued_rows == 0 and b.batches_run == 3  # the three good requests alone
+        await b.close()
+        return results
+
+    results = asyncio.run(main())
+    assert calls == [7, 1, 1, 2, 3]  # merged, failed, then each request alone
+    assert isinstance(results[1], InferenceError) and "on this request's rows" in str(results[1])
+    for i in (0, 2, 3):
+        np.testing.assert_array_equal(results[i].probabilities, xs[i] @ W)
+
+
 def test_without_batching_inline_requests_run_one_by_one() -> None:
     calls: list[tuple[int, int]] = []
 

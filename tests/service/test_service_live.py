@@ -144,7 +144,10 @@ def test_python_dash_m_service_reads_env(
     assert key.exists() and (key.stat().st_mode & 0o777) == 0o600
     # Multiprocess metrics: values come from the folder every worker writes to.
     text = httpx.get(f"{server.url}/metrics").text
-    assert 'verdict_inference_requests_total{model="bin",outcome="ok",version="1"} 1.0' in text
+    assert (
+        'verdict_inference_requests_total{model="bin",outcome="ok",protocol="rest",version="1"} 1.0'
+        in text
+    )
     assert any((tmp_path / "prom").iterdir())
 
 
@@ -186,7 +189,10 @@ def test_two_workers_add_up_their_metrics(
             r = http.post("/predict", json={"model": "bin", "instances": [[1, 2, 3]]})
             assert r.status_code == 200
     # Each worker hands its buffered updates over every second; the sum is exact after that.
-    wanted = 'verdict_inference_requests_total{model="bin",outcome="ok",version="1"} 12.0'
+    wanted = (
+        'verdict_inference_requests_total{model="bin",outcome="ok",protocol="rest",version="1"}'
+        " 12.0"
+    )
     deadline = time.monotonic() + 10
     text = httpx.get(f"{server.url}/metrics").text
     while wanted not in text and time.monotonic() < deadline:
@@ -194,6 +200,9 @@ def test_two_workers_add_up_their_metrics(
         text = httpx.get(f"{server.url}/metrics").text
     assert wanted in text
     assert "verdict_model_info" in text
+    log = server.stop()  # each worker drains and retires its model versions
+    assert "Traceback" not in log
+    assert "Removal of labels has not been implemented" not in log  # no warning per series
 
 
 def _children(pid: int) -> list[int]:

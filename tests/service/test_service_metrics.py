@@ -25,9 +25,12 @@ BOUNDED_LABELS = {
     "feature",
     "bin",
     "le",
+    "check",
+    "protocol",
 }
 NAMES = {
     "http_duration": "verdict_http_request_duration_seconds",
+    "grpc_duration": "verdict_grpc_request_duration_seconds",
     "inference_duration": "verdict_inference_duration_seconds",
     "batch_size": "verdict_batch_size",
     "queue_depth": "verdict_queue_depth",
@@ -43,6 +46,8 @@ NAMES = {
     "outcome_cost": "verdict_outcome_cost",
     "feature_bin": "verdict_feature_bin",
     "reference_bin_ratio": "verdict_reference_bin_ratio",
+    "model_refusals": "verdict_model_refusals",
+    "conformance_diff": "verdict_conformance_max_abs_diff",
 }
 
 
@@ -69,8 +74,10 @@ def test_values_after_traffic(client: TestClient, app) -> None:
         },
     )
     mv = {"model": "bin", "version": "1"}
-    assert get("verdict_inference_requests_total", {**mv, "outcome": "ok"}) == 2
-    assert get("verdict_inference_requests_total", {**mv, "outcome": "invalid"}) == 1
+    rest = {**mv, "protocol": "rest"}
+    assert get("verdict_inference_requests_total", {**rest, "outcome": "ok"}) == 2
+    assert get("verdict_inference_requests_total", {**rest, "outcome": "invalid"}) == 1
+    assert get("verdict_inference_requests_total", {**mv, "outcome": "ok", "protocol": "grpc"}) == 0
     assert get("verdict_predictions_total", {**mv, "label": "spam"}) == spam + (
         preds[0]["label"] == "spam"
     )

@@ -54,11 +54,11 @@ def test_a_retired_versions_buffers_are_flushed_and_dropped() -> None:
     metrics = Metrics(registry)
     before = len(metrics._buffers)
     vm = metrics.version_metrics("m", 1, ["a", "b"])
-    assert len(metrics._buffers) == before + 10  # 9 series + the class counts
-    vm.ok.inc(3)
+    assert len(metrics._buffers) == before + 14  # 13 series (4 outcomes x 2 protocols) + classes
+    vm.requests["grpc"].ok.inc(3)
     metrics.forget(vm)
     assert len(metrics._buffers) == before
-    labels = {"model": "m", "version": "1", "outcome": "ok"}
+    labels = {"model": "m", "version": "1", "outcome": "ok", "protocol": "grpc"}
     assert registry.get_sample_value("verdict_inference_requests_total", labels) == 3
 
 

@@ -68,21 +68,21 @@ def test_one_lone_request_a_loop_turn(client: TestClient, app: Any) -> None:
         ran: list[bool] = []
         original = mv.batcher.run_now
 
-        def run_now(rows: np.ndarray) -> Any:
-            result = original(rows)
+        def run_now(rows: np.ndarray, tag: object = None) -> Any:
+            result = original(rows, tag)
             ran.append(result is not None)
             return result
 
         mv.batcher.run_now = run_now
         try:
             inference._active = 1  # as inside a request
-            assert inference._run_now(mv, x) is not None
-            assert inference._run_now(mv, x) is None  # same turn
+            assert inference._run_now(mv, x, None) is not None
+            assert inference._run_now(mv, x, None) is None  # same turn
             await asyncio.sleep(0)
-            assert inference._run_now(mv, x) is not None
+            assert inference._run_now(mv, x, None) is not None
             await asyncio.sleep(0)
             inference._active = 2  # another request is in flight
-            assert inference._run_now(mv, x) is None
+            assert inference._run_now(mv, x, None) is None
         finally:
             inference._active = 0
             del mv.batcher.run_now

@@ -54,10 +54,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
 def test_every_request_goes_through_the_edge_never_the_asgi_face(
     server: ThreadServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import service.http.app as app_module
+
     async def asgi(*args: Any) -> None:
         raise AssertionError("a request went through the ASGI face")
 
-    monkeypatch.setattr(server.app.edge, "asgi", asgi)
+    monkeypatch.setattr(app_module, "asgi_request", asgi)
     with httpx.Client(base_url=server.url) as http:
         r = http.post("/predict", content=PREDICT, headers={"X-Request-ID": "edge-1"})
         assert r.status_code == 200, r.text

@@ -3,6 +3,8 @@
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 def test_card_page_is_served_by_the_real_app(model_repo: Path, client: Any) -> None:
     (model_repo / "bin" / "1" / "MODEL_CARD.md").write_text(
@@ -65,6 +67,26 @@ def test_drift_counts_every_predicted_row(client: Any, app: Any) -> None:
         feature = ln.split('feature="', 1)[1].split('"', 1)[0]
         per_feature[feature] = per_feature.get(feature, 0.0) + float(ln.rsplit(" ", 1)[1])
     assert all(v == 4.0 for v in per_feature.values()), per_feature
+
+
+def test_an_image_model_drifts_on_its_predicted_classes_and_confidence(
+    client: Any, app: Any
+) -> None:
+    rows = np.random.default_rng(3).normal(size=(6, 16)).tolist()
+    answer = client.post("/predict", json={"model": "img", "instances": rows}).json()
+    classes = [p["class_index"] for p in answer["predictions"]]
+    top = [max(p["probabilities"].values()) for p in answer["predictions"]]
+    app.state.drift.flush()
+    reg = app.state.registry
+
+    def count(feature: str, bin_: int) -> float:
+        labels = {"model": "img", "version": "1", "feature": feature, "bin": str(bin_)}
+        return reg.get_sample_value("verdict_feature_bin_total", labels) or 0.0
+
+    assert [count("__class__", c) for c in range(3)] == [classes.count(c) for c in range(3)]
+    expected = [sum(t <= 0.5 for t in top), sum(0.5 < t <= 0.9 for t in top)]
+    expected.append(len(top) - sum(expected))
+    assert [count("__confidence__", b) for b in range(3)] == expected
 
 
 def test_card_of_an_unreadable_folder_is_a_404_not_a_500(model_repo: Path, client: Any) -> None:

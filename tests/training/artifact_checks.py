@@ -105,9 +105,16 @@ def check_artifact(folder: Path) -> dict[str, Any]:
         assert 0.0 <= m["decision"]["threshold"] <= 1.0
         check_bins(ref["score"])
         assert (folder / "cost_curve.png").stat().st_size > 1000
+        assert ref["classes"] is None and ref["confidence"] is None
     else:
         assert m["output"]["positive_class"] is None and m["decision"]["threshold"] is None
         assert ref["score"] is None
+        shares = ref["classes"]["proportions"]
+        assert len(shares) == len(m["output"]["classes"]) and abs(sum(shares) - 1) < 1e-9
+        conf = ref["confidence"]
+        assert len(conf["proportions"]) == len(conf["edges"]) + 1
+        assert all(a < b for a, b in zip(conf["edges"], conf["edges"][1:], strict=False))
+        assert abs(sum(conf["proportions"]) - 1) < 1e-9
     assert (folder / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     hist = json.loads((folder / "history.json").read_text())
     assert hist["best_epoch"] == m["evaluation"]["fit"]["best_epoch"]

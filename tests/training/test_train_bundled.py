@@ -54,4 +54,10 @@ def test_bundled_digits_contract() -> None:
     assert m["input"]["shape"] == [-1, 1, 8, 8]
     assert m["output"]["classes"] == [str(i) for i in range(10)]
     assert m["reference"]["features"] == {} and m["reference"]["score"] is None
+    # What the service's class and confidence drift compare against (held-out rows).
+    classes = m["reference"]["classes"]["proportions"]
+    assert len(classes) == 10 and abs(sum(classes) - 1) < 1e-9
+    confidence = m["reference"]["confidence"]
+    assert confidence["edges"] == [0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 0.9999]
+    assert confidence["proportions"][-1] > 0.5  # mostly more than 99.99% sure
     assert m["conformance"]["rows"] == 32 and m["evaluation"]["threshold_evidence"] is None

@@ -137,3 +137,18 @@ def test_atomic_write_cleans_up_when_filling_fails(tmp_path: Path) -> None:
     assert sorted(p.name for p in root.iterdir()) == ["1"]
     path, version = artifact.write_version(root, lambda t, v: (t / "a").write_text(str(v)))
     assert version == 2 and (path / "a").read_text() == "2"
+
+
+def test_class_and_confidence_references_by_hand() -> None:
+    proba = np.array(
+        [
+            [0.5, 0.3, 0.2],  # class 0, top 0.5 -> bin 0 ((.., 0.5])
+            [0.1, 0.85, 0.05],  # class 1, 0.85 -> bin 2 ((0.8, 0.9])
+            [0.00005, 0.99995, 0.0],  # class 1, 0.99995 -> bin 7 (above 0.9999)
+            [0.0, 0.04, 0.96],  # class 2, 0.96 -> bin 4 ((0.95, 0.99])
+        ]
+    )
+    assert export.reference_classes(proba) == {"proportions": [0.25, 0.5, 0.25]}
+    conf = export.reference_confidence(proba)
+    assert conf["edges"] == list(export.CONFIDENCE_EDGES)
+    assert conf["proportions"] == [0.25, 0.0, 0.25, 0.0, 0.25, 0.0, 0.0, 0.25]

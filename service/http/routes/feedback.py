@@ -8,9 +8,11 @@ from fastapi import APIRouter, Query, Request, Response
 from service.dataplane.feedback import items_of, tally
 from service.errors import InvalidJSONError
 from service.http.routes import dataplane, json_response
-from service.http.schemas import ERROR_CONTENT
+from service.http.schemas import ERROR_CONTENT, EXAMPLE_ID
 
 router = APIRouter(tags=["feedback"])
+
+# EXAMPLE_ID is not signed by your server's key: sent as it is, it is answered `unknown`.
 
 # Items are checked one by one: one that does not fit is answered `invalid` and the others
 # still count, so the schema documents the fields without rejecting the request over them.
@@ -19,7 +21,7 @@ _ITEM = {
     "properties": {
         "prediction_id": {
             "description": "the id /predict answered with (a string)",
-            "examples": ["p1.AAAAAQABP..."],
+            "examples": [EXAMPLE_ID],
         },
         "label": {
             "description": "the true class, by name (string) or index (integer)",
@@ -48,7 +50,7 @@ _BODY = {
                     _ITEMS,
                 ]
             },
-            "example": {"items": [{"prediction_id": "p1.AAAAAQABP...", "label": "malignant"}]},
+            "example": {"items": [{"prediction_id": EXAMPLE_ID, "label": "malignant"}]},
         }
     },
 }

@@ -110,7 +110,9 @@ def test_predict_and_v2_infer_answer_from_the_host_through_the_published_port(
     stack: Stack,
 ) -> None:
     published = stack.config["services"]["verdict"]["ports"]
-    assert published == [f"127.0.0.1:{host_port(stack.config, 'verdict', 8000)}:8000"]
+    assert published == [
+        f"127.0.0.1:{host_port(stack.config, 'verdict', port)}:{port}" for port in (8000, 8001)
+    ]
     url = stack.url("verdict", 8000)
 
     n = 50
@@ -136,6 +138,21 @@ def test_predict_and_v2_infer_answer_from_the_host_through_the_published_port(
     assert output["shape"] == [3, 2]
     for i in range(3):
         assert abs(sum(output["data"][2 * i : 2 * i + 2]) - 1.0) < 1e-4
+
+
+def test_grpc_answers_from_the_host_through_the_published_port(stack: Stack) -> None:
+    import numpy as np
+    import tritonclient.grpc as triton
+
+    address = f"127.0.0.1:{host_port(stack.config, 'verdict', 8001)}"
+    with triton.InferenceServerClient(address) as client:
+        assert client.is_server_ready() and client.is_model_ready(MODEL)
+        x = np.asarray(ROWS[:3], dtype=np.float32)
+        tensor = triton.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        probabilities = client.infer(MODEL, [tensor]).as_numpy("probabilities")
+    assert probabilities.shape == (3, 2)
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
 
 
 def test_labels_survive_compose_restart_recreate_and_down_up(stack: Stack) -> None:
