@@ -95,6 +95,40 @@ MIGRATIONS: tuple[str, ...] = (
     END
     $$;
     """,
+    # 2: the loop from production traffic to a challenger (docs/lifecycle.md). `inputs` is
+    # the JSON of one captured row; a shadow version's decision is kept under the primary's
+    # prediction id, so one label scores both; promotions keep what each decision rested on.
+    """
+    CREATE TABLE captures (
+        prediction_id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        captured_at DOUBLE PRECISION NOT NULL,
+        inputs TEXT NOT NULL
+    );
+    CREATE INDEX captures_model_captured ON captures (model, captured_at);
+    CREATE TABLE shadow_decisions (
+        prediction_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        predicted INTEGER NOT NULL,
+        score DOUBLE PRECISION NOT NULL,
+        decided_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (prediction_id, version)
+    );
+    CREATE INDEX shadow_decisions_model ON shadow_decisions (model, version, decided_at);
+    CREATE TABLE promotions (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        model TEXT NOT NULL,
+        primary_version INTEGER NOT NULL,
+        shadow_version INTEGER NOT NULL,
+        decided_at DOUBLE PRECISION NOT NULL,
+        outcome TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        figures TEXT NOT NULL
+    );
+    CREATE INDEX promotions_model ON promotions (model, decided_at);
+    """,
 )
 
 
