@@ -29,7 +29,7 @@ install-dev: $(VENV)/.installed-dev
 serve: $(VENV)/.installed-serve
 	$(BIN)/verdict-serve --host $(HOST) --port $(PORT)
 
-## sysdeps: Debian packages the tests use (prometheus/promtool, wrk, h2load, docker-compose)
+## sysdeps: Debian packages the tests use (prometheus/promtool, wrk, h2load, docker-compose, postgresql)
 sysdeps:
 	@bash scripts/sysdeps.sh
 

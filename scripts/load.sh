@@ -35,7 +35,7 @@ REPORT="$REPORT_DIR/load-$stamp.html"
 
 # A throwaway feedback store and id key: the load run never touches var/feedback.sqlite3.
 VERDICT_HOST=127.0.0.1 VERDICT_PORT=$PORT VERDICT_GRPC_PORT=$GRPC_PORT \
-VERDICT_FEEDBACK_DB="$work/feedback.sqlite3" \
+VERDICT_FEEDBACK_URL="sqlite:///$work/feedback.sqlite3" \
 VERDICT_PREDICTION_ID_KEY=${VERDICT_PREDICTION_ID_KEY:-load-test-key-$stamp} \
   "$SERVE" --host 127.0.0.1 --port "$PORT" >"$work/server.log" 2>&1 &
 server=$!

@@ -10,6 +10,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from service.settings import Settings, outdated
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -53,7 +55,13 @@ def main(argv: list[str] | None = None) -> None:
         overrides["port"] = args.port
     if args.model_repository:
         overrides["model_repository"] = args.model_repository
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = "".join(f"VERDICT_{part}: ".upper() for part in error["loc"][:1])
+            print(f"verdict: {where}{error['msg']}", file=sys.stderr)
+        sys.exit(CONFIG_ERROR)
     multiproc = os.environ.get(MULTIPROC_ENV)
     if args.workers > 1 and not multiproc:
         multiproc = str(DEFAULT_MULTIPROC_DIR)
@@ -65,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.config.dictConfig(configure_logging(settings.log_json))
     for message in warnings:
-        logging.getLogger("service").warning("%s; ignored", message)
+        logging.getLogger("service").warning("%s", message)
     if args.workers > 1:
         sys.exit(serve_workers(settings, overrides, args.workers))
     serve_one(settings)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Settings of earlier releases: a renamed one stops the server (its value would be lost
@@ -28,6 +28,9 @@ REMOVED = {
     "VERDICT_FEEDBACK_MAX_ITEMS": "one POST /feedback takes at most 1000 items",
     "VERDICT_LISTEN_WHEN_READY": "--workers always loads before listening",
 }
+# Settings that still work for now, named in a warning with what replaces them.
+DEPRECATED = {"VERDICT_FEEDBACK_DB": "use VERDICT_FEEDBACK_URL=sqlite:///<path>"}
+STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 
 
 def _split_commas(value: object) -> object:
@@ -42,8 +45,11 @@ def outdated(environ: Mapping[str, str] | None = None) -> tuple[list[str], list[
     env = os.environ if environ is None else environ
     errors = [f"{old} was renamed {new}" for old, new in RENAMED.items() if old in env]
     warnings = [
-        f"{name} is no longer a setting ({why})" for name, why in REMOVED.items() if name in env
+        f"{name} is no longer a setting ({why}); ignored"
+        for name, why in REMOVED.items()
+        if name in env
     ]
+    warnings += [f"{name} is deprecated ({how})" for name, how in DEPRECATED.items() if name in env]
     return errors, warnings
 
 
@@ -176,14 +182,23 @@ class Settings(BaseSettings):
         description="Bearer key for the repository extension (load, unload, index); unset = "
         "that extension is disabled.",
     )
+    feedback_url: SecretStr | None = Field(
+        default=None,
+        description="The feedback store: `sqlite:///var/feedback.sqlite3` (a file, the default; "
+        "one replica, or processes on one host) or `postgresql://user:password@host:5432/db` "
+        "(shared by every replica: needed for more than one host). Unset = "
+        "`sqlite:///<VERDICT_FEEDBACK_DB>`.",
+    )
     feedback_db: str = Field(
         default="var/feedback.sqlite3",
-        description="SQLite file for ground-truth labels; put it on a persistent volume.",
+        description="Deprecated (use VERDICT_FEEDBACK_URL=sqlite:///<path>): the SQLite file "
+        "when VERDICT_FEEDBACK_URL is unset.",
     )
     prediction_id_key: SecretStr | None = Field(
         default=None,
         description="Key that signs prediction ids; set the same one on every replica. Unset = "
-        "generated once and kept in <dir of feedback_db>/prediction-id.key (mode 0600).",
+        "generated once and kept by the feedback store: a file beside the SQLite file "
+        "(prediction-id.key, mode 0600), or a row of the PostgreSQL database.",
     )
     drain_seconds: float = Field(
         default=10.0,
@@ -219,11 +234,35 @@ class Settings(BaseSettings):
     def _lists_from_commas(cls, value: object) -> object:
         return _split_commas(value)
 
+    @field_validator("feedback_url")
+    @classmethod
+    def _known_store(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(STORE_SCHEMES):
+            raise ValueError(f"the feedback store URL must start with one of {STORE_SCHEMES}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_store_setting(self) -> Settings:
+        if self.feedback_url is not None and "feedback_db" in self.model_fields_set:
+            raise ValueError(
+                "set VERDICT_FEEDBACK_URL or the deprecated VERDICT_FEEDBACK_DB, not both"
+            )
+        return self
+
     @field_validator("version_policy")
     @classmethod
     def _valid_policy(cls, value: str) -> str:
         VersionPolicy.parse(value)
         return value
+
+    @property
+    def store_url(self) -> str:
+        """The feedback store's URL: VERDICT_FEEDBACK_URL, else the SQLite file's."""
+        if self.feedback_url is not None:
+            return self.feedback_url.get_secret_value()
+        path = self.feedback_db
+        # A SQLite `file:` URI (e.g. `file:/data/f.db?mode=ro`) keeps its parameters.
+        return "sqlite:///" + (path.removeprefix("file:") if path.startswith("file:") else path)
 
     @property
     def policy(self) -> VersionPolicy:

@@ -21,7 +21,8 @@ from service.monitoring.quality import (
     summarise,
     training_figures,
 )
-from service.monitoring.store import TIME_COLUMNS, CellCount, FeedbackStore, LabelRecord
+from service.monitoring.store import TIME_COLUMNS, CellCount, LabelRecord
+from service.monitoring.stores import LabelStore
 
 T = TypeVar("T")
 
@@ -131,7 +132,7 @@ class FeedbackService:
 
     def __init__(
         self,
-        store: FeedbackStore,
+        store: LabelStore,
         ids: PredictionIds,
         manifest_of: ManifestOf,
         metrics: FeedbackMetrics,
@@ -149,7 +150,9 @@ class FeedbackService:
         self.versions_of = versions_of
         self.predictions_issued = predictions_issued
         self.clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feedback-store")
+        self._executor = ThreadPoolExecutor(
+            max_workers=store.threads, thread_name_prefix="feedback-store"
+        )
 
     async def open(self) -> None:
         """Create or migrate the store schema (off the event loop)."""
@@ -161,10 +164,11 @@ class FeedbackService:
         self._executor.shutdown(wait=True)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking store call on the store's own thread, off the event loop.
+        """Run a blocking store call on the store's own threads, off the event loop.
 
-        One dedicated thread: the store serialises on its lock anyway, and a store that
-        blocks (locked file, slow disk) then holds no thread that inference needs.
+        Dedicated threads, as many as the store can use (one for SQLite, which serialises on
+        its lock anyway; one per pooled connection for PostgreSQL): a store that blocks
+        (locked file, slow disk, unreachable server) then holds no thread inference needs.
         """
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 

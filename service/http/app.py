@@ -32,7 +32,7 @@ from service.monitoring.drift import SERVER_MAX_ROWS_PER_S, DriftMonitor
 from service.monitoring.ids import PredictionIds
 from service.monitoring.keys import load_prediction_key
 from service.monitoring.metrics import Metrics, mark_process_dead, multiproc_dir
-from service.monitoring.store import FeedbackStore
+from service.monitoring.stores import open_store
 from service.monitoring.tracing import Tracing, provider_from_env
 from service.settings import Settings
 
@@ -234,9 +234,10 @@ def create_app(
         **_no_telemetry(),
     )
     repository = Repository(settings, metrics)
-    ids = PredictionIds(load_prediction_key(settings))
+    store = open_store(settings.store_url)
+    ids = PredictionIds(load_prediction_key(settings, store))
     feedback_service = FeedbackService(
-        FeedbackStore(settings.feedback_db),
+        store,
         ids,
         repository.manifest,
         metrics,

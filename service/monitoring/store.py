@@ -38,6 +38,40 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX conflicts_prediction ON conflicts (prediction_id);
     """,
+    # 2: the loop from production traffic to a challenger (docs/lifecycle.md). `inputs` is
+    # the JSON of one captured row; a shadow version's decision is kept under the primary's
+    # prediction id, so one label scores both; promotions keep what each decision rested on.
+    """
+    CREATE TABLE captures (
+        prediction_id TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        captured_at REAL NOT NULL,
+        inputs TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX captures_model_captured ON captures (model, captured_at);
+    CREATE TABLE shadow_decisions (
+        prediction_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        predicted INTEGER NOT NULL,
+        score REAL NOT NULL,
+        decided_at REAL NOT NULL,
+        PRIMARY KEY (prediction_id, version)
+    ) WITHOUT ROWID;
+    CREATE INDEX shadow_decisions_model ON shadow_decisions (model, version, decided_at);
+    CREATE TABLE promotions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        model TEXT NOT NULL,
+        primary_version INTEGER NOT NULL,
+        shadow_version INTEGER NOT NULL,
+        decided_at REAL NOT NULL,
+        outcome TEXT NOT NULL,
+        requested_by TEXT NOT NULL,
+        figures TEXT NOT NULL
+    );
+    CREATE INDEX promotions_model ON promotions (model, decided_at);
+    """,
 )
 
 # Columns a quality window may be measured on (whitelisted: they are spliced into SQL).
@@ -80,6 +114,9 @@ class FeedbackStore:
     Every method blocks: call it off the event loop (`asyncio.to_thread`). Any SQLite failure
     surfaces as `StoreUnavailableError`, and the connection is reopened on the next call.
     """
+
+    # Threads worth calling it from: SQLite has one writer, and this class one connection.
+    threads = 1
 
     def __init__(self, path: str, busy_timeout_s: float = 5.0) -> None:
         self.path = path

@@ -78,12 +78,64 @@ def test_verdict_service(compose: dict[str, Any]) -> None:
     # Graceful stop: SIGTERM, then more time than the server's drain before SIGKILL.
     assert verdict.get("stop_signal", "SIGTERM") == "SIGTERM"
     assert _seconds(verdict["stop_grace_period"]) > float(env["VERDICT_DRAIN_SECONDS"])
-    # Models from the host; the feedback store on a named volume that outlives the container.
+    # Models from the host; the feedback store is the postgres service (next test).
     mounts = {m.split(":")[1]: m.split(":")[0] for m in verdict["volumes"]}
     assert mounts[env["VERDICT_MODEL_REPOSITORY"]] == "./models"
-    store_dir = str(Path(env["VERDICT_FEEDBACK_DB"]).parent)
-    assert store_dir in mounts and mounts[store_dir] in compose["volumes"]
     assert env["VERDICT_PREDICTION_ID_KEY"].startswith("${VERDICT_PREDICTION_ID_KEY")
+
+
+def test_the_feedback_store_is_a_postgres_service_on_a_named_volume(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    verdict, postgres = services["verdict"], services["postgres"]
+    assert postgres["image"].startswith("postgres:")
+    env = postgres["environment"]
+    url = verdict["environment"]["VERDICT_FEEDBACK_URL"]
+    user, database = env["POSTGRES_USER"], env["POSTGRES_DB"]
+    assert url == (f"postgresql://{user}:{env['POSTGRES_PASSWORD']}@postgres:5432/{database}"), (
+        "verdict's URL names the service, its user, password and database"
+    )
+    # The data outlives the container; verdict starts once the database takes connections.
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in postgres["volumes"]}
+    assert mounts["/var/lib/postgresql/data"] in compose["volumes"]
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert verdict["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "ports" not in postgres, "the database is for the services of this file only"
+
+
+def test_the_fleet_file_runs_three_replicas_behind_one_port(tmp_path: Path) -> None:
+    exe = _tool("docker-compose", "apt-get install docker-compose (make sysdeps)")
+    fleet_file = ROOT / "deploy" / "compose" / "fleet.yml"
+    done = subprocess.run(
+        [exe, "-f", str(COMPOSE), "-f", str(fleet_file), "config"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    replicas = ["verdict", "verdict-2", "verdict-3"]
+    first = services["verdict"]
+    for name in replicas[1:]:
+        # The same server, settings and store as replica 1; only replica 1 publishes a port.
+        assert services[name]["image"] == first["image"]
+        assert services[name]["environment"] == first["environment"], name
+        assert services[name]["volumes"] == first["volumes"]
+        assert "ports" not in services[name]
+    nginx = (ROOT / "deploy" / "compose" / "nginx-fleet.conf").read_text()
+    port = first["environment"]["VERDICT_PORT"]
+    upstream = re.findall(r"^\s*server ([\w-]+):(\d+)", nginx, re.MULTILINE)
+    assert sorted(upstream) == sorted((name, port) for name in replicas)
+    assert services["lb"]["ports"] == [{"published": 8080, "target": 8080}]
+    # Prometheus scrapes each replica, not the balancer: the counters add up in Grafana.
+    prom_mount = next(v for v in services["prometheus"]["volumes"] if "prometheus.yml" in v)
+    prom = yaml.safe_load(Path(prom_mount.split(":")[0]).read_text())
+    shipped = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "verdict"]
+    assert job["static_configs"] == [{"targets": [f"{n}:{port}" for n in replicas]}]
+    for shipped_job in shipped["scrape_configs"]:
+        if shipped_job["job_name"] == "verdict":
+            shipped_job["static_configs"] = job["static_configs"]
+    assert prom == shipped, "the fleet's prometheus.yml differs in more than the targets"
 
 
 def test_prometheus_grafana_and_locust(compose: dict[str, Any]) -> None:
@@ -107,7 +159,7 @@ def test_prometheus_grafana_and_locust(compose: dict[str, Any]) -> None:
     assert locust["depends_on"]["verdict"]["condition"] == "service_healthy"
     # Every other service runs by default; only locust and train sit behind profiles.
     assert {n for n, s in services.items() if "profiles" not in s} == {
-        "verdict", "prometheus", "grafana",
+        "verdict", "postgres", "prometheus", "grafana",
     }  # fmt: skip
 
 

@@ -18,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 KUBERNETES_VERSION = "1.30"
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ServingRuntime", "InferenceService"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "ServingRuntime", "InferenceService", "Cluster"}
 
 # The fields of the Prometheus Operator CRDs that verdict relies on (monitoring.coreos.com/v1).
 SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
@@ -103,6 +103,78 @@ PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
 }
 
 
+_QUANTITY = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$"}
+# The fields of CloudNativePG's Cluster CRD (postgresql.cnpg.io/v1, operator 1.25+) that the
+# cloudnative-pg component uses, with the CRD's types and enums.
+CNPG_CLUSTER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "postgresql.cnpg.io/v1"},
+        "kind": {"const": "Cluster"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "required": ["instances", "storage"],
+            "properties": {
+                "instances": {"type": "integer", "minimum": 1},
+                "imageName": {"type": "string"},
+                "primaryUpdateStrategy": {"enum": ["unsupervised", "supervised"]},
+                "storage": {
+                    "type": "object",
+                    "required": ["size"],
+                    "properties": {"size": _QUANTITY, "storageClass": {"type": "string"}},
+                    "additionalProperties": False,
+                },
+                "bootstrap": {
+                    "type": "object",
+                    "properties": {
+                        "initdb": {
+                            "type": "object",
+                            "properties": {
+                                "database": {"type": "string"},
+                                "owner": {"type": "string"},
+                            },
+                            "additionalProperties": False,
+                        }
+                    },
+                    "additionalProperties": False,
+                },
+                "postgresql": {
+                    "type": "object",
+                    "properties": {
+                        "parameters": {
+                            "type": "object",
+                            "additionalProperties": {"type": "string"},
+                        },
+                        "synchronous": {
+                            "type": "object",
+                            "required": ["method", "number"],
+                            "properties": {
+                                "method": {"enum": ["any", "first"]},
+                                "number": {"type": "integer", "minimum": 1},
+                                "dataDurability": {"enum": ["required", "preferred"]},
+                            },
+                            "additionalProperties": False,
+                        },
+                    },
+                    "additionalProperties": False,
+                },
+                "resources": {
+                    "type": "object",
+                    "properties": {
+                        "requests": {"type": "object", "additionalProperties": _QUANTITY},
+                        "limits": {"type": "object", "additionalProperties": _QUANTITY},
+                    },
+                    "additionalProperties": False,
+                },
+            },
+            "additionalProperties": False,
+        },
+    },
+}
+
+
 def _kubectl() -> str:
     exe = shutil.which("kubectl")
     assert exe, (
@@ -129,6 +201,11 @@ def cpu() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def gpu() -> list[dict[str, Any]]:
     return render(K8S / "overlays" / "gpu")
+
+
+@pytest.fixture(scope="module")
+def single() -> list[dict[str, Any]]:
+    return render(K8S / "overlays" / "single")
 
 
 @pytest.fixture(scope="module")
@@ -205,15 +282,17 @@ def test_probes_resources_and_graceful_shutdown(cpu: list[dict[str, Any]]) -> No
     delay = float(pre_stop[1])
     drain = float(config["VERDICT_DRAIN_SECONDS"])
     assert delay > 0 and pod["terminationGracePeriodSeconds"] > delay + drain
-    # Models come from a volume; the feedback store has a writable one.
+    # Models come from a volume.
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts[config["VERDICT_MODEL_REPOSITORY"]]["name"] == "models"
-    assert str(Path(config["VERDICT_FEEDBACK_DB"]).parent) in mounts
     assert any(v["name"] == "models" for v in pod["volumes"])
-    # Replicas share the prediction id key through a Secret, never the ConfigMap.
+    # Replicas share the prediction id key and the store URL (with its password) through
+    # Secrets, never the ConfigMap.
     env = {e["name"]: e for e in container["env"]}
-    assert "secretKeyRef" in env["VERDICT_PREDICTION_ID_KEY"]["valueFrom"]
-    assert "VERDICT_PREDICTION_ID_KEY" not in config
+    for name in ("VERDICT_PREDICTION_ID_KEY", "VERDICT_FEEDBACK_URL"):
+        assert "secretKeyRef" in env[name]["valueFrom"], name
+        assert name not in config
+    assert not {"VERDICT_FEEDBACK_DB", "VERDICT_FEEDBACK_URL"} & set(config)
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
 
@@ -345,3 +424,71 @@ def test_rule_generator_refuses_duplicate_groups_and_reports_staleness(tmp_path:
     (rules / "b.yml").write_text(yaml.safe_dump(group))
     done = subprocess.run(base, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "also in" in done.stderr
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_the_fleet_shares_a_cloudnative_pg_store(
+    overlay: str, request: pytest.FixtureRequest
+) -> None:
+    docs = request.getfixturevalue(overlay)
+    cluster = one(docs, "Cluster")
+    jsonschema.validate(cluster, CNPG_CLUSTER_SCHEMA)
+    spec = cluster["spec"]
+    owner = spec["bootstrap"]["initdb"]["owner"]
+    # The URL is the one the operator writes for the application owner: <cluster>-app, uri.
+    env = {e["name"]: e for e in _container(docs)["env"]}
+    ref = env["VERDICT_FEEDBACK_URL"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == (f"{cluster['metadata']['name']}-app", "uri")
+    assert owner == spec["bootstrap"]["initdb"]["database"]
+    # An acknowledged label survives a failover: commits wait for a standby.
+    assert spec["instances"] >= 2 and spec["postgresql"]["synchronous"]["number"] >= 1
+    # Every pod the HPA may run keeps its pool of connections, within max_connections.
+    from service.monitoring.postgres import POOL_SIZE
+
+    pods = one(docs, "HorizontalPodAutoscaler")["spec"]["maxReplicas"]
+    assert pods * POOL_SIZE < int(spec["postgresql"]["parameters"]["max_connections"])
+
+
+def test_cluster_schema_rejects_what_the_crd_rejects(cpu: list[dict[str, Any]]) -> None:
+    cluster = one(cpu, "Cluster")
+    for path, value in [
+        (("spec", "instances"), "three"),
+        (("spec", "storage", "size"), "ten gigs"),
+        (("spec", "postgresql", "synchronous", "method"), "all"),
+        (("spec", "replicas"), 3),  # no such field
+    ]:
+        broken = yaml.safe_load(yaml.safe_dump(cluster))
+        node = broken
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, CNPG_CLUSTER_SCHEMA)
+
+
+def test_the_single_pod_variant_stays_one_pod_on_a_sqlite_volume(
+    single: list[dict[str, Any]],
+) -> None:
+    for doc in single:
+        assert doc["kind"] not in CRD_KINDS - {"ServiceMonitor", "PrometheusRule"}
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    kinds = {d["kind"] for d in single}
+    assert "HorizontalPodAutoscaler" not in kinds, "a second pod would have a store of its own"
+    assert "PodDisruptionBudget" not in kinds  # minAvailable 1 of 1 would block every drain
+    deployment = one(single, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # the volume is ReadWriteOnce
+    assert (
+        "single replica only" in deployment["metadata"]["annotations"]["verdict.dev/feedback-store"]
+    )
+    container = _container(single)
+    env = {e["name"]: e for e in container["env"]}
+    url = env["VERDICT_FEEDBACK_URL"]["value"]
+    assert url.startswith("sqlite:////")
+    folder = str(Path(url.removeprefix("sqlite:///")).parent)
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    claim = volumes[mounts[folder]]["persistentVolumeClaim"]["claimName"]
+    assert one(single, "PersistentVolumeClaim")["metadata"]["name"] == claim
+    assert "secretKeyRef" in env["VERDICT_PREDICTION_ID_KEY"]["valueFrom"]

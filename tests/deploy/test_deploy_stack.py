@@ -82,11 +82,11 @@ def test_an_image_without_a_stand_in_fails_the_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     doc = _shipped()
-    doc["services"]["postgres"] = {"image": "postgres:17"}
+    doc["services"]["cache"] = {"image": "redis:7"}
     compose = tmp_path / "docker-compose.yml"
     compose.write_text(yaml.safe_dump(doc))
     monkeypatch.setattr(harness, "COMPOSE", compose)
-    with pytest.raises(engine.StackError, match=r"postgres:17.*no stand-in"):
+    with pytest.raises(engine.StackError, match=r"redis:7.*no stand-in"):
         harness.stack_config()
     with pytest.raises(engine.StackError, match="no stand-in"):
         harness.images_to_build()

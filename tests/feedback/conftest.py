@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from service.dataplane.feedback import FeedbackService
 from service.monitoring.ids import PredictionIds
 from service.monitoring.store import FeedbackStore
+from tests.pgserver import pg, pg_server  # noqa: F401  (fixtures)
 
 
 @pytest.fixture

@@ -56,7 +56,6 @@ LOCUST_RUN_TIME = "30s"
 # Python for the images whose public base is python:3.11-slim-bookworm: Debian 12's Python 3.11.
 PYTHON = StandIn(PYTHON_IMAGE, HERE / "Containerfile.python", HERE, {"BASE_IMAGE": BASE_IMAGE})
 # Every image docker-compose.yml names, keyed by its repository (the name without the tag).
-# Issue 17 adds PostgreSQL: a Containerfile.postgres (Debian's `postgresql`) and one entry here.
 STAND_INS: dict[str, StandIn] = {
     "verdict": StandIn(
         f"{PREFIX}/verdict:{{tag}}", ROOT / "deploy" / "Dockerfile", ROOT,
@@ -64,6 +63,10 @@ STAND_INS: dict[str, StandIn] = {
     ),
     "prom/prometheus": StandIn(
         f"{PREFIX}/prometheus:debian-bookworm", HERE / "Containerfile.prometheus", HERE,
+        {"BASE_IMAGE": BASE_IMAGE},
+    ),
+    "postgres": StandIn(
+        f"{PREFIX}/postgres:{{tag}}", HERE / "Containerfile.postgres", HERE,
         {"BASE_IMAGE": BASE_IMAGE},
     ),
     "locustio/locust": StandIn(
@@ -289,12 +292,15 @@ class Stack:
         return done.stdout[-8000:] + done.stderr[-2000:]
 
     def up(self) -> None:
-        self.compose("up", "-d", timeout=600)
+        # Before `up`: it waits for the services others depend on to be healthy (postgres),
+        # and nothing else runs their health checks.
         if not self.ticker.is_alive():
             self.ticker.start()
+        self.compose("up", "-d", timeout=600)
 
     def down(self) -> None:
-        self.ticker.stop()
+        if self.ticker.is_alive():
+            self.ticker.stop()
         self.compose("down", "-v", "--remove-orphans", "--timeout", "40", check=False, timeout=300)
         remove_leftovers()
 

@@ -179,7 +179,8 @@ def test_labels_survive_compose_restart_recreate_and_down_up(stack: Stack) -> No
     assert _feedback(url, items) == ["duplicate"] * 5
 
     # compose carries a recreated container's anonymous volumes over; `down` does not, so
-    # only the named volume can keep the labels through `down` and `up`.
+    # only the database's named volume can keep the labels (and the generated key) through
+    # `down` and `up`.
     stack.compose("down")
     stack.compose("up", "-d")
     assert stack.container("verdict")["Id"] not in {first, second}

@@ -1,0 +1,73 @@
+"""Which feedback store a URL names (`sqlite:///...` or `postgresql://...`), what both stores
+offer, and the way to open one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from service.monitoring.store import CellCount, FeedbackStore, LabelRecord, RecordResult
+
+SQLITE = "sqlite:///"
+POSTGRES = ("postgresql://", "postgres://")
+
+
+class LabelStore(Protocol):
+    """The feedback store the data plane uses: the SQLite file or the shared PostgreSQL
+    database. Every method blocks (call it off the event loop, from at most `threads`
+    threads) and raises `StoreUnavailableError` when the store cannot answer."""
+
+    threads: int
+
+    def migrate(self) -> int: ...
+    def schema_version(self) -> int: ...
+    def record(self, items: Sequence[LabelRecord]) -> list[RecordResult]: ...
+    def cell_counts(
+        self, model: str, now: float, time_basis: str = "received"
+    ) -> list[CellCount]: ...
+    def conflict_counts(self, model: str) -> dict[int, int]: ...
+    def labelled_since(self, model: str, version: int, issued_since: float) -> int: ...
+    def conflicts(self, prediction_id: str) -> list[tuple[int, int, float]]: ...
+    def label_of(self, prediction_id: str) -> int | None: ...
+    def models(self) -> Iterable[str]: ...
+    def close(self) -> None: ...
+
+
+def is_postgres(url: str) -> bool:
+    """Whether the URL names a PostgreSQL database."""
+    return url.startswith(POSTGRES)
+
+
+def sqlite_target(url: str) -> str:
+    """What SQLite opens for a `sqlite:///` URL: `sqlite:///var/f.db` is the relative path
+    `var/f.db`, `sqlite:////data/f.db` the absolute `/data/f.db`; parameters make a SQLite
+    URI (`sqlite:////data/f.db?mode=ro` -> `file:/data/f.db?mode=ro`)."""
+    if not url.startswith(SQLITE):
+        raise ValueError(f"not a SQLite URL: {url!r}")
+    path, _, query = url.removeprefix(SQLITE).partition("?")
+    return f"file:{path}?{query}" if query else path
+
+
+def sqlite_folder(url: str) -> Path:
+    """The folder that holds the SQLite file of a `sqlite:///` URL."""
+    path = url.removeprefix(SQLITE).partition("?")[0]
+    return Path(path).resolve().parent
+
+
+def open_store(url: str) -> LabelStore:
+    """The store a URL names; nothing is connected until its first call."""
+    if is_postgres(url):
+        from service.monitoring.postgres import PostgresStore
+
+        return PostgresStore(url)
+    return FeedbackStore(sqlite_target(url))
+
+
+def describe(url: str) -> str:
+    """The URL as logs may show it (no password)."""
+    if is_postgres(url):
+        from service.monitoring.postgres import redact
+
+        return redact(url)
+    return url
