@@ -225,7 +225,7 @@ def main() -> None:
     import uvloop
 
     with tempfile.TemporaryDirectory() as scratch:
-        os.environ["VERDICT_FEEDBACK_DB"] = str(Path(scratch) / "feedback.sqlite3")
+        os.environ["VERDICT_FEEDBACK_URL"] = f"sqlite:///{Path(scratch) / 'feedback.sqlite3'}"
         if args.via == "asgi":
             run = _measure(path, body, headers, args.requests)
         else:

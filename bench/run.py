@@ -159,6 +159,8 @@ class Bench:
         var/."""
         extra = {
             "VERDICT_MODEL_REPOSITORY": str(self.repository),
+            # The deprecated spelling on purpose: a --baseline checkout from before
+            # VERDICT_FEEDBACK_URL reads only this one, and this checkout still accepts it.
             "VERDICT_FEEDBACK_DB": str(self.work / f"feedback-{port}.sqlite3"),
             "VERDICT_GRPC_PORT": str(grpc_port),
         }
