@@ -126,3 +126,22 @@ def test_dropped_features_are_left_out_and_misspelt_ones_refused() -> None:
     image = {"input": {"name": "input", "feature_names": None}}
     flat = encoder_for(image, frozenset()).encode(np.zeros((1, 2, 2), dtype=np.float32))
     assert json.loads(flat) == {"input": [0.0, 0.0, 0.0, 0.0]}
+
+
+def test_capture_settings_are_checked_at_start() -> None:
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    s = Settings(capture_rates="a=0.5, b=0", capture_drop_features="a:x y,a:z,b:w")
+    assert s.capture_rates == {"a": 0.5, "b": 0.0}
+    assert s.capture_drop() == {"a": frozenset({"x y", "z"}), "b": frozenset({"w"})}
+    for bad, match in (
+        ({"capture_rates": "a=1.5"}, "must be in \\[0, 1\\]"),
+        ({"capture_rates": "a"}, "model=rate pairs"),
+        ({"capture_rates": "a=lots"}, "capture_rates"),
+        ({"capture_drop_features": "feature-without-model"}, "model:feature entries"),
+        ({"capture_max_rows_per_s": 0}, "capture_max_rows_per_s"),
+    ):
+        with pytest.raises(ValidationError, match=match):
+            Settings(**bad)
