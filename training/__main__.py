@@ -32,6 +32,7 @@ TRAIN_EXTRA = frozenset(
 )
 UNCHANGED = 3  # exit code of `add` for a model the repository already serves
 DEFAULT_STORE = "sqlite:///var/feedback.sqlite3"
+CAPTURES_SCHEMA = 2  # the feedback store's schema version that added the captures table
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -170,6 +171,14 @@ def _export(args: argparse.Namespace) -> int:
 
     store = open_store(url)
     try:
+        # Read only: a store from before captures existed is not migrated from here.
+        at = store.schema_version()
+        if at < CAPTURES_SCHEMA:
+            raise ExportError(
+                f"the feedback store {describe(url)} is at schema version {at}; captures "
+                f"arrived with version {CAPTURES_SCHEMA} (upgrade the service, or run "
+                "verdict-store migrate)"
+            )
         summary = export_examples(
             store,
             args.model,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,13 @@ def test_export_refuses_nothing_to_export_and_bad_times(
     assert main([*args, "--out", str(tmp_path / "x.csv"), "--since", "yesterday"]) == 1
     assert "not a time" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+    empty = tmp_path / "empty.db"  # a file no service has opened: schema version 0
+    empty.touch()
+    store = ["--store", f"sqlite:///{empty}", "--repository", str(repo)]
+    assert main(["export", "bin", *store, "--out", str(tmp_path / "x.csv")]) == 1
+    assert "schema version 0" in capsys.readouterr().err
+    with sqlite3.connect(empty) as db:  # and it was not migrated from here
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == []
 
 
 def test_the_held_out_start_keeps_whole_time_stamps() -> None:
