@@ -33,7 +33,7 @@ from service.monitoring.drift import SERVER_MAX_ROWS_PER_S, DriftMonitor
 from service.monitoring.ids import PredictionIds
 from service.monitoring.keys import load_prediction_key
 from service.monitoring.metrics import Metrics, mark_process_dead, multiproc_dir
-from service.monitoring.stores import open_store
+from service.monitoring.stores import LabelStore, open_store
 from service.monitoring.tracing import Tracing, provider_from_env
 from service.settings import Settings
 
@@ -219,7 +219,7 @@ def _openapi(app: VerdictApp) -> dict[str, Any]:
 
 def _capture(
     settings: Settings,
-    store: Any,
+    store: LabelStore,
     metrics: Metrics,
     repository: Repository,
     inference: Inference,

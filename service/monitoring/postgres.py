@@ -24,9 +24,9 @@ from service.monitoring.store import (
     LabelledExample,
     LabelRecord,
     RecordResult,
-    _by_model,
-    _example,
-    _examples_query,
+    captures_by_model,
+    examples_query,
+    labelled_example,
 )
 
 log = logging.getLogger(__name__)
@@ -342,7 +342,7 @@ class PostgresStore:
         if not rows:
             return 0
         self._ready()
-        groups = _by_model(rows)
+        groups = captures_by_model(rows)
 
         def write(conn: psycopg.Connection[Any]) -> int:
             stored = 0
@@ -402,8 +402,9 @@ class PostgresStore:
     ) -> list[LabelledExample]:
         """Captured predictions of a model that have a label, oldest capture first; `version`
         and the window [since, until) on the capture time narrow them."""
-        sql, params = _examples_query(model, version, since, until, "%s")
-        return [_example(row) for row in self._rows("reading labelled examples", sql, params)]
+        sql, params = examples_query(model, version, since, until, "%s")
+        rows = self._rows("reading labelled examples", sql, params)
+        return [labelled_example(row) for row in rows]
 
     def models(self) -> Iterable[str]:
         """Models that have at least one label."""

@@ -132,14 +132,14 @@ class CellCount:
     last_hour: int
 
 
-def _by_model(rows: Sequence[CaptureRecord]) -> dict[str, list[CaptureRecord]]:
+def captures_by_model(rows: Sequence[CaptureRecord]) -> dict[str, list[CaptureRecord]]:
     groups: dict[str, list[CaptureRecord]] = {}
     for r in rows:
         groups.setdefault(r.model, []).append(r)
     return groups
 
 
-def _examples_query(
+def examples_query(
     model: str, version: int | None, since: float | None, until: float | None, mark: str
 ) -> tuple[str, tuple[object, ...]]:
     """The join of captures and labels, for either store (`mark`: its parameter marker)."""
@@ -163,7 +163,7 @@ def _examples_query(
     return sql, tuple(params)
 
 
-def _example(row: Sequence[object]) -> LabelledExample:
+def labelled_example(row: Sequence[object]) -> LabelledExample:
     pid, version, captured_at, inputs, predicted, actual, score, observed_at = row
     return LabelledExample(
         str(pid),
@@ -451,7 +451,7 @@ class FeedbackStore:
                 db = self._ready()
                 db.execute("BEGIN IMMEDIATE")
                 stored = 0
-                for model, group in _by_model(rows).items():
+                for model, group in captures_by_model(rows).items():
                     held = db.execute(
                         "SELECT COUNT(*) FROM captures WHERE model = ?", (model,)
                     ).fetchone()[0]
@@ -503,13 +503,13 @@ class FeedbackStore:
     ) -> list[LabelledExample]:
         """Captured predictions of a model that have a label, oldest capture first; `version`
         and the window [since, until) on the capture time narrow them."""
-        sql, params = _examples_query(model, version, since, until, "?")
+        sql, params = examples_query(model, version, since, until, "?")
         with self._lock:
             try:
                 rows = self._ready().execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise self._fail(exc, "reading labelled examples") from exc
-        return [_example(row) for row in rows]
+        return [labelled_example(row) for row in rows]
 
     def models(self) -> Iterable[str]:
         """Models that have at least one label."""

@@ -16,6 +16,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from service.http.app import create_app
+from service.monitoring.store import FeedbackStore
 from tests.conftest import make_settings
 from tests.service.server_support import ThreadServer
 from training.__main__ import main
@@ -131,6 +132,7 @@ def test_export_retrain_compare_finds_the_challenger_cheaper_on_shifted_traffic(
 def test_export_refuses_an_empty_window_and_retrain_refuses_dropped_features(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    FeedbackStore(str(tmp_path / "feedback.sqlite3")).migrate()  # a store with no captures
     store_url = f"sqlite:///{tmp_path}/feedback.sqlite3"
     out = tmp_path / "x.csv"
     assert main(["export", "breast-cancer", "--store", store_url, "--out", str(out)]) == 1
