@@ -141,3 +141,25 @@ def test_export_refuses_an_empty_window_and_retrain_refuses_dropped_features(
     out.write_text(header + "p1,1,1.0,2.0,benign,0.1,train,benign,1.0\n")
     assert main(["retrain", str(CHAMPION), "--examples", str(out), "--out", str(tmp_path)]) == 1
     assert "lacks the features" in capsys.readouterr().err
+
+
+def test_a_version_against_itself_shows_no_clear_difference(tmp_path: Path) -> None:
+    x, labels, names = shifted_traffic(120, seed=3)
+    examples = tmp_path / "examples.csv"
+    header = "prediction_id,version,captured_at,observed_at,predicted,score,split,label,"
+    lines = [header + ",".join(names)]
+    for i, (row, label) in enumerate(zip(x, labels, strict=True)):
+        values = ",".join(repr(float(v)) for v in row)
+        lines.append(f"p{i},1,{1000.0 + i},{2000.0 + i},benign,0.5,holdout,{label},{values}")
+    examples.write_text("\n".join(lines) + "\n")
+    card_before = (CHAMPION / "MODEL_CARD.md").read_text()
+    out = tmp_path / "report"
+    args = ["compare-versions", str(CHAMPION), str(CHAMPION), "--examples", str(examples)]
+    assert main([*args, "--out", str(out), "--resamples", "500"]) == 0
+    report = json.loads((out / "offline_comparison.json").read_text())
+    assert report["verdict"] == "no_clear_difference"
+    assert report["difference"]["cost_per_row"] == 0.0
+    assert report["champion"]["confusion"] == report["challenger"]["confusion"]
+    assert report["examples"]["rows"] == 120
+    assert (CHAMPION / "MODEL_CARD.md").read_text() == card_before  # --out: no card rewritten
+    assert not (CHAMPION / "offline_comparison.json").exists()
