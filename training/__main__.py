@@ -1,8 +1,9 @@
 """Command line: `python -m training train CONFIG --out DIR`, `add`, `compare`, `sweep`, `card`,
 and the loop from production traffic: `export`, `retrain`, `compare-versions`.
 
-Everything but `--help` needs the `train` extra (torch, scikit-learn, onnx, ...); without
-it the command says in one line what to install and exits 2.
+Everything but `--help` and `export` (which reads the feedback store only) needs the `train`
+extra (torch, scikit-learn, onnx, ...); without it the command says in one line what to
+install and exits 2.
 """
 
 from __future__ import annotations
