@@ -200,6 +200,37 @@ class Settings(BaseSettings):
         "generated once and kept by the feedback store: a file beside the SQLite file "
         "(prediction-id.key, mode 0600), or a row of the PostgreSQL database.",
     )
+    capture_rates: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description="Input capture, per model: `model=rate` pairs, comma-separated (e.g. "
+        "`breast-cancer=0.01`), the share of predicted rows whose inputs are stored with "
+        "their prediction id in the feedback store; empty = capture off. Set it to collect "
+        "labelled production examples for retraining (docs/lifecycle.md).",
+    )
+    capture_max_rows_per_s: int = Field(
+        default=100,
+        ge=1,
+        description="Most rows a second captured per model by one server process; sampled "
+        "rows beyond are dropped. Raise it only with a store that takes the writes.",
+    )
+    capture_max_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="Most captured rows kept per model in the store; new rows beyond are "
+        "dropped until the retention frees room. Size it to rate x rows a day x retention.",
+    )
+    capture_retention_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="Captures older than this are deleted (checked hourly while capture is "
+        "on). Lower it to what your data policy allows; keep it above the labels' delay.",
+    )
+    capture_drop_features: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Features never stored, as `model:feature` entries, comma-separated "
+        "(e.g. `breast-cancer:mean radius`); a name the model does not have turns its capture "
+        "off. Set it for features your data policy does not let you keep.",
+    )
     drain_seconds: float = Field(
         default=10.0,
         ge=0,
@@ -233,6 +264,39 @@ class Settings(BaseSettings):
     @classmethod
     def _lists_from_commas(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("capture_rates", mode="before")
+    @classmethod
+    def _rates_from_pairs(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        rates: dict[str, str] = {}
+        for part in value.split(","):
+            if not part.strip():
+                continue
+            model, sep, rate = part.partition("=")
+            if not sep or not model.strip():
+                raise ValueError(f"capture rates are model=rate pairs; got {part!r}")
+            rates[model.strip()] = rate.strip()
+        return rates
+
+    @field_validator("capture_rates")
+    @classmethod
+    def _rates_in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        for model, rate in value.items():
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"the capture rate of {model!r} must be in [0, 1]; got {rate}")
+        return value
+
+    @field_validator("capture_drop_features", mode="before")
+    @classmethod
+    def _drop_entries(cls, value: object) -> object:
+        entries = _split_commas(value)
+        for entry in entries if isinstance(entries, list) else []:
+            model, sep, feature = str(entry).partition(":")
+            if not sep or not model.strip() or not feature.strip():
+                raise ValueError(f"features to drop are model:feature entries; got {entry!r}")
+        return entries
 
     @field_validator("feedback_url")
     @classmethod
@@ -272,6 +336,14 @@ class Settings(BaseSettings):
     def batching_for(self, model: str) -> bool:
         """Whether requests to this model may be merged with others."""
         return model not in self.unbatched_models
+
+    def capture_drop(self) -> dict[str, frozenset[str]]:
+        """The features never stored, per model."""
+        drop: dict[str, set[str]] = {}
+        for entry in self.capture_drop_features:
+            model, _, feature = entry.partition(":")
+            drop.setdefault(model.strip(), set()).add(feature.strip())
+        return {model: frozenset(features) for model, features in drop.items()}
 
     def keys(self) -> list[str]:
         """The configured API keys (empty ones dropped)."""

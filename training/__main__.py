@@ -1,15 +1,20 @@
-"""Command line: `python -m training train CONFIG --out DIR`, `add`, `compare`, `sweep`, `card`.
+"""Command line: `python -m training train CONFIG --out DIR`, `add`, `compare`, `sweep`, `card`,
+and the loop from production traffic: `export`, `retrain`, `compare-versions`.
 
-Everything but `--help` needs the `train` extra (torch, scikit-learn, onnx, ...); without
-it the command says in one line what to install and exits 2.
+Everything but `--help` and `export` (which reads the feedback store only) needs the `train`
+extra (torch, scikit-learn, onnx, ...); without it the command says in one line what to
+install and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 # Top-level modules of the `train` extra (and what they pull in), as import names.
 TRAIN_EXTRA = frozenset(
@@ -27,6 +32,8 @@ TRAIN_EXTRA = frozenset(
     ]
 )
 UNCHANGED = 3  # exit code of `add` for a model the repository already serves
+DEFAULT_STORE = "sqlite:///var/feedback.sqlite3"
+CAPTURES_SCHEMA = 2  # the feedback store's schema version that added the captures table
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,7 +85,125 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="first recreate holdout.json by retraining (checked against the manifest's sha256)",
     )
+    _loop_parsers(sub)
     return p
+
+
+def _loop_parsers(sub: Any) -> None:
+    """The commands of the loop from production traffic (docs/lifecycle.md)."""
+    e = sub.add_parser(
+        "export",
+        help="write a model's labelled production examples (captured inputs + labels) to CSV",
+        description="Join the captured inputs of MODEL with their labels in the feedback store "
+        "and write them, oldest first, to a CSV file; the newest --holdout-fraction of them "
+        "(by capture time) are marked split=holdout, for compare-versions, and never trained on.",
+    )
+    e.add_argument("model", help="model name, e.g. breast-cancer")
+    e.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    e.add_argument(
+        "--store",
+        default=None,
+        help=f"feedback store URL (default: $VERDICT_FEEDBACK_URL, else {DEFAULT_STORE})",
+    )
+    e.add_argument(
+        "--repository", type=Path, default=Path("models"), help="model repository (manifests)"
+    )
+    e.add_argument("--version", type=int, default=None, help="only this model version")
+    e.add_argument("--since", default=None, help="captured at or after (ISO 8601 or epoch s)")
+    e.add_argument("--until", default=None, help="captured before (ISO 8601 or epoch s)")
+    e.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.3,
+        help="newest share of rows held out for the offline comparison (default 0.3)",
+    )
+    r = sub.add_parser(
+        "retrain",
+        help="train a challenger: the champion's config on its data + production examples",
+    )
+    r.add_argument("champion", type=Path, help="the champion's version folder, models/NAME/N")
+    r.add_argument("--examples", type=Path, required=True, help="a CSV file from export")
+    r.add_argument("--out", type=Path, required=True, help="model folder, e.g. /tmp/runs/NAME")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    v = sub.add_parser(
+        "compare-versions",
+        help="champion vs challenger on the export's held-out rows: errors and business cost",
+    )
+    v.add_argument("champion", type=Path, help="version folder, e.g. models/NAME/1")
+    v.add_argument("challenger", type=Path, help="version folder, e.g. /tmp/runs/NAME/1")
+    v.add_argument("--examples", type=Path, required=True, help="the CSV file from export")
+    v.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="report folder (default: the challenger's folder, whose model card gets it)",
+    )
+    v.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    v.add_argument("--resamples", type=int, default=4000, help="bootstrap resamples")
+
+
+def _when(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"not a time (ISO 8601 or epoch seconds): {text!r}") from exc
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _export(args: argparse.Namespace) -> int:
+    # The one place training reads the service's code: the feedback store's public methods
+    # (no torch on that side); see docs/lifecycle.md.
+    from service.errors import StoreUnavailableError
+    from service.monitoring.examples import ExportError, export_examples
+    from service.monitoring.stores import describe, open_store
+
+    url = args.store or os.environ.get("VERDICT_FEEDBACK_URL") or DEFAULT_STORE
+    folder = args.repository / args.model
+
+    def manifest_of(version: int) -> dict[str, Any] | None:
+        path = folder / str(version) / "manifest.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    store = open_store(url)
+    try:
+        # Read only: a store from before captures existed is not migrated from here.
+        at = store.schema_version()
+        if at < CAPTURES_SCHEMA:
+            raise ExportError(
+                f"the feedback store {describe(url)} is at schema version {at}; captures "
+                f"arrived with version {CAPTURES_SCHEMA} (upgrade the service, or run "
+                "verdict-store migrate)"
+            )
+        summary = export_examples(
+            store,
+            args.model,
+            manifest_of,
+            args.out,
+            version=args.version,
+            since=_when(args.since),
+            until=_when(args.until),
+            holdout_fraction=args.holdout_fraction,
+        )
+    except (ExportError, StoreUnavailableError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(
+        f"{summary.rows} labelled examples of {args.model} from {describe(url)}: "
+        f"{summary.train_rows} to train on, {summary.holdout_rows} held out",
+        file=sys.stderr,
+    )
+    for feature, n in summary.missing.items():
+        print(f"warning: {n} rows lack {feature!r} (dropped before storing)", file=sys.stderr)
+    print(summary.path)
+    return 0
 
 
 def install_hint() -> str:
@@ -129,6 +254,25 @@ def _run(args: argparse.Namespace) -> int:
             print(result.path)
         elif args.command == "add":
             return _add(args)
+        elif args.command == "export":
+            return _export(args)
+        elif args.command == "retrain":
+            from .production import retrain
+
+            print(retrain(args.champion, args.examples, args.out, args.overrides).path)
+        elif args.command == "compare-versions":
+            from .offline import REPORT_MD, compare_versions
+
+            report = compare_versions(
+                args.champion,
+                args.challenger,
+                args.examples,
+                args.out,
+                seed=args.seed,
+                resamples=args.resamples,
+            )
+            print(report["summary"], file=sys.stderr)
+            print((args.out or args.challenger) / REPORT_MD)
         elif args.command == "sweep":
             from .sweep import run_sweep
 

@@ -115,6 +115,21 @@ def _confusion_png(cm: np.ndarray, classes: list[str], path: Path, title: str) -
     plt.close(fig)
 
 
+def _production_lines(manifest: dict[str, Any]) -> list[str]:
+    """What a challenger retrained on production examples adds to the Data section."""
+    prod = (manifest.get("training") or {}).get("production")
+    if not prod:
+        return []
+    base, champ = prod["base_dataset"], prod["champion"]
+    counts = ", ".join(f"{c} {n}" for c, n in prod["class_counts"].items())
+    return [
+        f"- **Production examples**: {prod['rows']} labelled production rows ({counts}) "
+        f"from `{prod['examples_file']}` added to `{base['name']}` ({base['rows']} rows); "
+        f"a challenger of version {champ['version']}, with its config. "
+        f"{prod['held_out_rows']} newer rows were held out for the offline comparison."
+    ]
+
+
 def render_card(folder: Path) -> str:
     """MODEL_CARD.md's text for an artifact folder (writes confusion_matrix.png beside it)."""
     manifest = _read_json(folder / "manifest.json")
@@ -199,6 +214,7 @@ def render_card(folder: Path) -> str:
         "## Data",
         "",
         f"- **Data set**: `{ds['name']}`, {ds['rows']} rows (sha256 `{ds['sha256'][:12]}…`).",
+        *_production_lines(manifest),
         f"- **Classes** (in the model's output order): {', '.join(classes)}.",
         "- **Held-out cases per class**: " + ", ".join(f"{c} {n}" for c, n in counts.items()) + ".",
         "",
@@ -275,6 +291,9 @@ def render_card(folder: Path) -> str:
     lines += op_lines
     lines += failures(hold, manifest)
     lines += monitoring(manifest)
+    from .offline import card_section  # after a `verdict-train compare-versions`
+
+    lines += card_section(folder)
     lines += [
         "## Files",
         "",

@@ -51,10 +51,20 @@ def positive_index(cfg: Config, ds: Dataset) -> int | None:
     return ds.classes.index(pc)
 
 
-def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> RunResult:
-    """Train, evaluate, export and write `out/<next version>/`; nothing is left on failure."""
+def run_training(
+    cfg: Config,
+    out: Path,
+    log: Callable[[str], None] = _log,
+    dataset: Dataset | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> RunResult:
+    """Train, evaluate, export and write `out/<next version>/`; nothing is left on failure.
+
+    `dataset` replaces the config's data (a challenger's: the training data plus labelled
+    production examples, `training.production`); `provenance` then goes to the manifest's
+    `training.production`."""
     t0 = time.monotonic()
-    ds = load_dataset(cfg.data, cfg.seed)
+    ds = dataset if dataset is not None else load_dataset(cfg.data, cfg.seed)
     pos = positive_index(cfg, ds)
     split = split_dataset(ds.y, cfg.data, cfg.seed)
     dev = np.sort(np.concatenate([split.train, split.val]))
@@ -282,6 +292,7 @@ def run_training(cfg: Config, out: Path, log: Callable[[str], None] = _log) -> R
                     "test": len(split.test),
                 },
                 "duration_s": round(time.monotonic() - t0, 1),
+                **({"production": provenance} if provenance is not None else {}),
             },
         }
 

@@ -28,11 +28,12 @@ from service.http.rest import Rest
 from service.http.routes import admin, cards, feedback, v2
 from service.http.schemas import edge_paths
 from service.models.repository import Repository
+from service.monitoring.capture import Capture
 from service.monitoring.drift import SERVER_MAX_ROWS_PER_S, DriftMonitor
 from service.monitoring.ids import PredictionIds
 from service.monitoring.keys import load_prediction_key
 from service.monitoring.metrics import Metrics, mark_process_dead, multiproc_dir
-from service.monitoring.stores import open_store
+from service.monitoring.stores import LabelStore, open_store
 from service.monitoring.tracing import Tracing, provider_from_env
 from service.settings import Settings
 
@@ -121,6 +122,9 @@ async def lifespan(app: FastAPI, load_first: bool = False) -> AsyncIterator[None
         await fb.open()
     except StoreUnavailableError as exc:  # feedback answers 503 until the store works
         log.warning("feedback store unavailable at start: %s", exc.message)
+    capture: Capture | None = state.capture
+    if capture is not None:
+        capture.start()
     tasks: list[asyncio.Task[None]] = []
     if load_first:
         await repo.start()
@@ -145,6 +149,8 @@ async def lifespan(app: FastAPI, load_first: bool = False) -> AsyncIterator[None
             state.metrics.flush()
         except Exception:  # the store below is closed whatever happened here
             log.exception("draining the models at shutdown failed")
+        if capture is not None:  # store what is queued, off the loop, before the store closes
+            await asyncio.to_thread(capture.stop)
         try:
             await fb.close()  # commits are per request; this closes the file cleanly
         except Exception:
@@ -211,6 +217,35 @@ def _openapi(app: VerdictApp) -> dict[str, Any]:
     return with_served_examples(app.openapi_schema, app.state.repository)
 
 
+def _capture(
+    settings: Settings,
+    store: LabelStore,
+    metrics: Metrics,
+    repository: Repository,
+    inference: Inference,
+) -> Capture | None:
+    """Input capture when some model has a rate (docs/lifecycle.md); None leaves the predict
+    path with one attribute check."""
+    rates = {model: rate for model, rate in settings.capture_rates.items() if rate > 0}
+    if not rates:
+        return None
+    capture = Capture(
+        store,
+        metrics.capture_rows,
+        rates,
+        settings.capture_drop(),
+        max_rows_per_s=settings.capture_max_rows_per_s,
+        max_rows=settings.capture_max_rows,
+        retention_days=settings.capture_retention_days,
+    )
+    repository.add_listener(
+        on_load=lambda mv: capture.register(mv.name, mv.version, mv.manifest),
+        on_unload=lambda mv: capture.unregister(mv.name, mv.version),
+    )
+    inference.capture = capture
+    return capture
+
+
 def create_app(
     settings: Settings | None = None,
     registry: CollectorRegistry | None = None,
@@ -262,6 +297,7 @@ def create_app(
     inference.observers.append(
         lambda mv, x, class_index, score: drift.observe(mv.name, mv.version, x, score, class_index)
     )
+    capture = _capture(settings, store, metrics, repository, inference)
     state = app.state
     state.settings = settings
     state.registry = registry
@@ -270,6 +306,7 @@ def create_app(
     state.ids = ids
     state.feedback = feedback_service
     state.drift = drift
+    state.capture = capture
     state.dataplane = plane
     state.tracing = tracing
     for router in ROUTERS:

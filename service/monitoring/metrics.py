@@ -184,6 +184,14 @@ class Metrics:
             buckets=LABEL_DELAY_BUCKETS,
             registry=r,
         )
+        self.capture_rows = Counter(
+            "verdict_capture_rows",
+            "Sampled rows of input capture by what became of them: stored, dropped_full (the "
+            "writer's queue was full), dropped_rate (rows/s cap), dropped_cap (stored-rows cap), "
+            "failed (the store failed).",
+            ["model", "outcome"],
+            registry=r,
+        )
         self.objective_ratio = Gauge(
             "verdict_objective_ratio",
             "Business targets from the manifest (max_fnr, max_fpr).",

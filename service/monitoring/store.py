@@ -96,6 +96,31 @@ class LabelRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class CaptureRecord:
+    """The inputs of one sampled prediction, as the capture writer stores them."""
+
+    prediction_id: str
+    model: str
+    version: int
+    captured_at: float
+    inputs: str  # JSON of one row (docs/lifecycle.md, "What a capture holds")
+
+
+@dataclass(frozen=True, slots=True)
+class LabelledExample:
+    """A captured prediction that got a label: one row of production training data."""
+
+    prediction_id: str
+    version: int
+    captured_at: float
+    inputs: str
+    predicted: int
+    actual: int
+    score: float
+    observed_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class CellCount:
     """Labelled predictions of one (version, predicted, actual) cell, per time window."""
 
@@ -105,6 +130,51 @@ class CellCount:
     all_time: int
     last_day: int
     last_hour: int
+
+
+def captures_by_model(rows: Sequence[CaptureRecord]) -> dict[str, list[CaptureRecord]]:
+    groups: dict[str, list[CaptureRecord]] = {}
+    for r in rows:
+        groups.setdefault(r.model, []).append(r)
+    return groups
+
+
+def examples_query(
+    model: str, version: int | None, since: float | None, until: float | None, mark: str
+) -> tuple[str, tuple[object, ...]]:
+    """The join of captures and labels, for either store (`mark`: its parameter marker)."""
+    where = [f"c.model = {mark}"]
+    params: list[object] = [model]
+    for clause, value in (
+        (f"c.version = {mark}", version),
+        (f"c.captured_at >= {mark}", since),
+        (f"c.captured_at < {mark}", until),
+    ):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    sql = (
+        "SELECT c.prediction_id, c.version, c.captured_at, c.inputs, l.predicted, l.actual,"
+        " l.score, l.observed_at FROM captures c JOIN labels l"
+        " ON l.prediction_id = c.prediction_id WHERE "
+        + " AND ".join(where)
+        + " ORDER BY c.captured_at, c.prediction_id"
+    )
+    return sql, tuple(params)
+
+
+def labelled_example(row: Sequence[object]) -> LabelledExample:
+    pid, version, captured_at, inputs, predicted, actual, score, observed_at = row
+    return LabelledExample(
+        str(pid),
+        int(version),  # type: ignore[call-overload]
+        float(captured_at),  # type: ignore[arg-type]
+        str(inputs),
+        int(predicted),  # type: ignore[call-overload]
+        int(actual),  # type: ignore[call-overload]
+        float(score),  # type: ignore[arg-type]
+        float(observed_at),  # type: ignore[arg-type]
+    )
 
 
 class FeedbackStore:
@@ -369,6 +439,77 @@ class FeedbackStore:
             except sqlite3.Error as exc:
                 raise self._fail(exc, "reading a label") from exc
         return None if row is None else int(row[0])
+
+    def capture(self, rows: Sequence[CaptureRecord], max_rows: int) -> int:
+        """Store captured inputs in one transaction, at most `max_rows` stored rows per model
+        (rows beyond are not stored); returns how many were stored. A prediction id already
+        captured is kept as it is."""
+        if not rows:
+            return 0
+        with self._lock:
+            try:
+                db = self._ready()
+                db.execute("BEGIN IMMEDIATE")
+                stored = 0
+                for model, group in captures_by_model(rows).items():
+                    held = db.execute(
+                        "SELECT COUNT(*) FROM captures WHERE model = ?", (model,)
+                    ).fetchone()[0]
+                    room = max(0, max_rows - int(held))
+                    for r in group[:room]:
+                        stored += db.execute(
+                            "INSERT INTO captures (prediction_id, model, version, captured_at,"
+                            " inputs) VALUES (?, ?, ?, ?, ?)"
+                            " ON CONFLICT (prediction_id) DO NOTHING",
+                            (r.prediction_id, r.model, r.version, r.captured_at, r.inputs),
+                        ).rowcount
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "storing captured inputs") from exc
+        return stored
+
+    def prune_captures(self, before: float, model: str | None = None) -> int:
+        """Delete the captures made before a time (of one model, or of all); returns how many."""
+        sql = "DELETE FROM captures WHERE captured_at < ?"
+        params: tuple[object, ...] = (before,)
+        if model is not None:
+            sql, params = sql + " AND model = ?", (before, model)
+        with self._lock:
+            try:
+                cursor = self._ready().execute(sql, params)
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "pruning captured inputs") from exc
+        return int(cursor.rowcount)
+
+    def captured(self, model: str) -> int:
+        """Captured rows of a model held now."""
+        with self._lock:
+            try:
+                row = (
+                    self._ready()
+                    .execute("SELECT COUNT(*) FROM captures WHERE model = ?", (model,))
+                    .fetchone()
+                )
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "counting captured inputs") from exc
+        return int(row[0])
+
+    def labelled_examples(
+        self,
+        model: str,
+        version: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[LabelledExample]:
+        """Captured predictions of a model that have a label, oldest capture first; `version`
+        and the window [since, until) on the capture time narrow them."""
+        sql, params = examples_query(model, version, since, until, "?")
+        with self._lock:
+            try:
+                rows = self._ready().execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "reading labelled examples") from exc
+        return [labelled_example(row) for row in rows]
 
     def models(self) -> Iterable[str]:
         """Models that have at least one label."""

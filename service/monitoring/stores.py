@@ -7,7 +7,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from service.monitoring.store import CellCount, FeedbackStore, LabelRecord, RecordResult
+from service.monitoring.store import (
+    CaptureRecord,
+    CellCount,
+    FeedbackStore,
+    LabelledExample,
+    LabelRecord,
+    RecordResult,
+)
 
 SQLITE = "sqlite:///"
 POSTGRES = ("postgresql://", "postgres://")
@@ -30,6 +37,16 @@ class LabelStore(Protocol):
     def labelled_since(self, model: str, version: int, issued_since: float) -> int: ...
     def conflicts(self, prediction_id: str) -> list[tuple[int, int, float]]: ...
     def label_of(self, prediction_id: str) -> int | None: ...
+    def capture(self, rows: Sequence[CaptureRecord], max_rows: int) -> int: ...
+    def prune_captures(self, before: float, model: str | None = None) -> int: ...
+    def captured(self, model: str) -> int: ...
+    def labelled_examples(
+        self,
+        model: str,
+        version: int | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[LabelledExample]: ...
     def models(self) -> Iterable[str]: ...
     def close(self) -> None: ...
 
