@@ -24,6 +24,7 @@ from service.monitoring.ids import PredictionIds
 from service.monitoring.metrics import Outcomes
 
 if TYPE_CHECKING:
+    from service.dataplane.shadow import ShadowRunner
     from service.monitoring.tracing import RequestTrace
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class Inference:
         self.ids = ids
         self.max_rows = max_rows
         self.observers: list[Observer] = []
+        # Runs a sampled share of a primary's requests on its shadow, after the answer.
+        self.shadows: ShadowRunner | None = None
         self._active = 0  # inference requests in flight
         self._lone_turn = False  # a request ran at once in this turn of the loop
 
@@ -167,7 +170,7 @@ class Inference:
         ids = None
         if with_ids:
             ids = self.ids.issue_many(mv.name, mv.version, class_index, score, time.time())
-        asyncio.get_running_loop().call_soon(self._count, mv, x, class_index, score, outcomes)
+        asyncio.get_running_loop().call_soon(self._count, mv, x, class_index, score, outcomes, ids)
         return Decided(mv, probs, class_index, score, ids, result)
 
     def _run_now(self, mv: ModelVersion, x: np.ndarray, tag: object) -> BatchResult | None:
@@ -191,8 +194,10 @@ class Inference:
         class_index: np.ndarray,
         score: np.ndarray,
         outcomes: Outcomes,
+        ids: list[str] | None = None,
     ) -> None:
-        """Count one answered request: the version's metrics, then each observer (drift)."""
+        """Count one answered request: the version's metrics, then each observer (drift);
+        then offer it to the model's shadow, if any."""
         m = mv.metrics
         if mv.positive_index is not None and mv.threshold is not None:
             m.score.observe_many(score)
@@ -207,3 +212,8 @@ class Inference:
                 observe(mv, x, class_index, score)
             except Exception:
                 log.exception("prediction observer failed")
+        if self.shadows is not None:
+            try:
+                self.shadows.offer(mv, x, ids)
+            except Exception:
+                log.exception("offering a request to the shadow failed")

@@ -1,0 +1,374 @@
+"""Shadow evaluation and promotion: a model's roles, the paired comparison of its primary and
+its shadow on the same labelled rows, and the promotion and rollback decisions, each kept in
+the feedback store with the figures it rested on and who asked (docs/lifecycle-shadow.md).
+
+The rule: the shadow is promoted only when at least `min_labels` labelled rows were decided
+by both versions, and the one-sided upper confidence bound (at `confidence`) of the mean
+difference in cost per row, shadow minus primary, is below zero: the shadow costs less, and
+chance alone is unlikely to explain it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
+from statistics import NormalDist
+from typing import Any, TypeVar
+
+import orjson
+
+from service.errors import BadRequestError, ConflictError
+from service.models.repository import Repository
+from service.models.roles import Roles, check_rate
+from service.monitoring.decisions import PairCell, PromotionRecord
+from service.monitoring.quality import ratio
+from service.monitoring.stores import LabelStore
+
+T = TypeVar("T")
+Run = Callable[..., Awaitable[Any]]
+ManifestOf = Callable[[str, int], Mapping[str, Any] | None]
+
+PROMOTED, REFUSED, ROLLED_BACK = "promoted", "refused", "rolled_back"
+MAX_REQUESTED_BY = 200
+METHOD = "paired mean difference of cost per row, one-sided normal bound"
+
+log = logging.getLogger(__name__)
+
+
+def key_identity(admin_key: str | None) -> str:
+    """How the promotions table names the admin key that asked (never the key itself)."""
+    if not admin_key:
+        return "no admin key"
+    return "admin-key:" + hashlib.sha256(admin_key.encode("utf-8")).hexdigest()[:12]
+
+
+def _row_cost(
+    predicted: int, actual: int, positive: int | None, costs: Mapping[str, float]
+) -> float:
+    if predicted == actual:
+        return 0.0
+    if positive is None:  # multiclass: every error costs one
+        return 1.0
+    return costs["cost_fp"] if predicted == positive else costs["cost_fn"]
+
+
+def _role_figures(
+    version: int,
+    cells: Sequence[tuple[int, int, int]],
+    positive: int | None,
+    costs: Mapping[str, float],
+) -> dict[str, Any]:
+    """Outcomes, FNR, FPR and cost per row of one role from (predicted, actual, count)."""
+    n = sum(c for _, _, c in cells)
+    total_cost = sum(_row_cost(p, a, positive, costs) * c for p, a, c in cells)
+    out: dict[str, Any] = {"version": version, "labelled": n}
+    if positive is not None:
+        counts = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
+        for p, a, c in cells:
+            said, was = p == positive, a == positive
+            counts[("t" if said == was else "f") + ("p" if said else "n")] += c
+        out.update(counts)
+        out["fnr"] = ratio(counts["fn"], counts["fn"] + counts["tp"])
+        out["fpr"] = ratio(counts["fp"], counts["fp"] + counts["tn"])
+    else:
+        out["errors"] = sum(c for p, a, c in cells if p != a)
+    out["cost_per_row"] = ratio(total_cost, n)
+    return out
+
+
+def compare(
+    primary: int,
+    shadow: int,
+    cells: Sequence[PairCell],
+    manifest: Mapping[str, Any],
+    confidence: float,
+    min_labels: int,
+) -> dict[str, Any]:
+    """The figures a promotion rests on, from the labelled rows both versions decided, with
+    the costs of the primary's manifest (binary; a multiclass error costs 1), and the
+    decision the rule makes on them."""
+    classes = list(manifest["output"]["classes"])
+    positive_class = manifest["output"].get("positive_class")
+    positive = (
+        classes.index(positive_class)
+        if manifest.get("task") == "binary" and positive_class in classes
+        else None
+    )
+    raw = manifest.get("costs") or {}
+    costs = {
+        "cost_fp": float(raw.get("cost_fp") or 1.0),
+        "cost_fn": float(raw.get("cost_fn") or 1.0),
+    }
+    n = sum(c.count for c in cells)
+    diffs = [
+        (
+            _row_cost(c.shadow_predicted, c.actual, positive, costs)
+            - _row_cost(c.primary_predicted, c.actual, positive, costs),
+            c.count,
+        )
+        for c in cells
+    ]
+    mean = sum(d * k for d, k in diffs) / n if n else None
+    upper = lower = None
+    if n >= 2 and mean is not None:
+        var = sum(k * (d - mean) ** 2 for d, k in diffs) / (n - 1)
+        z = NormalDist().inv_cdf(confidence)
+        half = z * math.sqrt(var / n)
+        upper, lower = mean + half, mean - half
+    reasons = []
+    if n < min_labels:
+        reasons.append(f"{n} labelled rows decided by both versions; at least {min_labels} needed")
+    if upper is None or upper >= 0:
+        shown = "unknown" if upper is None else f"{upper:.4g}"
+        reasons.append(
+            f"the shadow's cost per row is not lower with {confidence:.0%} confidence "
+            f"(upper bound of shadow - primary: {shown}, which must be below 0)"
+        )
+    return {
+        "primary": _role_figures(
+            primary, [(c.primary_predicted, c.actual, c.count) for c in cells], positive, costs
+        ),
+        "shadow": _role_figures(
+            shadow, [(c.shadow_predicted, c.actual, c.count) for c in cells], positive, costs
+        ),
+        "paired_labels": n,
+        "costs": costs if positive is not None else {"error": 1.0},
+        "cost_difference": {
+            "mean": mean,
+            "upper": upper,
+            "lower": lower,
+            "confidence": confidence,
+            "method": METHOD,
+        },
+        "min_labels": min_labels,
+        "promotable": not reasons,
+        "reasons": reasons,
+    }
+
+
+def _record(r: PromotionRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "model": r.model,
+        "primary_version": r.primary_version,
+        "shadow_version": r.shadow_version,
+        "decided_at": r.decided_at,
+        "outcome": r.outcome,
+        "requested_by": r.requested_by,
+        "figures": orjson.loads(r.figures),
+    }
+
+
+class Lifecycle:
+    """Roles, comparison, promotion and rollback of the models of one server."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        store: LabelStore,
+        run: Run,
+        *,
+        min_labels: int,
+        confidence: float,
+        admin_identity: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.repository = repository
+        self.store = store
+        self.run = run
+        self.min_labels = min_labels
+        self.confidence = confidence
+        self.admin_identity = admin_identity
+        self.clock = clock
+
+    def roles(self, model: str) -> dict[str, Any]:
+        """The roles in force: the primary, the shadow and its sample rate."""
+        return {"name": model, **self.repository.roles(model).record()}
+
+    async def set_shadow(self, model: str, body: Any) -> dict[str, Any]:
+        """Mark a version shadow (`{"version": 2, "sample_rate": 0.1}`) or stop shadowing
+        (`{"version": null}`); the primary in force is pinned, so it stays primary."""
+        if not isinstance(body, dict) or "version" not in body:
+            raise BadRequestError('body must be {"version": <n> | null, "sample_rate": <0..1>}')
+        unknown = set(body) - {"version", "sample_rate"}
+        if unknown:
+            raise BadRequestError(f"unexpected fields: {sorted(unknown)}")
+        current = self.repository.roles(model)
+        version = body["version"]
+        if version is not None and (
+            isinstance(version, bool) or not isinstance(version, int) or version < 1
+        ):
+            raise BadRequestError(f"version must be a version number or null; got {version!r}")
+        try:
+            rate = check_rate(body.get("sample_rate", current.sample_rate))
+        except ValueError as exc:
+            raise BadRequestError(str(exc)) from None
+        if version is not None and version == current.primary:
+            raise ConflictError(
+                f"version {version} is the primary of {model!r}; a shadow must be another version",
+                "shadow_is_primary",
+            )
+        await self.repository.set_roles(model, Roles(current.primary, version, rate))
+        log.info("model %s: shadow %s at %.3g of the primary's requests", model, version, rate)
+        return self.roles(model)
+
+    def _settings(self, body: Any) -> tuple[float, int, str]:
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise BadRequestError("the body must be a JSON object")
+        unknown = set(body) - {"confidence", "min_labels", "requested_by"}
+        if unknown:
+            raise BadRequestError(f"unexpected fields: {sorted(unknown)}")
+        confidence = body.get("confidence", self.confidence)
+        if (
+            isinstance(confidence, bool)
+            or not isinstance(confidence, int | float)
+            or not 0.5 < confidence < 1
+        ):
+            raise BadRequestError(f"confidence must be a number in (0.5, 1); got {confidence!r}")
+        min_labels = body.get("min_labels", self.min_labels)
+        if isinstance(min_labels, bool) or not isinstance(min_labels, int) or min_labels < 2:
+            raise BadRequestError(f"min_labels must be an integer >= 2; got {min_labels!r}")
+        who = body.get("requested_by", "")
+        if not isinstance(who, str) or len(who) > MAX_REQUESTED_BY:
+            raise BadRequestError(
+                f"requested_by must be text of at most {MAX_REQUESTED_BY} characters"
+            )
+        return float(confidence), min_labels, who
+
+    def _who(self, requested_by: str, header: str | None) -> str:
+        asked = requested_by.strip() or (header or "").strip()[:MAX_REQUESTED_BY] or "unnamed"
+        return f"{asked} ({self.admin_identity})"
+
+    async def comparison(
+        self, model: str, confidence: float | None = None, min_labels: int | None = None
+    ) -> dict[str, Any]:
+        """The primary and the shadow in force, compared on the labelled rows both decided."""
+        roles = self.repository.roles(model)
+        answer: dict[str, Any] = {"name": model, "roles": roles.record()}
+        if roles.shadow is None or roles.primary is None:
+            answer["comparison"] = None
+            return answer
+        manifest = self.repository.manifest(model, roles.primary) or {}
+        cells, decided = await self.run(self._read, model, roles.primary, roles.shadow)
+        answer["shadow_decisions"] = decided
+        answer["comparison"] = compare(
+            roles.primary,
+            roles.shadow,
+            cells,
+            manifest,
+            self.confidence if confidence is None else confidence,
+            self.min_labels if min_labels is None else min_labels,
+        )
+        return answer
+
+    def _read(self, model: str, primary: int, shadow: int) -> tuple[list[PairCell], int]:
+        return (
+            self.store.paired_cells(model, primary, shadow),
+            self.store.shadow_decided(model, shadow),
+        )
+
+    async def promote(self, model: str, body: Any, header: str | None) -> dict[str, Any]:
+        """Make the shadow primary when the rule allows it (the old primary becomes the
+        shadow); otherwise ConflictError (409) with the figures. Either way the decision is
+        kept in the store and logged."""
+        confidence, min_labels, who = self._settings(body)
+        who = self._who(who, header)
+        roles = self.repository.roles(model)
+        if roles.shadow is None or roles.primary is None:
+            raise ConflictError(f"model {model!r} has no shadow to promote", "no_shadow")
+        manifest = self.repository.manifest(model, roles.primary) or {}
+        cells, _ = await self.run(self._read, model, roles.primary, roles.shadow)
+        figures = compare(roles.primary, roles.shadow, cells, manifest, confidence, min_labels)
+        outcome = PROMOTED if figures["promotable"] else REFUSED
+        record = PromotionRecord(
+            model,
+            roles.primary,
+            roles.shadow,
+            self.clock(),
+            outcome,
+            who,
+            orjson.dumps(figures).decode(),
+        )
+        record_id = await self.run(self.store.record_promotion, record)
+        log.info(
+            "promotion of %s v%d over v%d %s; asked by %s; figures %s",
+            model,
+            roles.shadow,
+            roles.primary,
+            outcome,
+            who,
+            record.figures,
+        )
+        if outcome == REFUSED:
+            p, s = figures["primary"], figures["shadow"]
+            raise ConflictError(
+                f"promotion of {model!r} v{roles.shadow} over v{roles.primary} refused "
+                f"(decision {record_id}): "
+                + "; ".join(figures["reasons"])
+                + f". Cost per row on {figures['paired_labels']} paired labels: shadow "
+                f"{_fmt(s['cost_per_row'])}, primary {_fmt(p['cost_per_row'])}",
+                "promotion_refused",
+            )
+        await self.repository.set_roles(
+            model, Roles(roles.shadow, roles.primary, roles.sample_rate)
+        )
+        return {
+            **_record(replace(record, id=record_id)),
+            "roles": self.roles(model),
+        }
+
+    async def rollback(self, model: str, body: Any, header: str | None) -> dict[str, Any]:
+        """Undo the last promotion of a model: the version it replaced is primary again, and
+        the promoted one its shadow. Kept in the store like a promotion."""
+        if body is not None and (not isinstance(body, dict) or set(body) - {"requested_by"}):
+            raise BadRequestError('the body may only hold {"requested_by": "<who>"}')
+        who = self._who((body or {}).get("requested_by") or "", header)
+        roles = self.repository.roles(model)
+        history = await self.run(self.store.promotions, model, 100)
+        last = next((r for r in history if r.outcome in (PROMOTED, ROLLED_BACK)), None)
+        if last is None or last.outcome != PROMOTED or roles.primary != last.shadow_version:
+            raise ConflictError(
+                f"model {model!r} has no promotion to roll back (its primary v{roles.primary} "
+                "was not made primary by the last promotion)",
+                "nothing_to_roll_back",
+            )
+        figures = {"rolls_back": last.id, "restored": last.primary_version}
+        record = PromotionRecord(
+            model,
+            roles.primary or 0,
+            last.primary_version,
+            self.clock(),
+            ROLLED_BACK,
+            who,
+            orjson.dumps(figures).decode(),
+        )
+        record_id = await self.run(self.store.record_promotion, record)
+        log.info(
+            "rollback of %s to v%d (undoes decision %s); asked by %s",
+            model,
+            last.primary_version,
+            last.id,
+            who,
+        )
+        await self.repository.set_roles(
+            model, Roles(last.primary_version, last.shadow_version, roles.sample_rate)
+        )
+        return {
+            **_record(replace(record, id=record_id)),
+            "roles": self.roles(model),
+        }
+
+    async def history(self, model: str, limit: int = 100) -> dict[str, Any]:
+        """A model's promotion decisions and rollbacks, newest first."""
+        rows = await self.run(self.store.promotions, model, limit)
+        return {"name": model, "decisions": [_record(r) for r in rows]}
+
+
+def _fmt(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.4g}"
