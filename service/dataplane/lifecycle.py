@@ -207,12 +207,22 @@ class Lifecycle:
             rate = check_rate(body.get("sample_rate", current.sample_rate))
         except ValueError as exc:
             raise BadRequestError(str(exc)) from None
-        if version is not None and version == current.primary:
+        primary = self.repository.pinned_primary(model)
+        if primary is None:
+            # Nothing pinned yet: the latest other served version answers (so a new version
+            # that arrived in the repository can be made shadow before it answers anyone).
+            others = [v for v in self.repository.versions(model) if v != version]
+            if not others:
+                raise ConflictError(
+                    f"model {model!r} serves no other version to be primary", "no_primary"
+                )
+            primary = current.primary if current.primary != version else max(others)
+        if version is not None and version == primary:
             raise ConflictError(
                 f"version {version} is the primary of {model!r}; a shadow must be another version",
                 "shadow_is_primary",
             )
-        await self.repository.set_roles(model, Roles(current.primary, version, rate))
+        await self.repository.set_roles(model, Roles(primary, version, rate))
         log.info("model %s: shadow %s at %.3g of the primary's requests", model, version, rate)
         return self.roles(model)
 

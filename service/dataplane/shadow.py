@@ -110,10 +110,12 @@ class ShadowRunner:
         assert self._wake is not None
         while True:
             if not self._jobs:
+                self._wake.clear()  # before the flush: an offer made during it sets it again
                 await self._flush()
+                if self._jobs:
+                    continue
                 if self._closing:
                     return
-                self._wake.clear()
                 await self._wake.wait()
                 continue
             job = self._jobs.popleft()

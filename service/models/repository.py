@@ -283,6 +283,10 @@ class Repository:
         shadow = self._shadow.get(name)
         return Roles(mv.version, shadow[0].version if shadow else None, roles.sample_rate)
 
+    def pinned_primary(self, name: str) -> int | None:
+        """The primary a model's roles name (None: the latest non-shadow version answers)."""
+        return self._roles.get(name, NONE).primary
+
     def shadow_of(self, mv: ModelVersion) -> tuple[ModelVersion, float] | None:
         """(shadow version, sample rate) when `mv` is its model's primary and has a shadow."""
         entry = self._shadow.get(mv.name)
