@@ -8,7 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import BIN_CLASSES, BIN_FEATURES, add_reference_sample, make_manifest, write_version
+from tests.conftest import (
+    BIN_CLASSES,
+    BIN_FEATURES,
+    add_reference_sample,
+    make_manifest,
+    write_version,
+)
 
 MODEL = "risk"
 ADMIN_KEY = "admin-s3cret"

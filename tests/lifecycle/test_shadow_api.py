@@ -60,9 +60,10 @@ def test_a_version_marked_shadow_keeps_the_primary_and_survives_a_reload(
     client: TestClient, repo: Path
 ) -> None:
     # Without roles the latest version answers; marking v2 shadow pins v1 as the primary.
-    assert client.post("/predict", json={"model": MODEL, "instances": [[0, 0, 0]]}).json()[
-        "version"
-    ] == 2
+    assert (
+        client.post("/predict", json={"model": MODEL, "instances": [[0, 0, 0]]}).json()["version"]
+        == 2
+    )
     r = _shadow(client, {"version": 2, "sample_rate": 0.25})
     assert r.status_code == 200, r.text
     assert r.json() == {"name": MODEL, "primary": 1, "shadow": 2, "sample_rate": 0.25}
@@ -71,9 +72,10 @@ def test_a_version_marked_shadow_keeps_the_primary_and_survives_a_reload(
         "shadow": 2,
         "sample_rate": 0.25,
     }
-    assert client.post("/predict", json={"model": MODEL, "instances": [[0, 0, 0]]}).json()[
-        "version"
-    ] == 1
+    assert (
+        client.post("/predict", json={"model": MODEL, "instances": [[0, 0, 0]]}).json()["version"]
+        == 1
+    )
     # The shadow stays addressable by its version.
     assert _predict(client, [[0, 1, 0]], version=2)[0]["label"] == "spam"
     assert client.post(f"/v2/repository/models/{MODEL}/load", headers=ADMIN).status_code == 200
@@ -144,7 +146,7 @@ def test_the_admin_routes_need_the_admin_key(client: TestClient) -> None:
     assert r.status_code == 409 and r.json()["code"] == "no_shadow"
     r = client.post(f"/v2/repository/models/{MODEL}/rollback", headers=ADMIN)
     assert r.status_code == 409 and r.json()["code"] == "nothing_to_roll_back"
-    r = client.post(f"/v2/repository/models/nope/promote", headers=ADMIN)
+    r = client.post("/v2/repository/models/nope/promote", headers=ADMIN)
     assert r.status_code == 404
 
 
@@ -156,7 +158,10 @@ def test_labels_score_both_versions_and_promotion_follows_the_rule(client: TestC
         answers += _predict(client, rows[i : i + 10])
     assert {a["prediction_id"][:2] for a in answers}  # ids issued
     _wait_decided(client, len(rows))
-    items = [{"prediction_id": a["prediction_id"], "label": t} for a, t in zip(answers, truth)]
+    items = [
+        {"prediction_id": a["prediction_id"], "label": t}
+        for a, t in zip(answers, truth, strict=True)
+    ]
     r = client.post("/feedback", json={"items": items})
     assert r.json()["accepted"] == len(rows)
 
@@ -214,11 +219,14 @@ def test_labels_score_both_versions_and_promotion_follows_the_rule(client: TestC
     assert body["requested_by"].startswith("alice (admin-key:")
     assert ADMIN_KEY not in body["requested_by"]
     assert _predict(client, [[1.0, -1.0, 0.0]])[0]["label"] == "ham"  # v2 answers now
-    assert client.post("/predict", json={"model": MODEL, "instances": [[0, 0, 0]]}).json()[
-        "version"
-    ] == 2
+    assert (
+        client.post("/predict", json={"model": MODEL, "instances": [[0, 0, 0]]}).json()["version"]
+        == 2
+    )
 
-    r = client.post(f"/v2/repository/models/{MODEL}/rollback", headers=ADMIN, json={"requested_by": "bob"})
+    r = client.post(
+        f"/v2/repository/models/{MODEL}/rollback", headers=ADMIN, json={"requested_by": "bob"}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["roles"]["primary"] == 1 and r.json()["outcome"] == "rolled_back"
     history = client.get(f"/v2/repository/models/{MODEL}/promotions", headers=ADMIN).json()

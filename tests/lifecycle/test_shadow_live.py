@@ -119,7 +119,10 @@ def test_a_better_shadow_is_measured_refused_without_labels_and_promoted_under_l
     assert r.status_code == 409 and r.json()["code"] == "promotion_refused", r.text
     assert "0 labelled rows decided by both versions; at least 100 needed" in r.json()["error"]
 
-    items = [{"prediction_id": a["prediction_id"], "label": t} for a, t in zip(answers, truth)]
+    items = [
+        {"prediction_id": a["prediction_id"], "label": t}
+        for a, t in zip(answers, truth, strict=True)
+    ]
     for i in range(0, len(items), 200):
         r = httpx.post(f"{url}/feedback", json={"items": items[i : i + 200]})
         assert r.status_code == 200 and r.json()["accepted"] == len(items[i : i + 200])
