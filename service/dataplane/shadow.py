@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # Rows that may wait for shadows (all models together) before sampled requests are dropped.
 QUEUE_ROWS = 4096
+# Rows of queued requests handed to the shadows at once (their batchers merge them).
+BATCH_ROWS = 256
 # Decisions written to the store in one call, at most (a batch is also written whenever the
 # queue runs empty).
 WRITE_ROWS = 512
@@ -118,12 +120,18 @@ class ShadowRunner:
                     return
                 await self._wake.wait()
                 continue
-            job = self._jobs.popleft()
+            # The jobs queued now run together, so that the shadow's batcher merges them.
+            jobs = [self._jobs.popleft()]
+            rows = len(jobs[0].x)
+            while self._jobs and rows + len(self._jobs[0].x) <= BATCH_ROWS:
+                rows += len(self._jobs[0].x)
+                jobs.append(self._jobs.popleft())
             try:
-                await self._run(job)
+                await asyncio.gather(*(self._run(job) for job in jobs))
             finally:
-                self._queued -= len(job.x)
-                self.repository.release(job.shadow)
+                for job in jobs:
+                    self._queued -= len(job.x)
+                    self.repository.release(job.shadow)
             if len(self._pending) >= WRITE_ROWS:
                 await self._flush()
 
