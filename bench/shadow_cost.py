@@ -1,14 +1,16 @@
 """What a shadow costs the primary: predict throughput and latency of one server process with
-no shadow, a shadow on 10% and on 100% of the requests, and a slow shadow on 10%.
+no shadow, a shadow on 10% and on 100% of the requests, and a slow shadow on 10% and 100%.
 
 Each case is a fresh `python -m service` on the two versions of the shadow tests (a primary
-and a challenger of the same size) plus a slow challenger (a deep MLP, ~100x the compute per
-row); wrk sends single-row `/predict` requests without a version, so the primary answers and
-the shadow runs after the answer. "No shadow" pins the primary with a shadow at rate 0 (the
-sampling check still runs). The server's /metrics says how many sampled rows the shadow
-decided and how many it dropped because its queue was full.
+and a challenger of the same size) plus a slow challenger (a deep MLP: about 19 ms for one
+row and 67 ms for 32 on one core of the machine of docs/benchmarks.md, where the primary
+takes tens of microseconds); wrk sends single-row `/predict` requests without a version, so
+the primary answers and the shadow runs after the answer. "No shadow" pins the primary with
+a shadow at rate 0 (the sampling check still runs). The cases run round-robin `--repeat`
+times (the machine is shared; the median run is reported). The server's /metrics says how
+many sampled rows the shadow decided and how many it dropped because its queue was full.
 
-Usage: python -m bench.shadow_cost [--seconds 8] [--connections 8] [--out FILE.json]
+Usage: python -m bench.shadow_cost [--seconds 8] [--connections 8] [--repeat 3] [--out FILE]
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from tests.lifecycle.shadow_support import MODEL, write_pair
 LUA = Path(__file__).resolve().parent / "wrk" / "post.lua"
 BODY = json.dumps({"model": MODEL, "instances": [[0.5, -0.3, 1.2]]})
 # The slow challenger: 3 -> HIDDEN -> (DEPTH x HIDDEN) -> 2.
-HIDDEN, DEPTH = 512, 12
+HIDDEN, DEPTH = 2048, 16
 CASES = (
     ("no shadow", f"{MODEL}=2:0"),
     ("shadow 10%", f"{MODEL}=2:0.1"),
     ("shadow 100%", f"{MODEL}=2:1.0"),
     ("slow shadow 10%", f"{MODEL}=3:0.1"),
+    ("slow shadow 100%", f"{MODEL}=3:1.0"),
 )
 
 
@@ -145,21 +148,35 @@ def run_case(name: str, shadows: str, work: Path, seconds: int, conns: int) -> d
     }
 
 
+def _median(name: str, found: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median run of a case by throughput, with every run's throughput beside it."""
+    ordered = sorted(found, key=lambda r: r["requests_per_s"])
+    row = dict(ordered[len(ordered) // 2])
+    row["runs_requests_per_s"] = [r["requests_per_s"] for r in found]
+    row["errors"] = sum(r["errors"] for r in found)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    rows = []
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in CASES}
     with tempfile.TemporaryDirectory(prefix="verdict-bench-shadow-") as tmp:
         work = Path(tmp)
         write_pair(work / "models")
         write_slow(work / "models")
-        for name, shadows in CASES:
-            row = run_case(name, shadows, work, args.seconds, args.connections)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+        for _ in range(args.repeat):
+            for name, shadows in CASES:
+                row = run_case(name, shadows, work, args.seconds, args.connections)
+                print(json.dumps(row), flush=True)
+                runs[name].append(row)
+    rows = [_median(name, found) for name, found in runs.items()]
+    for row in rows:
+        print("MEDIAN", json.dumps(row), flush=True)
     meta = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
