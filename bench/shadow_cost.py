@@ -5,10 +5,11 @@ Each case is a fresh `python -m service` on the two versions of the shadow tests
 and a challenger of the same size) plus a slow challenger (a deep MLP: about 19 ms for one
 row and 67 ms for 32 on one core of the machine of docs/benchmarks.md, where the primary
 takes tens of microseconds); wrk sends single-row `/predict` requests without a version, so
-the primary answers and the shadow runs after the answer. "No shadow" pins the primary with
-a shadow at rate 0 (the sampling check still runs). The cases run round-robin `--repeat`
-times (the machine is shared; the median run is reported). The server's /metrics says how
-many sampled rows the shadow decided and how many it dropped because its queue was full.
+the primary answers and the shadow runs after the answer. Version 1 is the primary in every
+case (a roles file per case); "no shadow" is a shadow at rate 0 (the sampling check still
+runs). The cases run round-robin `--repeat` times (the machine is shared; the median run is
+reported). The server's /metrics says how many sampled rows the shadow decided and how many
+it dropped because its queue was full.
 
 Usage: python -m bench.shadow_cost [--seconds 8] [--connections 8] [--repeat 3] [--out FILE]
 """
@@ -35,12 +36,13 @@ LUA = Path(__file__).resolve().parent / "wrk" / "post.lua"
 BODY = json.dumps({"model": MODEL, "instances": [[0.5, -0.3, 1.2]]})
 # The slow challenger: 3 -> HIDDEN -> (DEPTH x HIDDEN) -> 2.
 HIDDEN, DEPTH = 2048, 16
+# (case, shadow version, sample rate); version 1 is the primary throughout.
 CASES = (
-    ("no shadow", f"{MODEL}=2:0"),
-    ("shadow 10%", f"{MODEL}=2:0.1"),
-    ("shadow 100%", f"{MODEL}=2:1.0"),
-    ("slow shadow 10%", f"{MODEL}=3:0.1"),
-    ("slow shadow 100%", f"{MODEL}=3:1.0"),
+    ("no shadow", 2, 0.0),
+    ("shadow 10%", 2, 0.1),
+    ("shadow 100%", 2, 1.0),
+    ("slow shadow 10%", 3, 0.1),
+    ("slow shadow 100%", 3, 1.0),
 )
 
 
@@ -116,19 +118,25 @@ def _shadow_rows(text: str) -> dict[str, int]:
     return rows
 
 
-def run_case(name: str, shadows: str, work: Path, seconds: int, conns: int) -> dict[str, Any]:
-    """One row of the table: a fresh server with the shadow setting, wrk, then /metrics."""
+def run_case(
+    name: str, shadow: int, rate: float, work: Path, seconds: int, conns: int
+) -> dict[str, Any]:
+    """One row of the table: a fresh server with v1 primary and the shadow given (its roles
+    file), wrk, then /metrics."""
+    roles = {"primary": 1, "shadow": shadow, "sample_rate": rate}
+    (work / "models" / MODEL / "roles.json").write_text(json.dumps(roles))
     env = {
         "VERDICT_MODEL_REPOSITORY": str(work / "models"),
         "VERDICT_FEEDBACK_URL": f"sqlite:///{work}/{name.replace(' ', '-')}.sqlite3",
         "VERDICT_PREDICTION_ID_KEY": "bench-key",
-        "VERDICT_SHADOWS": shadows,
     }
     server = LiveServer(env)
     try:
         server.wait_ready()
         body = work / "body.json"
         body.write_text(BODY)
+        answer = httpx.post(f"{server.url}/predict", content=BODY, timeout=30).json()
+        assert answer["version"] == 1, answer  # the primary answers
         _wrk(server.url, body, 2, conns)  # warm-up
         run = _wrk(server.url, body, seconds, conns)
         rows = _shadow_rows(httpx.get(f"{server.url}/metrics", timeout=30).text)
@@ -137,7 +145,7 @@ def run_case(name: str, shadows: str, work: Path, seconds: int, conns: int) -> d
     elapsed = run["duration_us"] / 1e6
     return {
         "case": name,
-        "shadows": shadows,
+        "roles": roles,
         "requests_per_s": round(run["requests"] / elapsed, 1),
         "p50_ms": round(run["p50_us"] / 1000, 2),
         "p99_ms": round(run["p99_us"] / 1000, 2),
@@ -164,14 +172,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in CASES}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in CASES}
     with tempfile.TemporaryDirectory(prefix="verdict-bench-shadow-") as tmp:
         work = Path(tmp)
         write_pair(work / "models")
         write_slow(work / "models")
         for _ in range(args.repeat):
-            for name, shadows in CASES:
-                row = run_case(name, shadows, work, args.seconds, args.connections)
+            for name, shadow, rate in CASES:
+                row = run_case(name, shadow, rate, work, args.seconds, args.connections)
                 print(json.dumps(row), flush=True)
                 runs[name].append(row)
     rows = [_median(name, found) for name, found in runs.items()]
