@@ -265,3 +265,19 @@ def test_a_failing_shadow_never_changes_an_answer(client: TestClient) -> None:
     ) < len(rows):
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("text", ["risk", "risk=two", "risk=2:1.5", "risk=0", "=2"])
+def test_a_bad_shadows_setting_stops_the_server(text: str, tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="shadow"):
+        make_settings(tmp_path, tmp_path, shadows=text)
+
+
+def test_a_broken_roles_file_keeps_the_roles_in_force(client: TestClient, repo: Path) -> None:
+    assert _shadow(client, {"version": 2, "sample_rate": 0.5}).status_code == 200
+    (repo / MODEL / "roles.json").write_text("{not json")
+    assert client.post(f"/v2/repository/models/{MODEL}/load", headers=ADMIN).status_code == 200
+    roles = client.get(f"/v2/repository/models/{MODEL}/roles", headers=ADMIN).json()
+    assert (roles["primary"], roles["shadow"], roles["sample_rate"]) == (1, 2, 0.5)
