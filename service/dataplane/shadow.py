@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 QUEUE_ROWS = 4096
 # Rows of queued requests handed to the shadows at once (their batchers merge them).
 BATCH_ROWS = 256
+# The share of the time the shadows may run (the rest they wait, and their queue drops what
+# does not fit); runs shorter than IDLE_AFTER_S (a cheap shadow run inline) wait nothing.
+BUSY_SHARE = 0.25
+IDLE_AFTER_S = 0.002
 # Decisions written to the store in one call, at most (a batch is also written whenever the
 # queue runs empty).
 WRITE_ROWS = 512
@@ -126,14 +130,20 @@ class ShadowRunner:
             while self._jobs and rows + len(self._jobs[0].x) <= BATCH_ROWS:
                 rows += len(self._jobs[0].x)
                 jobs.append(self._jobs.popleft())
+            started = time.perf_counter()
             try:
                 await asyncio.gather(*(self._run(job) for job in jobs))
             finally:
                 for job in jobs:
                     self._queued -= len(job.x)
                     self.repository.release(job.shadow)
+            spent = time.perf_counter() - started
             if len(self._pending) >= WRITE_ROWS:
                 await self._flush()
+            # A shadow gets at most BUSY_SHARE of the time: a slow one then drops sampled
+            # requests instead of taking the CPU the primary needs.
+            if spent > IDLE_AFTER_S:
+                await asyncio.sleep(spent * (1.0 - BUSY_SHARE) / BUSY_SHARE)
 
     async def _run(self, job: _Job) -> None:
         shadow = job.shadow
