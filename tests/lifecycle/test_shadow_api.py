@@ -281,3 +281,34 @@ def test_a_broken_roles_file_keeps_the_roles_in_force(client: TestClient, repo: 
     assert client.post(f"/v2/repository/models/{MODEL}/load", headers=ADMIN).status_code == 200
     roles = client.get(f"/v2/repository/models/{MODEL}/roles", headers=ADMIN).json()
     assert (roles["primary"], roles["shadow"], roles["sample_rate"]) == (1, 2, 0.5)
+
+
+def test_a_slow_shadow_never_changes_an_answer(repo: Path, tmp_path: Path) -> None:
+    from bench.shadow_cost import write_slow
+
+    write_slow(repo, version=3)  # a deep MLP: tens of milliseconds a run
+    rows, _ = shifted_rows(30, seed=9)
+    (repo / MODEL / "roles.json").write_text(
+        json.dumps({"primary": 1, "shadow": 3, "sample_rate": 0})
+    )
+    for c in _client(repo, tmp_path):
+        before = [_predict(c, [row])[0] for row in rows]
+        assert _shadow(c, {"version": 3, "sample_rate": 1.0}).status_code == 200
+        after = [_predict(c, [row])[0] for row in rows]
+        registry = c.app.state.registry  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 30
+        while (
+            registry.get_sample_value(
+                "verdict_shadow_rows_total", {"model": MODEL, "version": "3", "outcome": "decided"}
+            )
+            or 0
+        ) + (
+            registry.get_sample_value(
+                "verdict_shadow_rows_total", {"model": MODEL, "version": "3", "outcome": "dropped"}
+            )
+            or 0
+        ) < len(rows):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    strip = [{k: v for k, v in p.items() if k != "prediction_id"} for p in before]
+    assert [{k: v for k, v in p.items() if k != "prediction_id"} for p in after] == strip
