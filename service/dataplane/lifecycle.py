@@ -10,13 +10,12 @@ chance alone is unlikely to explain it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
-from statistics import NormalDist
 from typing import Any, TypeVar
 
 import orjson
@@ -24,8 +23,8 @@ import orjson
 from service.errors import BadRequestError, ConflictError
 from service.models.repository import Repository
 from service.models.roles import Roles, check_rate
+from service.monitoring.comparison import compare
 from service.monitoring.decisions import PairCell, PromotionRecord
-from service.monitoring.quality import ratio
 from service.monitoring.stores import LabelStore
 
 T = TypeVar("T")
@@ -34,7 +33,6 @@ ManifestOf = Callable[[str, int], Mapping[str, Any] | None]
 
 PROMOTED, REFUSED, ROLLED_BACK = "promoted", "refused", "rolled_back"
 MAX_REQUESTED_BY = 200
-METHOD = "paired mean difference of cost per row, one-sided normal bound"
 
 log = logging.getLogger(__name__)
 
@@ -44,110 +42,6 @@ def key_identity(admin_key: str | None) -> str:
     if not admin_key:
         return "no admin key"
     return "admin-key:" + hashlib.sha256(admin_key.encode("utf-8")).hexdigest()[:12]
-
-
-def _row_cost(
-    predicted: int, actual: int, positive: int | None, costs: Mapping[str, float]
-) -> float:
-    if predicted == actual:
-        return 0.0
-    if positive is None:  # multiclass: every error costs one
-        return 1.0
-    return costs["cost_fp"] if predicted == positive else costs["cost_fn"]
-
-
-def _role_figures(
-    version: int,
-    cells: Sequence[tuple[int, int, int]],
-    positive: int | None,
-    costs: Mapping[str, float],
-) -> dict[str, Any]:
-    """Outcomes, FNR, FPR and cost per row of one role from (predicted, actual, count)."""
-    n = sum(c for _, _, c in cells)
-    total_cost = sum(_row_cost(p, a, positive, costs) * c for p, a, c in cells)
-    out: dict[str, Any] = {"version": version, "labelled": n}
-    if positive is not None:
-        counts = {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
-        for p, a, c in cells:
-            said, was = p == positive, a == positive
-            counts[("t" if said == was else "f") + ("p" if said else "n")] += c
-        out.update(counts)
-        out["fnr"] = ratio(counts["fn"], counts["fn"] + counts["tp"])
-        out["fpr"] = ratio(counts["fp"], counts["fp"] + counts["tn"])
-    else:
-        out["errors"] = sum(c for p, a, c in cells if p != a)
-    out["cost_per_row"] = ratio(total_cost, n)
-    return out
-
-
-def compare(
-    primary: int,
-    shadow: int,
-    cells: Sequence[PairCell],
-    manifest: Mapping[str, Any],
-    confidence: float,
-    min_labels: int,
-) -> dict[str, Any]:
-    """The figures a promotion rests on, from the labelled rows both versions decided, with
-    the costs of the primary's manifest (binary; a multiclass error costs 1), and the
-    decision the rule makes on them."""
-    classes = list(manifest["output"]["classes"])
-    positive_class = manifest["output"].get("positive_class")
-    positive = (
-        classes.index(positive_class)
-        if manifest.get("task") == "binary" and positive_class in classes
-        else None
-    )
-    raw = manifest.get("costs") or {}
-    costs = {
-        "cost_fp": float(raw.get("cost_fp") or 1.0),
-        "cost_fn": float(raw.get("cost_fn") or 1.0),
-    }
-    n = sum(c.count for c in cells)
-    diffs = [
-        (
-            _row_cost(c.shadow_predicted, c.actual, positive, costs)
-            - _row_cost(c.primary_predicted, c.actual, positive, costs),
-            c.count,
-        )
-        for c in cells
-    ]
-    mean = sum(d * k for d, k in diffs) / n if n else None
-    upper = lower = None
-    if n >= 2 and mean is not None:
-        var = sum(k * (d - mean) ** 2 for d, k in diffs) / (n - 1)
-        z = NormalDist().inv_cdf(confidence)
-        half = z * math.sqrt(var / n)
-        upper, lower = mean + half, mean - half
-    reasons = []
-    if n < min_labels:
-        reasons.append(f"{n} labelled rows decided by both versions; at least {min_labels} needed")
-    if upper is None or upper >= 0:
-        shown = "unknown" if upper is None else f"{upper:.4g}"
-        reasons.append(
-            f"the shadow's cost per row is not lower with {confidence:.0%} confidence "
-            f"(upper bound of shadow - primary: {shown}, which must be below 0)"
-        )
-    return {
-        "primary": _role_figures(
-            primary, [(c.primary_predicted, c.actual, c.count) for c in cells], positive, costs
-        ),
-        "shadow": _role_figures(
-            shadow, [(c.shadow_predicted, c.actual, c.count) for c in cells], positive, costs
-        ),
-        "paired_labels": n,
-        "costs": costs if positive is not None else {"error": 1.0},
-        "cost_difference": {
-            "mean": mean,
-            "upper": upper,
-            "lower": lower,
-            "confidence": confidence,
-            "method": METHOD,
-        },
-        "min_labels": min_labels,
-        "promotable": not reasons,
-        "reasons": reasons,
-    }
 
 
 def _record(r: PromotionRecord) -> dict[str, Any]:
@@ -184,12 +78,24 @@ class Lifecycle:
         self.confidence = confidence
         self.admin_identity = admin_identity
         self.clock = clock
+        # One role change of a model at a time: two promotions asked at once must not both
+        # read the same roles and swap twice.
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, model: str) -> asyncio.Lock:
+        return self._locks.setdefault(model, asyncio.Lock())
 
     def roles(self, model: str) -> dict[str, Any]:
         """The roles in force: the primary, the shadow and its sample rate."""
         return {"name": model, **self.repository.roles(model).record()}
 
     async def set_shadow(self, model: str, body: Any) -> dict[str, Any]:
+        """Mark a version shadow (`{"version": 2, "sample_rate": 0.1}`) or stop shadowing
+        (`{"version": null}`); the primary in force is pinned, so it stays primary."""
+        async with self._lock(model):
+            return await self._set_shadow(model, body)
+
+    async def _set_shadow(self, model: str, body: Any) -> dict[str, Any]:
         """Mark a version shadow (`{"version": 2, "sample_rate": 0.1}`) or stop shadowing
         (`{"version": null}`); the primary in force is pinned, so it stays primary."""
         if not isinstance(body, dict) or "version" not in body:
@@ -284,6 +190,11 @@ class Lifecycle:
         )
 
     async def promote(self, model: str, body: Any, header: str | None) -> dict[str, Any]:
+        """Make the shadow primary when the rule allows it (see `_promote`)."""
+        async with self._lock(model):
+            return await self._promote(model, body, header)
+
+    async def _promote(self, model: str, body: Any, header: str | None) -> dict[str, Any]:
         """Make the shadow primary when the rule allows it (the old primary becomes the
         shadow); otherwise ConflictError (409) with the figures. Either way the decision is
         kept in the store and logged."""
@@ -334,6 +245,11 @@ class Lifecycle:
         }
 
     async def rollback(self, model: str, body: Any, header: str | None) -> dict[str, Any]:
+        """Undo the last promotion of a model (see `_rollback`)."""
+        async with self._lock(model):
+            return await self._rollback(model, body, header)
+
+    async def _rollback(self, model: str, body: Any, header: str | None) -> dict[str, Any]:
         """Undo the last promotion of a model: the version it replaced is primary again, and
         the promoted one its shadow. Kept in the store like a promotion."""
         if body is not None and (not isinstance(body, dict) or set(body) - {"requested_by"}):

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from service.dataplane.lifecycle import compare, key_identity
+from service.dataplane.lifecycle import key_identity
+from service.monitoring.comparison import compare
 from service.monitoring.decisions import PairCell
 
 MANIFEST = {
