@@ -1,6 +1,5 @@
-"""The data plane: what a request means (inference, metadata, feedback, access,
-lifecycle), for every
-transport alike. It raises `service.errors.VerdictError`s and never sees HTTP or gRPC."""
+"""The data plane: what a request means (inference, metadata, feedback, access, lifecycle),
+for every transport alike. It raises `service.errors.VerdictError`s and never sees HTTP or gRPC."""
 
 from __future__ import annotations
 
