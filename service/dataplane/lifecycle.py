@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from service.errors import BadRequestError, ConflictError
+from service.errors import BadRequestError, ConflictError, VerdictError
 from service.models.repository import Repository
 from service.models.roles import Roles, check_rate
 from service.monitoring.comparison import compare
@@ -31,7 +31,7 @@ T = TypeVar("T")
 Run = Callable[..., Awaitable[Any]]
 ManifestOf = Callable[[str, int], Mapping[str, Any] | None]
 
-PROMOTED, REFUSED, ROLLED_BACK = "promoted", "refused", "rolled_back"
+PROMOTED, REFUSED, ROLLED_BACK, FAILED = "promoted", "refused", "rolled_back", "failed"
 MAX_REQUESTED_BY = 200
 
 log = logging.getLogger(__name__)
@@ -236,9 +236,7 @@ class Lifecycle:
                 f"{_fmt(s['cost_per_row'])}, primary {_fmt(p['cost_per_row'])}",
                 "promotion_refused",
             )
-        await self.repository.set_roles(
-            model, Roles(roles.shadow, roles.primary, roles.sample_rate)
-        )
+        await self._swap(model, Roles(roles.shadow, roles.primary, roles.sample_rate), record)
         return {
             **_record(replace(record, id=record_id)),
             "roles": self.roles(model),
@@ -264,6 +262,12 @@ class Lifecycle:
                 "was not made primary by the last promotion)",
                 "nothing_to_roll_back",
             )
+        if last.primary_version not in self.repository.versions(model):
+            raise ConflictError(
+                f"version {last.primary_version} of {model!r}, which the last promotion "
+                "replaced, is not served; load it (make it the shadow) first",
+                "rollback_target_not_served",
+            )
         figures = {"rolls_back": last.id, "restored": last.primary_version}
         record = PromotionRecord(
             model,
@@ -282,13 +286,37 @@ class Lifecycle:
             last.id,
             who,
         )
-        await self.repository.set_roles(
-            model, Roles(last.primary_version, last.shadow_version, roles.sample_rate)
+        await self._swap(
+            model, Roles(last.primary_version, last.shadow_version, roles.sample_rate), record
         )
         return {
             **_record(replace(record, id=record_id)),
             "roles": self.roles(model),
         }
+
+    async def _swap(self, model: str, roles: Roles, decided: PromotionRecord) -> None:
+        """Apply the roles a kept decision grants; when that fails (the model folder cannot
+        be written, a version vanished), keep a `failed` row beside the decision."""
+        try:
+            await self.repository.set_roles(model, roles)
+        except VerdictError as exc:
+            log.error(
+                "model %s: the roles of decision %s were not applied: %s",
+                model,
+                decided.outcome,
+                exc.message,
+            )
+            failed = replace(
+                decided,
+                outcome=FAILED,
+                decided_at=self.clock(),
+                figures=orjson.dumps({"error": exc.message}).decode(),
+            )
+            try:
+                await self.run(self.store.record_promotion, failed)
+            except VerdictError:
+                log.exception("model %s: the failed swap could not be kept", model)
+            raise
 
     async def history(self, model: str, limit: int = 100) -> dict[str, Any]:
         """A model's promotion decisions and rollbacks, newest first."""
