@@ -183,6 +183,24 @@ class ModelLoadError(VerdictError):
         self.measured = measured
 
 
+class ConflictError(VerdictError):
+    """The request is understood but the state it would act on does not allow it (a promotion
+    the labels do not support, a rollback with nothing to roll back to)."""
+
+    status_code = 409
+
+    def __init__(self, message: str, code: str = "conflict") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RolesNotKeptError(VerdictError):
+    """The model repository cannot keep a model's roles file (read-only, full)."""
+
+    status_code = 409
+    code = "roles_not_kept"
+
+
 # -- the server's state ----------------------------------------------------------------------
 
 

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.models.roles import Roles, parse_shadows
+
 # Settings of earlier releases: a renamed one stops the server (its value would be lost
 # silently), a removed one is ignored with a warning that says why.
 RENAMED = {"VERDICT_BODY_TIMEOUT_S": "VERDICT_READ_TIMEOUT_S"}
@@ -253,6 +255,27 @@ class Settings(BaseSettings):
         description="Allowed CORS origins (comma-separated, or *) for browser clients; "
         "empty = CORS off.",
     )
+    shadows: str = Field(
+        default="",
+        description="Shadow versions, `name=version[:rate]` comma-separated (e.g. "
+        "`breast-cancer=2:0.1`): the version runs on that share of the model's requests, off "
+        "the response path, and its decisions are scored by the same labels. A model's "
+        "roles.json (written by the admin API) takes precedence. Set it to evaluate a "
+        "challenger on live traffic.",
+    )
+    promotion_min_labels: int = Field(
+        default=200,
+        ge=2,
+        description="Fewest labelled rows that both the primary and the shadow decided before a "
+        "promotion may be granted; raise it where errors are rare.",
+    )
+    promotion_confidence: float = Field(
+        default=0.95,
+        gt=0.5,
+        lt=1.0,
+        description="One-sided confidence with which the shadow's expected cost per row must be "
+        "below the primary's for a promotion; raise it for costly mistakes.",
+    )
     monitored_features_max: int = Field(
         default=32,
         ge=0,
@@ -313,6 +336,12 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("shadows")
+    @classmethod
+    def _valid_shadows(cls, value: str) -> str:
+        parse_shadows(value)
+        return value
+
     @field_validator("version_policy")
     @classmethod
     def _valid_policy(cls, value: str) -> str:
@@ -327,6 +356,10 @@ class Settings(BaseSettings):
         path = self.feedback_db
         # A SQLite `file:` URI (e.g. `file:/data/f.db?mode=ro`) keeps its parameters.
         return "sqlite:///" + (path.removeprefix("file:") if path.startswith("file:") else path)
+
+    def shadow_roles(self) -> dict[str, Roles]:
+        """The roles VERDICT_SHADOWS gives, by model."""
+        return parse_shadows(self.shadows)
 
     @property
     def policy(self) -> VersionPolicy:

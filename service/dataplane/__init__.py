@@ -1,5 +1,5 @@
-"""The data plane: what a request means (inference, metadata, feedback, access), for every
-transport alike. It raises `service.errors.VerdictError`s and never sees HTTP or gRPC."""
+"""The data plane: what a request means (inference, metadata, feedback, access, lifecycle),
+for every transport alike. It raises `service.errors.VerdictError`s and never sees HTTP or gRPC."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from service.dataplane.access import Access
 from service.dataplane.feedback import FeedbackService
 from service.dataplane.inference import Inference
+from service.dataplane.lifecycle import Lifecycle
 from service.dataplane.metadata import Metadata
 
 
@@ -19,6 +20,7 @@ class DataPlane:
     metadata: Metadata
     feedback: FeedbackService
     access: Access
+    lifecycle: Lifecycle
 
 
-__all__ = ["Access", "DataPlane", "FeedbackService", "Inference", "Metadata"]
+__all__ = ["Access", "DataPlane", "FeedbackService", "Inference", "Lifecycle", "Metadata"]

@@ -4,6 +4,7 @@ and reads labelled quality back from the store."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import Counter as Tally
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from service.errors import InvalidFeedbackError, ModelNotFoundError
+from service.errors import InvalidFeedbackError, ModelNotFoundError, StoreUnavailableError
+from service.monitoring.decisions import ShadowDecision
 from service.monitoring.ids import PredictionIds, PredictionRef
 from service.monitoring.quality import (
     CONFIDENCE,
@@ -21,10 +23,11 @@ from service.monitoring.quality import (
     summarise,
     training_figures,
 )
-from service.monitoring.store import TIME_COLUMNS, CellCount, LabelRecord
+from service.monitoring.store import TIME_COLUMNS, CellCount, LabelRecord, RecordResult
 from service.monitoring.stores import LabelStore
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 RESULTS = ("accepted", "duplicate", "conflict", "unknown", "invalid")
 MAX_ITEMS = 1000
@@ -62,6 +65,10 @@ class FeedbackMetrics(Protocol):
     @property
     def label_delay(self) -> _Family:
         """verdict_label_delay_seconds{model}"""
+
+    @property
+    def shadow_outcomes(self) -> _Family:
+        """verdict_shadow_outcomes_total{model,version,role,outcome}"""
 
 
 def items_of(body: Any) -> list[Any]:
@@ -141,6 +148,7 @@ class FeedbackService:
         versions_of: VersionsOf | None = None,
         predictions_issued: PredictionsIssued | None = None,
         clock: Callable[[], float] = time.time,
+        shadowed: Callable[[str], bool] | None = None,
     ) -> None:
         self.store = store
         self.ids = ids
@@ -150,6 +158,9 @@ class FeedbackService:
         self.versions_of = versions_of
         self.predictions_issued = predictions_issued
         self.clock = clock
+        # Whether a model has a shadow now: then an accepted label also scores the shadow's
+        # decision on the same prediction (read from the store: any replica may have made it).
+        self.shadowed = shadowed
         self._executor = ThreadPoolExecutor(
             max_workers=store.threads, thread_name_prefix="feedback-store"
         )
@@ -171,6 +182,10 @@ class FeedbackService:
         (locked file, slow disk, unreachable server) then holds no thread inference needs.
         """
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def call_store(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking store call on the store's threads (for the shadow evaluation)."""
+        return await self._run(fn, *args)
 
     def rebuild(self) -> None:
         """Nothing to rebuild: quality is computed from the store on each read."""
@@ -249,7 +264,8 @@ class FeedbackService:
         now = self.clock()
         checked = [self._check(item, now) for item in items]
         records = [c.record for c in checked if c.record is not None]
-        stored = iter(await self._run(self.store.record, records) if records else [])
+        results, decisions = await self._run(self._record, records) if records else ([], {})
+        stored = iter(results)
 
         answers = []
         for record, ref, answer in ((c.record, c.ref, c.answer) for c in checked):
@@ -257,12 +273,56 @@ class FeedbackService:
                 answer["result"] = next(stored)
                 if answer["result"] == "accepted":
                     self._count_accepted(record)
+                    for decision in decisions.get(record.prediction_id, ()):
+                        self._count_paired(record, decision)
                 elif answer["result"] == "conflict":
                     answer["message"] = "this prediction already has a different label; kept it"
             model = ref.model if ref is not None else NO_MODEL
             self.metrics.feedback_items.labels(model=model, result=answer["result"]).inc()
             answers.append(answer)
         return answers
+
+    def _record(
+        self, records: list[LabelRecord]
+    ) -> tuple[list[RecordResult], dict[str, list[ShadowDecision]]]:
+        """Record labels; then read the shadow decisions of the accepted ones (of models with
+        a shadow). Labels are committed first: a failed read only leaves the shadow's
+        outcome metrics short (the store, which promotion reads, has every row)."""
+        results = self.store.record(records)
+        wanted = [
+            r.prediction_id
+            for r, result in zip(records, results, strict=True)
+            if result == "accepted" and self.shadowed is not None and self.shadowed(r.model)
+        ]
+        decisions: dict[str, list[ShadowDecision]] = {}
+        if wanted:
+            try:
+                for d in self.store.shadow_decisions_of(wanted):
+                    decisions.setdefault(d.prediction_id, []).append(d)
+            except StoreUnavailableError as exc:
+                log.warning("shadow decisions of %d labels not read: %s", len(wanted), exc)
+        return results, decisions
+
+    def _count_paired(self, record: LabelRecord, decision: ShadowDecision) -> None:
+        """The outcomes of a labelled row that a shadow also decided, for both roles."""
+        manifest = self.manifest_of(record.model, record.version)
+        if manifest is None or manifest.get("task") != "binary":
+            return
+        classes = list(manifest["output"]["classes"])
+        positive = manifest["output"].get("positive_class")
+        if positive not in classes:
+            return
+        k = classes.index(positive)
+        was = record.actual == k
+        for role, version, predicted in (
+            ("primary", record.version, record.predicted),
+            ("shadow", decision.version, decision.predicted),
+        ):
+            said = predicted == k
+            outcome = ("t" if said == was else "f") + ("p" if said else "n")
+            self.metrics.shadow_outcomes.labels(
+                model=record.model, version=str(version), role=role, outcome=outcome
+            ).inc()
 
     def _count_accepted(self, record: LabelRecord) -> None:
         manifest = self.manifest_of(record.model, record.version)

@@ -24,6 +24,7 @@ from service.monitoring.ids import PredictionIds
 from service.monitoring.metrics import Outcomes
 
 if TYPE_CHECKING:
+    from service.dataplane.shadow import ShadowRunner
     from service.monitoring.capture import Capture
     from service.monitoring.tracing import RequestTrace
 
@@ -56,6 +57,8 @@ class Inference:
         self.observers: list[Observer] = []
         # Input capture (docs/lifecycle.md); None unless some model has a capture rate.
         self.capture: Capture | None = None
+        # Runs a sampled share of a primary's requests on its shadow, after the answer.
+        self.shadows: ShadowRunner | None = None
         self._active = 0  # inference requests in flight
         self._lone_turn = False  # a request ran at once in this turn of the loop
 
@@ -197,7 +200,8 @@ class Inference:
         ids: list[str] | None = None,
     ) -> None:
         """Count one answered request: the version's metrics, each observer (drift), then
-        input capture, which only samples here and stores on its own thread."""
+        input capture, which only samples here and stores on its own thread; then offer it
+        to the model's shadow, if any."""
         m = mv.metrics
         if mv.positive_index is not None and mv.threshold is not None:
             m.score.observe_many(score)
@@ -218,3 +222,8 @@ class Inference:
                 capture.offer(mv.name, mv.version, x, ids)
             except Exception:
                 log.exception("input capture failed to sample a request")
+        if self.shadows is not None:
+            try:
+                self.shadows.offer(mv, x, ids)
+            except Exception:
+                log.exception("offering a request to the shadow failed")

@@ -18,8 +18,10 @@ from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.dataplane import Access, DataPlane, FeedbackService, Inference, Metadata
+from service.dataplane import Access, DataPlane, FeedbackService, Inference, Lifecycle, Metadata
 from service.dataplane.access import Need
+from service.dataplane.lifecycle import key_identity
+from service.dataplane.shadow import ShadowRunner
 from service.errors import StoreUnavailableError, VerdictError, error_body
 from service.http.asgi import asgi_request
 from service.http.docs import install_docs, with_served_examples
@@ -69,6 +71,11 @@ def route_table(rest: Rest) -> list[Route]:
         Route("/v2/repository/index", BOTH, Need.ADMIN_KEY),
         Route("/v2/repository/models/{model}/load", POST, Need.ADMIN_KEY),
         Route("/v2/repository/models/{model}/unload", POST, Need.ADMIN_KEY),
+        Route("/v2/repository/models/{model}/roles", GET, Need.ADMIN_KEY),
+        Route("/v2/repository/models/{model}/shadow", POST, Need.ADMIN_KEY, JSON_TYPES),
+        Route("/v2/repository/models/{model}/promote", POST, Need.ADMIN_KEY),
+        Route("/v2/repository/models/{model}/rollback", POST, Need.ADMIN_KEY),
+        Route("/v2/repository/models/{model}/promotions", GET, Need.ADMIN_KEY),
         Route("/metrics", GET, Need.METRICS_KEY),
         Route("/v2", GET),
         Route("/v2/health/live", GET),
@@ -80,6 +87,7 @@ def route_table(rest: Rest) -> list[Route]:
         Route(V2_MODEL + "/config", GET),
         Route(V2_VERSION + "/config", GET),
         Route("/models/{name}/quality", GET),
+        Route("/models/{name}/shadow", GET),
         Route("/models/{name}/card", GET),
         Route("/models/{name}/card/assets/{file}", GET),
         Route("/docs", GET),
@@ -144,6 +152,8 @@ async def lifespan(app: FastAPI, load_first: bool = False) -> AsyncIterator[None
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         try:
+            if state.dataplane.inference.shadows is not None:
+                await state.dataplane.inference.shadows.drain()
             await repo.close()
             state.drift.flush()
             state.metrics.flush()
@@ -279,10 +289,24 @@ def create_app(
         max_items=FEEDBACK_MAX_ITEMS,
         versions_of=repository.versions,
         predictions_issued=repository.predictions_issued,
+        shadowed=repository.has_shadow,
     )
     inference = Inference(repository, ids, settings.max_rows_per_request)
+    inference.shadows = ShadowRunner(
+        repository,
+        metrics,
+        lambda decisions: feedback_service.call_store(store.record_shadow_decisions, decisions),
+    )
+    lifecycle = Lifecycle(
+        repository,
+        store,
+        feedback_service.call_store,
+        min_labels=settings.promotion_min_labels,
+        confidence=settings.promotion_confidence,
+        admin_identity=key_identity(settings.admin_key()),
+    )
     access = Access(settings.keys(), settings.admin_key(), settings.metrics_require_key)
-    plane = DataPlane(inference, Metadata(repository), feedback_service, access)
+    plane = DataPlane(inference, Metadata(repository), feedback_service, access, lifecycle)
     # Counts reach the counters at most once a second, and before every /metrics answer.
     drift = DriftMonitor(
         metrics,

@@ -22,6 +22,7 @@ from service.errors import (
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
+    RolesNotKeptError,
     VersionNotFoundError,
 )
 from service.models.batching import INLINE_BUDGET_S, Batcher
@@ -37,6 +38,7 @@ from service.models.loading import (
     scan_folder,
 )
 from service.models.manifest import ManifestCache
+from service.models.roles import NONE, Roles, read_roles, roles_fingerprint, write_roles
 from service.models.runtime import CPU, ModelSession, RuntimeOptions
 from service.monitoring.metrics import Metrics, VersionMetrics
 from service.settings import Settings, VersionPolicy
@@ -108,6 +110,10 @@ class Repository:
         self.started = False
         self._on_load: list[Listener] = []
         self._on_unload: list[Listener] = []
+        # Roles (primary, shadow): from each model's roles file, else VERDICT_SHADOWS.
+        self._configured: dict[str, Roles] = settings.shadow_roles()
+        self._roles: dict[str, Roles] = {}
+        self._shadow: dict[str, tuple[ModelVersion, float]] = {}
 
     def add_listener(
         self, on_load: Listener | None = None, on_unload: Listener | None = None
@@ -132,7 +138,18 @@ class Repository:
         return scan_folder(self.root, NAME_RE)
 
     def _fingerprint(self, name: str) -> tuple[Fingerprint, ...]:
-        return model_fingerprint(self.root / name)
+        folder = self.root / name
+        return (*model_fingerprint(folder), roles_fingerprint(folder))
+
+    def _read_roles(self, name: str) -> Roles:
+        """The model's roles file, else its VERDICT_SHADOWS entry; a broken file keeps the
+        roles in force (logged)."""
+        try:
+            roles = read_roles(self.root / name)
+        except ValueError as exc:
+            log.error("model %s: %s; its roles stay as they were", name, exc)
+            return self._roles.get(name, self._configured.get(name, NONE))
+        return roles if roles is not None else self._configured.get(name, NONE)
 
     # -- loading ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -160,7 +177,10 @@ class Repository:
             if not found:
                 raise ModelNotFoundError(f"no model {name!r} in the model repository")
             self._seen[name] = self._fingerprint(name)
-            wanted = self.policy.select(found)
+            roles = await asyncio.to_thread(self._read_roles, name)
+            # The primary and the shadow are loaded whatever the version policy says.
+            pinned = {v for v in (roles.primary, roles.shadow) if v is not None and v in found}
+            wanted = sorted(set(self.policy.select(found)) | pinned)
             current = self._served.get(name, {})
             new: dict[int, ModelVersion] = {}
             reasons: list[str] = []
@@ -204,7 +224,7 @@ class Repository:
                 raise ModelLoadError(f"no version of {name!r} could be loaded: {why}")
             # The switch: one assignment each, so a request sees either the old or the new map.
             self._served[name] = new
-            self._latest[name] = new[max(new)]
+            self._switch_roles(name, new, roles)
             self._expected.add(name)
             for v, mv in current.items():
                 if new.get(v) is not mv:
@@ -215,6 +235,68 @@ class Repository:
                 why = " | ".join(reasons)
                 raise ModelLoadError(f"{why} (still serving versions {sorted(new)})")
             return sorted(new)
+
+    def _switch_roles(self, name: str, new: dict[int, ModelVersion], roles: Roles) -> None:
+        """Point requests without a version at the primary, and the sampler at the shadow:
+        one assignment each (the hot swap of a promotion)."""
+        others = [v for v in new if v != roles.shadow] or list(new)
+        primary = new[roles.primary] if roles.primary in new else new[max(others)]
+        shadow = new.get(roles.shadow) if roles.shadow is not None else None
+        if roles.shadow is not None and shadow is None:
+            log.error("model %s: shadow version %d is not served; nothing is shadowed", name,
+                      roles.shadow)
+        self._roles[name] = roles
+        self._latest[name] = primary
+        if shadow is not None and shadow is not primary:
+            self._shadow[name] = (shadow, roles.sample_rate)
+        else:
+            self._shadow.pop(name, None)
+            shadow = None
+        self.metrics.set_roles(name, primary.version, None if shadow is None else shadow.version)
+
+    async def set_roles(self, name: str, roles: Roles) -> list[int]:
+        """Keep new roles for a model (its roles file) and apply them: the versions they name
+        are loaded if they are not, then requests switch at once. Returns the served versions.
+        """
+        if name not in self._served:
+            raise ModelNotFoundError(f"model {name!r} is not loaded")
+        found = (await asyncio.to_thread(self.scan)).get(name, [])
+        for what, v in (("primary", roles.primary), ("shadow", roles.shadow)):
+            if v is not None and v not in found:
+                raise VersionNotFoundError(
+                    f"model {name!r} has no version {v} to make {what}; on disk: {found}"
+                )
+        try:
+            await asyncio.to_thread(write_roles, self.root / name, roles)
+        except OSError as exc:
+            raise RolesNotKeptError(
+                f"the roles of {name!r} cannot be kept in the model repository "
+                f"({exc.strerror}); nothing changed"
+            ) from None
+        return await self.load_model(name)
+
+    def roles(self, name: str) -> Roles:
+        """The roles in force for a served model: the primary that answers requests without a
+        version, and the shadow (None when nothing is shadowed)."""
+        mv = self.resolve(name)
+        roles = self._roles.get(name, NONE)
+        shadow = self._shadow.get(name)
+        return Roles(mv.version, shadow[0].version if shadow else None, roles.sample_rate)
+
+    def pinned_primary(self, name: str) -> int | None:
+        """The primary a model's roles name (None: the latest non-shadow version answers)."""
+        return self._roles.get(name, NONE).primary
+
+    def shadow_of(self, mv: ModelVersion) -> tuple[ModelVersion, float] | None:
+        """(shadow version, sample rate) when `mv` is its model's primary and has a shadow."""
+        entry = self._shadow.get(mv.name)
+        if entry is None or self._latest.get(mv.name) is not mv:
+            return None
+        return entry
+
+    def has_shadow(self, name: str) -> bool:
+        """Whether a model has a shadow now."""
+        return name in self._shadow
 
     def _refused(self, name: str, version: int, exc: ModelLoadError, still_serving: bool) -> None:
         """A refused version: the log line, and the metrics that make it visible."""
@@ -297,6 +379,8 @@ class Repository:
         async with lock:
             served = self._served.pop(name, None)
             self._latest.pop(name, None)
+            self._shadow.pop(name, None)
+            self.metrics.clear_roles(name)
             self._expected.discard(name)
             if served is None:
                 raise ModelNotFoundError(f"model {name!r} is not loaded")

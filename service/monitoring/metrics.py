@@ -245,6 +245,31 @@ class Metrics:
             registry=r,
         )
 
+        # The shadow evaluation (docs/lifecycle.md).
+        self.shadow_rows = Counter(
+            "verdict_shadow_rows",
+            "Rows of primary requests sampled for a shadow version, by outcome (decided, "
+            "dropped: its queue was full, failed: its run failed, unrecorded: the store "
+            "refused the decisions).",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.shadow_outcomes = Counter(
+            "verdict_shadow_outcomes",
+            "Binary outcomes (tp, fp, tn, fn) of labelled rows that a shadow also decided, per "
+            "version and role (primary: the answer sent; shadow: the shadow's decision).",
+            ["model", "version", "role", "outcome"],
+            registry=r,
+        )
+        self.model_role = Gauge(
+            "verdict_model_role",
+            "Role of a served model version (primary, shadow), value 1.",
+            ["model", "version", "role"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self._roles: dict[str, list[tuple[str, str, str]]] = {}
+
     def histogram(self, child: Any) -> BufferedHistogram | DirectHistogram:
         """A buffer in front of a labelled histogram child, flushed with the others."""
         return self._track(histogram_buffer(child))
@@ -328,6 +353,33 @@ class Metrics:
                 self.reference_bin_ratio.labels(model, str(version), feature, str(i)).set(
                     proportion
                 )
+
+    def set_roles(self, model: str, primary: int, shadow: int | None) -> None:
+        """The role series of a model: its primary, and its shadow if any."""
+        wanted = [(model, str(primary), "primary")]
+        if shadow is not None:
+            wanted.append((model, str(shadow), "shadow"))
+            for role in ("primary", "shadow"):
+                for outcome in ("tp", "fp", "tn", "fn"):  # start at 0: the first is an increase
+                    version = str(primary if role == "primary" else shadow)
+                    self.shadow_outcomes.labels(model, version, role, outcome)
+        for labels in self._roles.get(model, []):
+            if labels not in wanted:
+                if self.multiproc:
+                    self.model_role.labels(*labels).set(0)
+                else:
+                    self.model_role.remove(*labels)
+        for labels in wanted:
+            self.model_role.labels(*labels).set(1)
+        self._roles[model] = wanted
+
+    def clear_roles(self, model: str) -> None:
+        """Drop the role series of an unloaded model."""
+        for labels in self._roles.pop(model, []):
+            if self.multiproc:
+                self.model_role.labels(*labels).set(0)
+            else:
+                self.model_role.remove(*labels)
 
     def set_conformance(self, model: str, version: int, provider: str, max_abs_diff: float) -> None:
         """What a version's reference sample measured on the provider that would serve it."""

@@ -16,6 +16,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from service.errors import StoreUnavailableError
+from service.monitoring.decisions import PairCell, PromotionRecord, ShadowDecision
 from service.monitoring.postgres_schema import migrate_schema, schema_version
 from service.monitoring.store import (
     TIME_COLUMNS,
@@ -418,6 +419,111 @@ class PostgresStore:
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.close(timeout=WAIT_S)
+
+    # -- shadow evaluation and promotions (docs/lifecycle.md) ------------------------
+
+    def record_shadow_decisions(self, items: Sequence[ShadowDecision]) -> int:
+        """Keep shadow decisions (one per prediction id and version; a repeat is ignored), in
+        one statement; returns how many were new."""
+        if not items:
+            return 0
+        self._ready()
+        params = (
+            [d.prediction_id for d in items],
+            [d.model for d in items],
+            [d.version for d in items],
+            [d.predicted for d in items],
+            [d.score for d in items],
+            [d.decided_at for d in items],
+        )
+
+        def write(conn: psycopg.Connection[Any]) -> int:
+            cursor = conn.execute(
+                "INSERT INTO shadow_decisions (prediction_id, model, version, predicted, score,"
+                " decided_at) SELECT * FROM unnest(%s::text[], %s::text[], %s::int[],"
+                " %s::int[], %s::float8[], %s::float8[])"
+                " ON CONFLICT (prediction_id, version) DO NOTHING",
+                params,
+            )
+            return int(cursor.rowcount)
+
+        return self._call("recording shadow decisions", write)
+
+    def shadow_decisions_of(self, prediction_ids: Sequence[str]) -> list[ShadowDecision]:
+        """The shadow decisions kept for these prediction ids."""
+        if not prediction_ids:
+            return []
+        rows = self._rows(
+            "reading shadow decisions",
+            "SELECT prediction_id, model, version, predicted, score, decided_at"
+            " FROM shadow_decisions WHERE prediction_id = ANY(%s::text[])",
+            (list(prediction_ids),),
+        )
+        return [
+            ShadowDecision(str(p), str(m), int(v), int(c), float(s), float(t))
+            for p, m, v, c, s, t in rows
+        ]
+
+    def paired_cells(self, model: str, primary: int, shadow: int) -> list[PairCell]:
+        """Labelled predictions of the primary version that the shadow version also decided,
+        counted per (primary's class, shadow's class, actual class)."""
+        rows = self._rows(
+            "reading paired labels",
+            "SELECT l.predicted, s.predicted, l.actual, COUNT(*)"
+            " FROM labels l JOIN shadow_decisions s"
+            " ON s.prediction_id = l.prediction_id AND s.version = %s"
+            " WHERE l.model = %s AND l.version = %s"
+            " GROUP BY l.predicted, s.predicted, l.actual",
+            (shadow, model, primary),
+        )
+        return [PairCell(*(int(v) for v in row)) for row in rows]
+
+    def shadow_decided(self, model: str, version: int) -> int:
+        """Shadow decisions kept for a model version."""
+        rows = self._rows(
+            "counting shadow decisions",
+            "SELECT COUNT(*) FROM shadow_decisions WHERE model = %s AND version = %s",
+            (model, version),
+        )
+        return int(rows[0][0])
+
+    def record_promotion(self, record: PromotionRecord) -> int:
+        """Keep a promotion decision or rollback; returns its id."""
+        self._ready()
+        params = (
+            record.model,
+            record.primary_version,
+            record.shadow_version,
+            record.decided_at,
+            record.outcome,
+            record.requested_by,
+            record.figures,
+        )
+
+        def write(conn: psycopg.Connection[Any]) -> int:
+            row = conn.execute(
+                "INSERT INTO promotions (model, primary_version, shadow_version, decided_at,"
+                " outcome, requested_by, figures) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                " RETURNING id",
+                params,
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+        return self._call("recording a promotion", write)
+
+    def promotions(self, model: str, limit: int = 100) -> list[PromotionRecord]:
+        """A model's promotion decisions and rollbacks, newest first."""
+        rows = self._rows(
+            "reading promotions",
+            "SELECT model, primary_version, shadow_version, decided_at, outcome, requested_by,"
+            " figures, id FROM promotions WHERE model = %s"
+            " ORDER BY decided_at DESC, id DESC LIMIT %s",
+            (model, limit),
+        )
+        return [
+            PromotionRecord(str(m), int(p), int(s), float(t), str(o), str(r), str(f), int(i))
+            for m, p, s, t, o, r, f, i in rows
+        ]
 
 
 def copy_rows(

@@ -35,6 +35,7 @@ GAUGES = {
     "verdict_reference_bin_ratio",
     "verdict_objective_min_labeled",
     "verdict_conformance_max_abs_diff",
+    "verdict_model_role",
 }
 COUNTERS = {
     "verdict_inference_requests_total",
@@ -44,6 +45,8 @@ COUNTERS = {
     "verdict_outcomes_total",
     "verdict_feature_bin_total",
     "verdict_model_refusals_total",
+    "verdict_shadow_rows_total",
+    "verdict_shadow_outcomes_total",
 }
 CONTRACT_NAMES = (
     GAUGES

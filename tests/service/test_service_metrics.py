@@ -23,6 +23,7 @@ BOUNDED_LABELS = {
     "actual",
     "objective",
     "feature",
+    "role",
     "bin",
     "le",
     "check",

@@ -106,3 +106,18 @@ async def get_quality(
     """Confusion matrix, FPR, FNR, precision and recall per version for the last hour, day and
     all time, against the manifest's targets, with expected cost and label coverage."""
     return json_response(await dataplane(request).feedback.quality(name, time_basis))
+
+
+@router.get(
+    "/models/{name}/shadow",
+    summary="The shadow against the primary on the same labelled rows",
+    responses={
+        404: {"description": "no such model", **ERROR_CONTENT},
+        503: {"description": "the feedback store is unavailable; retry", **ERROR_CONTENT},
+    },
+)
+async def get_shadow(request: Request, name: str) -> Response:
+    """The roles in force; outcomes, FNR, FPR and cost per row of the primary and the shadow on
+    the labelled rows both decided; the difference in cost with its confidence bounds; and
+    whether a promotion would be granted now (the server's confidence and minimum)."""
+    return json_response(await dataplane(request).lifecycle.comparison(name))
