@@ -320,7 +320,7 @@ def _sigterm_with_a_request_in_flight(
             try:
                 outcome.append(_infer(c, "digits", x, "FP32").as_numpy("probabilities").shape)
             except InferenceServerException as exc:
-                outcome.append(exc)
+                outcome.append((exc.status(), exc.message()))
             answered.append(time.monotonic())
 
     thread = threading.Thread(target=run)
