@@ -25,18 +25,26 @@ CLIENTS = 12
 REQUESTS_PER_CLIENT = 40
 BAD_EVERY = 7  # every 7th request of a client carries a row the model fails on
 TRIGGER = 1e6  # the model fails on a batch where some row's first feature exceeds this
+BALLAST = 256  # side of the matrices the model multiplies on every run, whatever its rows
 
 
 def fragile_onnx(seed: int = 0) -> tuple[bytes, np.ndarray, np.ndarray]:
     """softmax(x @ W + b), plus a Gather whose index is out of range when any row of the
     batch has x[:, 0] > TRIGGER: ONNX Runtime fails the whole run (a value check that one
-    request trips), and it adds 0 to the logits otherwise."""
+    request trips), and it adds 0 to the logits otherwise.
+
+    Each run also multiplies two BALLAST-sized matrices (a few milliseconds, tied to the
+    input so that it is not folded away, its result times 0): runs that slow are not made
+    on the event loop, so requests queue behind a running batch and are merged on any host,
+    fast or slow, rather than only when their arrivals happen to meet."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(3, 2)).astype(np.float32)
     b = rng.normal(size=(2,)).astype(np.float32)
+    # Orthogonal, so that its powers stay finite (inf * 0 would be NaN).
+    q = np.linalg.qr(rng.normal(size=(BALLAST, BALLAST)))[0].astype(np.float32)
     consts = [
         numpy_helper.from_array(w, "W"),
         numpy_helper.from_array(b, "b"),
@@ -46,6 +54,7 @@ def fragile_onnx(seed: int = 0) -> tuple[bytes, np.ndarray, np.ndarray]:
         numpy_helper.from_array(np.array(100.0, np.float32), "far"),
         numpy_helper.from_array(np.array(0.0, np.float32), "nothing"),
         numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "table"),
+        numpy_helper.from_array(q, "Q"),
     ]
     nodes = [
         helper.make_node("MatMul", ["input", "W"], ["xw"]),
@@ -58,7 +67,15 @@ def fragile_onnx(seed: int = 0) -> tuple[bytes, np.ndarray, np.ndarray]:
         helper.make_node("Cast", ["indexf"], ["index"], to=TensorProto.INT64),
         helper.make_node("Gather", ["table", "index"], ["picked"]),
         helper.make_node("Mul", ["picked", "nothing"], ["zeroed"]),
-        helper.make_node("Add", ["logits", "zeroed"], ["checked"]),
+        helper.make_node("ReduceSum", ["input"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "nothing"], ["total0"]),
+        helper.make_node("Add", ["Q", "total0"], ["q0"]),
+        helper.make_node("MatMul", ["q0", "Q"], ["q1"]),
+        helper.make_node("MatMul", ["q1", "Q"], ["q2"]),
+        helper.make_node("ReduceSum", ["q2"], ["weight"], keepdims=0),
+        helper.make_node("Mul", ["weight", "nothing"], ["ballast"]),
+        helper.make_node("Add", ["zeroed", "ballast"], ["extra"]),
+        helper.make_node("Add", ["logits", "extra"], ["checked"]),
         helper.make_node("Softmax", ["checked"], ["probabilities"], axis=-1),
     ]
     graph = helper.make_graph(
