@@ -1,13 +1,16 @@
 """The loop end to end with real parts: a real verdict server captures the inputs of shifted
 production traffic (areas reported in other units), labels come back through /feedback, then
 `verdict-train export`, `retrain` and `compare-versions` run as a team would run them, and the
-report must find the challenger cheaper on the newest rows, which neither model saw."""
+report must find the challenger cheaper on the newest rows, which neither model saw. The
+challenger is then added to the served repository, runs as a shadow on new live traffic, is
+scored by the labels of that traffic, and is promoted: the whole loop in one run."""
 
 from __future__ import annotations
 
 import csv
 import json
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -25,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHAMPION = ROOT / "models" / "breast-cancer" / "1"
 CLASSES = ["benign", "malignant"]  # the bundled config's order (sklearn's 0 is malignant)
 QUICK = ["--set", "train.epochs=80", "--set", "cv.folds=3"]
+ADMIN = {"Authorization": "Bearer loop-admin"}
 
 
 def shifted_traffic(n: int, seed: int) -> tuple[np.ndarray, list[str], list[str]]:
@@ -50,28 +54,48 @@ def server(tmp_path: Path) -> ThreadServer:
         tmp_path,
         capture_rates="breast-cancer=1",
         capture_max_rows_per_s=10_000,
+        admin_api_key="loop-admin",
+        promotion_min_labels=100,
     )
     srv = ThreadServer(create_app(settings))
     yield srv  # type: ignore[misc]
     srv.stop()
 
 
-def test_export_retrain_compare_finds_the_challenger_cheaper_on_shifted_traffic(
+def _predict(
+    client: httpx.Client, x: np.ndarray, names: list[str], version: int = 1
+) -> list[dict[str, object]]:
+    """The predictions of live requests of 50 rows each (oldest first), by named features;
+    every one answered by `version`, the primary."""
+    predictions = []
+    for start in range(0, len(x), 50):
+        rows = [dict(zip(names, map(float, r), strict=True)) for r in x[start : start + 50]]
+        answer = client.post("/predict", json={"model": "breast-cancer", "instances": rows})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["version"] == version
+        predictions += answer.json()["predictions"]
+    return predictions
+
+
+def _label(client: httpx.Client, predictions: list[dict[str, object]], labels: list[str]) -> None:
+    """Ground truth for those predictions, sent back as it would arrive: in batches."""
+    items = [
+        {"prediction_id": p["prediction_id"], "label": label}
+        for p, label in zip(predictions, labels, strict=True)
+    ]
+    for start in range(0, len(items), 100):
+        batch = items[start : start + 100]
+        assert client.post("/feedback", json={"items": batch}).json()["accepted"] == len(batch)
+
+
+def test_capture_export_retrain_compare_shadow_promote_on_shifted_traffic(
     server: ThreadServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     x, labels, names = shifted_traffic(700, seed=7)
     with httpx.Client(base_url=server.url) as client:
-        for start in range(0, len(x), 50):  # oldest first: the latest requests are held out
-            rows = [dict(zip(names, map(float, r), strict=True)) for r in x[start : start + 50]]
-            answer = client.post("/predict", json={"model": "breast-cancer", "instances": rows})
-            assert answer.status_code == 200
-            ids = [p["prediction_id"] for p in answer.json()["predictions"]]
-            items = [
-                {"prediction_id": pid, "label": label}
-                for pid, label in zip(ids, labels[start : start + 50], strict=True)
-            ]
-            assert client.post("/feedback", json={"items": items}).json()["accepted"] == 50
-        client.get("/v2/health/live")
+        for start in range(0, len(x), 50):  # labelled as they go: the latest are held out
+            predictions = _predict(client, x[start : start + 50], names)
+            _label(client, predictions, labels[start : start + 50])
     assert server.app.state.capture.wait_drained(20)
     store_url = f"sqlite:///{tmp_path}/var/feedback.sqlite3"
     examples = tmp_path / "examples.csv"
@@ -127,6 +151,30 @@ def test_export_retrain_compare_finds_the_challenger_cheaper_on_shifted_traffic(
     assert main(["add", str(challenger), str(tmp_path / "models" / "breast-cancer")]) == 0
     added = tmp_path / "models" / "breast-cancer" / "2"
     assert "Against the champion" in (added / "MODEL_CARD.md").read_text()
+
+    # The live server loads it and runs it as a shadow on every request of new traffic.
+    model = "/v2/repository/models/breast-cancer"
+    with httpx.Client(base_url=server.url, headers=ADMIN, timeout=60) as admin:
+        assert admin.post(f"{model}/load").status_code == 200
+        r = admin.post(f"{model}/shadow", json={"version": 2, "sample_rate": 1.0})
+        assert r.status_code == 200, r.text
+        later, later_labels, _ = shifted_traffic(300, seed=8)
+        predictions = _predict(admin, later, names)  # the primary answers, never the shadow
+        deadline = time.monotonic() + 30
+        while admin.get("/models/breast-cancer/shadow").json()["shadow_decisions"] < 300:
+            assert time.monotonic() < deadline, "the shadow did not decide every row"
+            time.sleep(0.1)
+        _label(admin, predictions, later_labels)
+
+        # One label scored both versions; the shadow is cheaper live, as it was offline.
+        view = admin.get("/models/breast-cancer/shadow").json()["comparison"]
+        assert view["paired_labels"] == 300, view
+        assert view["shadow"]["cost_per_row"] < view["primary"]["cost_per_row"], view
+        assert view["promotable"], view
+        r = admin.post(f"{model}/promote", json={"requested_by": "the loop test"})
+        assert r.status_code == 200, r.text
+        assert r.json()["outcome"] == "promoted" and r.json()["roles"]["primary"] == 2
+        _predict(admin, later[:50], names, version=2)
 
 
 def test_export_refuses_an_empty_window_and_retrain_refuses_dropped_features(
