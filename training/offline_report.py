@@ -182,5 +182,5 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_title(f"{report['level']:.0%} intervals")
     fig.suptitle(report["summary"], fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, metadata={"Software": None})
+    fig.savefig(path, metadata={"Software": None}, bbox_inches="tight")
     plt.close(fig)
