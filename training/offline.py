@@ -55,16 +55,16 @@ class Scored:
             out.update(_rate("fnr", fn, tp + fn, level))
             out.update(_rate("fpr", fp, fp + tn, level))
         else:
-            errors = int(cm.sum() - np.trace(cm))
+            rows, wrong = cm.sum(axis=1), cm.sum(axis=1) - np.diag(cm)  # per actual class
             out["confusion"] = cm.tolist()
-            out["errors"] = errors
-            out.update(_rate("error_rate", errors, int(cm.sum()), level))
+            out["errors"] = int(wrong.sum())
+            out.update(_rate("error_rate", int(wrong.sum()), int(rows.sum()), level))
             out["per_class"] = [
                 {
                     "class": c,
-                    "rows": int(cm[i].sum()),
-                    "errors": int(cm[i].sum() - cm[i, i]),
-                    **_rate("error_rate", int(cm[i].sum() - cm[i, i]), int(cm[i].sum()), level),
+                    "rows": int(rows[i]),
+                    "errors": int(wrong[i]),
+                    **_rate("error_rate", int(wrong[i]), int(rows[i]), level),
                 }
                 for i, c in enumerate(classes)
             ]
