@@ -21,7 +21,7 @@ from service.models.batching import BatchResult
 from service.models.codecs import InferInput, rows_to_input, tensor_to_input
 from service.models.repository import ModelVersion, Repository
 from service.monitoring.ids import PredictionIds
-from service.monitoring.metrics import Outcomes
+from service.monitoring.request_metrics import Outcomes
 
 if TYPE_CHECKING:
     from service.dataplane.shadow import ShadowRunner

@@ -40,7 +40,8 @@ from service.models.loading import (
 from service.models.manifest import ManifestCache
 from service.models.roles import NONE, Roles, read_roles, roles_fingerprint, write_roles
 from service.models.runtime import CPU, ModelSession, RuntimeOptions
-from service.monitoring.metrics import Metrics, VersionMetrics
+from service.monitoring.metrics import Metrics
+from service.monitoring.request_metrics import VersionMetrics
 from service.settings import Settings, VersionPolicy
 
 log = logging.getLogger(__name__)
