@@ -19,7 +19,8 @@ import numpy as np
 from service.errors import BadRequestError, InferenceError, OverloadedError, VerdictError
 from service.models.batching import BatchResult
 from service.models.codecs import InferInput, rows_to_input, tensor_to_input
-from service.models.repository import ModelVersion, Repository
+from service.models.repository import Repository
+from service.models.version import ModelVersion
 from service.monitoring.ids import PredictionIds
 from service.monitoring.request_metrics import Outcomes
 
