@@ -3,8 +3,9 @@
     verdict-store migrate            apply the schema migrations (before a rolling deployment)
     verdict-store version            the schema version of the store and of this release
     verdict-store copy --from sqlite:///var/feedback.sqlite3
-                                     copy a SQLite store's labels, audited conflicts and
-                                     generated prediction-id key into the PostgreSQL store
+                                     copy a SQLite store's labels, audited conflicts,
+                                     captures, shadow decisions, promotions and generated
+                                     prediction-id key into the PostgreSQL store
 
 The store is VERDICT_FEEDBACK_URL (or `--url`), as the service reads it.
 """
@@ -15,16 +16,19 @@ import argparse
 import sqlite3
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import ValidationError
 
 from service.errors import StoreUnavailableError
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    from service.monitoring.postgres import PostgresStore
+
 CONFIG_ERROR = 2  # exit code: the settings or arguments are wrong
 STORE_ERROR = 1  # exit code: the store could not do it
-COPY_CHUNK = 5000  # labels per transaction when copying
+COPY_CHUNK = 5000  # rows per transaction when copying
 
 
 def _refuse(message: str) -> NoReturn:
@@ -66,9 +70,37 @@ def _latest(url: str) -> int:
     return len(MIGRATIONS)
 
 
+# Source order per table: a re-run walks the rows the same way.
+COPY_ORDER = {
+    "labels": "prediction_id",
+    "conflicts": "id",
+    "captures": "prediction_id",
+    "shadow_decisions": "prediction_id, version",
+    "promotions": "id",
+}
+
+
+def _copy_table(db: sqlite3.Connection, store: PostgresStore, table: str) -> tuple[int, int]:
+    """Copy one table in chunks; (rows read, rows added). A store from before the migration
+    that made the table has none to copy."""
+    from service.monitoring.postgres import COPIED_TABLES, copy_rows
+
+    exists = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    if not exists:
+        return 0, 0
+    rows = db.execute(f"SELECT {COPIED_TABLES[table][0]} FROM {table} ORDER BY {COPY_ORDER[table]}")
+    read = added = 0
+    while chunk := rows.fetchmany(COPY_CHUNK):
+        read += len(chunk)
+        added += copy_rows(store, table, chunk)
+    return read, added
+
+
 def _copy(source: str, target: str) -> str:
     from service.monitoring.keys import KEY_FILE
-    from service.monitoring.postgres import PostgresStore, copy_rows
+    from service.monitoring.postgres import PostgresStore
     from service.monitoring.stores import is_postgres, sqlite_folder, sqlite_target
 
     if not source.startswith("sqlite:///") or not is_postgres(target):
@@ -78,20 +110,9 @@ def _copy(source: str, target: str) -> str:
         _refuse(f"no SQLite store at {path}")
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     store = PostgresStore(target)
-    added = audited = seen = 0
     try:
-        labels = db.execute(
-            "SELECT prediction_id, model, version, predicted, actual, score, issued_at,"
-            " observed_at, received_at FROM labels ORDER BY prediction_id"
-        )
-        while chunk := labels.fetchmany(COPY_CHUNK):
-            seen += len(chunk)
-            added += copy_rows(store, chunk, [])[0]
-        conflicts = db.execute(
-            "SELECT prediction_id, model, version, kept_actual, sent_actual, observed_at,"
-            " received_at FROM conflicts ORDER BY id"
-        ).fetchall()
-        audited = copy_rows(store, [], conflicts)[1]
+        store.migrate()
+        counts = {table: _copy_table(db, store, table) for table in COPY_ORDER}
         key_file = sqlite_folder(source) / KEY_FILE
         key = "no generated key beside the SQLite file"
         if key_file.is_file():
@@ -102,10 +123,18 @@ def _copy(source: str, target: str) -> str:
     finally:
         db.close()
         store.close()
-    return (
-        f"{seen} labels read, {added} added ({seen - added} were there already); "
-        f"{audited} of {len(conflicts)} audited conflicts added; {key}"
-    )
+    seen, added = counts["labels"]
+    read, audited = counts["conflicts"]
+    parts = [
+        f"{seen} labels read, {added} added ({seen - added} were there already)",
+        f"{audited} of {read} audited conflicts added",
+        *(
+            f"{counts[table][0]} {table.replace('_', ' ')} read, {counts[table][1]} added"
+            for table in ("captures", "shadow_decisions", "promotions")
+        ),
+        key,
+    ]
+    return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -526,37 +526,67 @@ class PostgresStore:
         ]
 
 
-def copy_rows(
-    store: PostgresStore,
-    labels: Sequence[tuple[Any, ...]],
-    conflicts: Sequence[tuple[Any, ...]],
-) -> tuple[int, int]:
-    """Add labels (rows of the `labels` columns up to `received_at`) and audited conflicts
-    (prediction_id, model, version, kept_actual, sent_actual, observed_at, received_at) from
-    another store, in one transaction; what is already here stays. Returns the rows added."""
+# What `verdict-store copy` brings from a SQLite store, table by table, in this order: the
+# columns read there, and the statement that adds them here (one array parameter per column).
+# Rows already here stay and are not counted: labels, captures and shadow decisions by their
+# key; audited conflicts and promotions, which have no key in common, by what they hold.
+COPIED_TABLES: dict[str, tuple[str, str]] = {
+    "labels": (
+        "prediction_id, model, version, predicted, actual, score, issued_at, observed_at,"
+        " received_at",
+        "INSERT INTO labels (prediction_id, model, version, predicted, actual, score,"
+        " issued_at, observed_at, received_at, batch)"
+        f" SELECT *, '{COPIED}'::uuid FROM unnest(%s::text[], %s::text[], %s::int[], %s::int[],"
+        " %s::int[], %s::float8[], %s::float8[], %s::float8[], %s::float8[])"
+        " ON CONFLICT (prediction_id) DO NOTHING",
+    ),
+    "conflicts": (
+        "prediction_id, model, version, kept_actual, sent_actual, observed_at, received_at",
+        "INSERT INTO conflicts (prediction_id, model, version, kept_actual, sent_actual,"
+        " observed_at, received_at)"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::int[], %s::int[],"
+        " %s::float8[], %s::float8[]) AS c(p, m, v, k, s, o, r)"
+        " WHERE NOT EXISTS (SELECT 1 FROM conflicts x WHERE x.prediction_id = c.p"
+        " AND x.sent_actual = c.s AND x.received_at = c.r)",
+    ),
+    "captures": (
+        "prediction_id, model, version, captured_at, inputs",
+        "INSERT INTO captures (prediction_id, model, version, captured_at, inputs)"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::float8[], %s::text[])"
+        " ON CONFLICT (prediction_id) DO NOTHING",
+    ),
+    "shadow_decisions": (
+        "prediction_id, model, version, predicted, score, decided_at",
+        "INSERT INTO shadow_decisions (prediction_id, model, version, predicted, score,"
+        " decided_at) SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::int[],"
+        " %s::float8[], %s::float8[]) ON CONFLICT (prediction_id, version) DO NOTHING",
+    ),
+    "promotions": (
+        "model, primary_version, shadow_version, decided_at, outcome, requested_by, figures",
+        "INSERT INTO promotions (model, primary_version, shadow_version, decided_at, outcome,"
+        " requested_by, figures)"
+        " SELECT * FROM unnest(%s::text[], %s::int[], %s::int[], %s::float8[], %s::text[],"
+        " %s::text[], %s::text[]) AS c(m, p, s, t, o, r, f)"
+        " WHERE NOT EXISTS (SELECT 1 FROM promotions x WHERE x.model = c.m"
+        " AND x.primary_version = c.p AND x.shadow_version = c.s AND x.decided_at = c.t"
+        " AND x.outcome = c.o AND x.requested_by = c.r)",
+    ),
+}
+
+
+def copy_rows(store: PostgresStore, table: str, rows: Sequence[tuple[Any, ...]]) -> int:
+    """Add rows of one of `COPIED_TABLES` (its columns, in order) from another store, in one
+    transaction; what is already here stays. Returns the rows added."""
+    if not rows:
+        return 0
     store.migrate()
-    columns: list[Any] = list(zip(*labels, strict=True)) if labels else [()] * 9
-    audit: list[Any] = list(zip(*conflicts, strict=True)) if conflicts else [()] * 7
+    columns, insert = COPIED_TABLES[table]
+    params = [list(column) for column in zip(*rows, strict=True)]
+    if len(params) != len(columns.split(",")):
+        raise ValueError(f"{table} rows have {len(params)} columns, not {columns}")
 
-    def write(conn: psycopg.Connection[Any]) -> tuple[int, int]:
+    def write(conn: psycopg.Connection[Any]) -> int:
         with conn.transaction():
-            added = conn.execute(
-                "INSERT INTO labels (prediction_id, model, version, predicted, actual, score,"
-                " issued_at, observed_at, received_at, batch)"
-                " SELECT *, %s::uuid FROM unnest(%s::text[], %s::text[], %s::int[], %s::int[],"
-                " %s::int[], %s::float8[], %s::float8[], %s::float8[], %s::float8[])"
-                " ON CONFLICT (prediction_id) DO NOTHING",
-                (COPIED, *map(list, columns)),
-            ).rowcount
-            audited = conn.execute(
-                "INSERT INTO conflicts (prediction_id, model, version, kept_actual, sent_actual,"
-                " observed_at, received_at)"
-                " SELECT * FROM unnest(%s::text[], %s::text[], %s::int[], %s::int[], %s::int[],"
-                " %s::float8[], %s::float8[]) AS c(p, m, v, k, s, o, r)"
-                " WHERE NOT EXISTS (SELECT 1 FROM conflicts x WHERE x.prediction_id = c.p"
-                " AND x.sent_actual = c.s AND x.received_at = c.r)",
-                tuple(map(list, audit)),
-            ).rowcount
-        return added, audited
+            return int(conn.execute(cast(Any, insert), params).rowcount)
 
-    return store._call("copying labels", write)
+    return store._call(f"copying {table.replace('_', ' ')}", write)
