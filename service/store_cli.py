@@ -4,8 +4,8 @@
     verdict-store version            the schema version of the store and of this release
     verdict-store copy --from sqlite:///var/feedback.sqlite3
                                      copy a SQLite store's labels, audited conflicts,
-                                     captures, shadow decisions, promotions and generated
-                                     prediction-id key into the PostgreSQL store
+                                     captures, shadow decisions, promotions, roles and
+                                     generated prediction-id key into the PostgreSQL store
 
 The store is VERDICT_FEEDBACK_URL (or `--url`), as the service reads it.
 """
@@ -77,6 +77,7 @@ COPY_ORDER = {
     "captures": "prediction_id",
     "shadow_decisions": "prediction_id, version",
     "promotions": "id",
+    "roles": "model",
 }
 
 
@@ -130,7 +131,7 @@ def _copy(source: str, target: str) -> str:
         f"{audited} of {read} audited conflicts added",
         *(
             f"{counts[table][0]} {table.replace('_', ' ')} read, {counts[table][1]} added"
-            for table in ("captures", "shadow_decisions", "promotions")
+            for table in ("captures", "shadow_decisions", "promotions", "roles")
         ),
         key,
     ]

@@ -22,7 +22,6 @@ from service.errors import (
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
-    RolesNotKeptError,
     VersionNotFoundError,
 )
 from service.models.batching import INLINE_BUDGET_S, Batcher
@@ -38,7 +37,7 @@ from service.models.loading import (
     scan_folder,
 )
 from service.models.manifest import ManifestCache
-from service.models.roles import NONE, Roles, read_roles, roles_fingerprint, write_roles
+from service.models.roles import NONE, Roles, read_roles, roles_fingerprint
 from service.models.runtime import CPU, ModelSession, RuntimeOptions
 from service.monitoring.metrics import Metrics, VersionMetrics
 from service.settings import Settings, VersionPolicy
@@ -110,8 +109,10 @@ class Repository:
         self.started = False
         self._on_load: list[Listener] = []
         self._on_unload: list[Listener] = []
-        # Roles (primary, shadow): from each model's roles file, else VERDICT_SHADOWS.
+        # Roles (primary, shadow): those kept in the feedback store for the whole deployment
+        # (`use_stored_roles`), else the model's roles file, else VERDICT_SHADOWS.
         self._configured: dict[str, Roles] = settings.shadow_roles()
+        self._stored: dict[str, Roles] = {}
         self._roles: dict[str, Roles] = {}
         self._shadow: dict[str, tuple[ModelVersion, float]] = {}
 
@@ -142,8 +143,11 @@ class Repository:
         return (*model_fingerprint(folder), roles_fingerprint(folder))
 
     def _read_roles(self, name: str) -> Roles:
-        """The model's roles file, else its VERDICT_SHADOWS entry; a broken file keeps the
-        roles in force (logged)."""
+        """The model's roles kept in the store, else its roles file, else its VERDICT_SHADOWS
+        entry; a broken file keeps the roles in force (logged)."""
+        stored = self._stored.get(name)
+        if stored is not None:
+            return stored
         try:
             roles = read_roles(self.root / name)
         except ValueError as exc:
@@ -243,8 +247,9 @@ class Repository:
         primary = new[roles.primary] if roles.primary in new else new[max(others)]
         shadow = new.get(roles.shadow) if roles.shadow is not None else None
         if roles.shadow is not None and shadow is None:
-            log.error("model %s: shadow version %d is not served; nothing is shadowed", name,
-                      roles.shadow)
+            log.error(
+                "model %s: shadow version %d is not served; nothing is shadowed", name, roles.shadow
+            )
         self._roles[name] = roles
         self._latest[name] = primary
         if shadow is not None and shadow is not primary:
@@ -254,10 +259,9 @@ class Repository:
             shadow = None
         self.metrics.set_roles(name, primary.version, None if shadow is None else shadow.version)
 
-    async def set_roles(self, name: str, roles: Roles) -> list[int]:
-        """Keep new roles for a model (its roles file) and apply them: the versions they name
-        are loaded if they are not, then requests switch at once. Returns the served versions.
-        """
+    async def check_roles(self, name: str, roles: Roles) -> None:
+        """Refuse roles that name a version the model does not have on disk, or a model that
+        is not served."""
         if name not in self._served:
             raise ModelNotFoundError(f"model {name!r} is not loaded")
         found = (await asyncio.to_thread(self.scan)).get(name, [])
@@ -266,14 +270,38 @@ class Repository:
                 raise VersionNotFoundError(
                     f"model {name!r} has no version {v} to make {what}; on disk: {found}"
                 )
-        try:
-            await asyncio.to_thread(write_roles, self.root / name, roles)
-        except OSError as exc:
-            raise RolesNotKeptError(
-                f"the roles of {name!r} cannot be kept in the model repository "
-                f"({exc.strerror}); nothing changed"
-            ) from None
+
+    async def set_stored_roles(self, name: str, roles: Roles) -> list[int]:
+        """Apply roles just kept in the store for a model: the versions they name are loaded
+        if they are not, then requests switch at once. Returns the served versions."""
+        self._stored[name] = roles
         return await self.load_model(name)
+
+    async def use_stored_roles(self, stored: dict[str, Roles]) -> None:
+        """Follow the roles kept in the store for every model (a model without any falls back
+        to its roles file or VERDICT_SHADOWS): each served model whose roles changed is
+        switched with the same hot swap as an admin call."""
+        changed = [
+            n for n in set(self._stored) | set(stored) if self._stored.get(n) != stored.get(n)
+        ]
+        self._stored = dict(stored)
+        for name in sorted(changed):
+            if name not in self._served:
+                continue  # applied when it loads
+            now = stored.get(name)
+            log.info(
+                "model %s: roles in the store changed to %s",
+                name,
+                now if now is not None else "none (its roles file or VERDICT_SHADOWS apply)",
+            )
+            try:
+                await self.load_model(name)
+            except (ModelLoadError, ModelNotFoundError) as exc:
+                log.error("model %s: the stored roles were not applied: %s", name, exc.message)
+
+    def stored_roles(self, name: str) -> Roles | None:
+        """The roles the store keeps for a model, as this process last read them."""
+        return self._stored.get(name)
 
     def roles(self, name: str) -> Roles:
         """The roles in force for a served model: the primary that answers requests without a

@@ -16,7 +16,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from service.errors import StoreUnavailableError
-from service.monitoring.decisions import PairCell, PromotionRecord, ShadowDecision
+from service.monitoring.decisions import PairCell, PromotionRecord, RolesRecord, ShadowDecision
 from service.monitoring.postgres_schema import migrate_schema, schema_version
 from service.monitoring.store import (
     TIME_COLUMNS,
@@ -28,6 +28,7 @@ from service.monitoring.store import (
     captures_by_model,
     examples_query,
     labelled_example,
+    roles_record,
 )
 
 log = logging.getLogger(__name__)
@@ -525,11 +526,60 @@ class PostgresStore:
             for m, p, s, t, o, r, f, i in rows
         ]
 
+    # -- roles in force (docs/lifecycle.md, "Roles") ---------------------------------------
+
+    def stored_roles(self) -> list[RolesRecord]:
+        """The roles kept for every model that has some (one row per model)."""
+        rows = self._rows(
+            "reading the roles",
+            "SELECT model, primary_version, shadow_version, sample_rate, revision, changed_at"
+            " FROM roles ORDER BY model",
+            (),
+        )
+        return [roles_record(row) for row in rows]
+
+    def keep_roles(self, record: RolesRecord, revision: int | None) -> int | None:
+        """Replace a model's roles if they are still at `revision` (None: none stored yet),
+        whichever replica asks; returns the new revision, or None when another replica changed
+        them first."""
+        self._ready()
+        values = (record.primary, record.shadow, record.sample_rate, record.changed_at)
+        if revision is None:
+            sql = (
+                "INSERT INTO roles (primary_version, shadow_version, sample_rate, changed_at,"
+                " model, revision) VALUES (%s, %s, %s, %s, %s, 1)"
+                " ON CONFLICT (model) DO NOTHING RETURNING revision"
+            )
+            params: tuple[Any, ...] = (*values, record.model)
+        else:
+            sql = (
+                "UPDATE roles SET primary_version = %s, shadow_version = %s, sample_rate = %s,"
+                " changed_at = %s, revision = revision + 1 WHERE model = %s AND revision = %s"
+                " RETURNING revision"
+            )
+            params = (*values, record.model, revision)
+
+        def write(conn: psycopg.Connection[Any]) -> int | None:
+            row = conn.execute(cast(Any, sql), params).fetchone()
+            return None if row is None else int(row[0])
+
+        return self._call("keeping the roles", write)
+
+    def clear_roles(self, model: str) -> bool:
+        """Forget a model's stored roles (its roles.json or VERDICT_SHADOWS apply again);
+        True when it had some."""
+        self._ready()
+        return self._call(
+            "clearing the roles",
+            lambda conn: conn.execute("DELETE FROM roles WHERE model = %s", (model,)).rowcount == 1,
+        )
+
 
 # What `verdict-store copy` brings from a SQLite store, table by table, in this order: the
 # columns read there, and the statement that adds them here (one array parameter per column).
-# Rows already here stay and are not counted: labels, captures and shadow decisions by their
-# key; audited conflicts and promotions, which have no key in common, by what they hold.
+# Rows already here stay and are not counted: labels, captures, shadow decisions and roles by
+# their key (the roles a model already has here win); audited conflicts and promotions, which
+# have no key in common, by what they hold.
 COPIED_TABLES: dict[str, tuple[str, str]] = {
     "labels": (
         "prediction_id, model, version, predicted, actual, score, issued_at, observed_at,"
@@ -570,6 +620,12 @@ COPIED_TABLES: dict[str, tuple[str, str]] = {
         " WHERE NOT EXISTS (SELECT 1 FROM promotions x WHERE x.model = c.m"
         " AND x.primary_version = c.p AND x.shadow_version = c.s AND x.decided_at = c.t"
         " AND x.outcome = c.o AND x.requested_by = c.r)",
+    ),
+    "roles": (
+        "model, primary_version, shadow_version, sample_rate, revision, changed_at",
+        "INSERT INTO roles (model, primary_version, shadow_version, sample_rate, revision,"
+        " changed_at) SELECT * FROM unnest(%s::text[], %s::int[], %s::int[], %s::float8[],"
+        " %s::int8[], %s::float8[]) ON CONFLICT (model) DO NOTHING",
     ),
 }
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from service.errors import StoreUnavailableError
-from service.monitoring.decisions import PairCell, PromotionRecord, ShadowDecision
+from service.monitoring.decisions import PairCell, PromotionRecord, RolesRecord, ShadowDecision
 
 # Ordered migrations: entry i takes the schema from user_version i to i + 1. Append, never edit.
 MIGRATIONS: tuple[str, ...] = (
@@ -72,6 +72,18 @@ MIGRATIONS: tuple[str, ...] = (
         figures TEXT NOT NULL
     );
     CREATE INDEX promotions_model ON promotions (model, decided_at);
+    """,
+    # 3: the roles in force (primary, shadow, sample rate), one row per model, so that every
+    # process of a deployment serves the same ones; `revision` makes a change compare-and-set.
+    """
+    CREATE TABLE roles (
+        model TEXT PRIMARY KEY,
+        primary_version INTEGER,
+        shadow_version INTEGER,
+        sample_rate REAL NOT NULL,
+        revision INTEGER NOT NULL,
+        changed_at REAL NOT NULL
+    ) WITHOUT ROWID;
     """,
 )
 
@@ -175,6 +187,18 @@ def labelled_example(row: Sequence[object]) -> LabelledExample:
         int(actual),  # type: ignore[call-overload]
         float(score),  # type: ignore[arg-type]
         float(observed_at),  # type: ignore[arg-type]
+    )
+
+
+def roles_record(row: Sequence[object]) -> RolesRecord:
+    model, primary, shadow, rate, revision, changed_at = row
+    return RolesRecord(
+        str(model),
+        None if primary is None else int(primary),  # type: ignore[call-overload]
+        None if shadow is None else int(shadow),  # type: ignore[call-overload]
+        float(rate),  # type: ignore[arg-type]
+        int(revision),  # type: ignore[call-overload]
+        float(changed_at),  # type: ignore[arg-type]
     )
 
 
@@ -657,3 +681,71 @@ class FeedbackStore:
             PromotionRecord(str(m), int(p), int(s), float(t), str(o), str(r), str(f), int(i))
             for m, p, s, t, o, r, f, i in rows
         ]
+
+    # -- roles in force (docs/lifecycle.md, "Roles") ---------------------------------------
+
+    def stored_roles(self) -> list[RolesRecord]:
+        """The roles kept for every model that has some (one row per model)."""
+        with self._lock:
+            try:
+                rows = (
+                    self._ready()
+                    .execute(
+                        "SELECT model, primary_version, shadow_version, sample_rate, revision,"
+                        " changed_at FROM roles ORDER BY model"
+                    )
+                    .fetchall()
+                )
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "reading the roles") from exc
+        return [roles_record(row) for row in rows]
+
+    def keep_roles(self, record: RolesRecord, revision: int | None) -> int | None:
+        """Replace a model's roles if they are still at `revision` (None: none stored yet);
+        returns the new revision, or None when another process changed them first."""
+        with self._lock:
+            try:
+                db = self._ready()
+                db.execute("BEGIN IMMEDIATE")
+                if revision is None:
+                    cursor = db.execute(
+                        "INSERT INTO roles (model, primary_version, shadow_version, sample_rate,"
+                        " revision, changed_at) VALUES (?, ?, ?, ?, 1, ?)"
+                        " ON CONFLICT (model) DO NOTHING",
+                        (
+                            record.model,
+                            record.primary,
+                            record.shadow,
+                            record.sample_rate,
+                            record.changed_at,
+                        ),
+                    )
+                else:
+                    cursor = db.execute(
+                        "UPDATE roles SET primary_version = ?, shadow_version = ?,"
+                        " sample_rate = ?, revision = revision + 1, changed_at = ?"
+                        " WHERE model = ? AND revision = ?",
+                        (
+                            record.primary,
+                            record.shadow,
+                            record.sample_rate,
+                            record.changed_at,
+                            record.model,
+                            revision,
+                        ),
+                    )
+                kept = cursor.rowcount == 1
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "keeping the roles") from exc
+        return (revision or 0) + 1 if kept else None
+
+    def clear_roles(self, model: str) -> bool:
+        """Forget a model's stored roles (its roles.json or VERDICT_SHADOWS apply again);
+        True when it had some."""
+        with self._lock:
+            try:
+                cursor = self._ready().execute("DELETE FROM roles WHERE model = ?", (model,))
+            except sqlite3.Error as exc:
+                raise self._fail(exc, "clearing the roles") from exc
+        return cursor.rowcount == 1

@@ -1,0 +1,125 @@
+"""The roles of every model (primary, shadow, sample rate) shared by every process of a
+deployment: the workers of one server and the replicas of a fleet read them from the feedback
+store they share, so an admin change made on one process reaches all of them
+(docs/lifecycle.md, "Roles").
+
+A change is written to the store (compare-and-set on the model's revision, so two processes
+changing one model at once cannot both win) and applied at once by the process that made it.
+Every process reads the stored roles every `ROLES_CHECK_S` seconds, on the store's threads,
+and applies a change with the repository's hot swap: within about `ROLES_CHECK_S` plus the
+swap, every process serves the new roles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from service.errors import ConflictError, StoreUnavailableError
+from service.models.repository import Repository
+from service.models.roles import Roles, roles_from
+from service.monitoring.decisions import RolesRecord
+from service.monitoring.stores import LabelStore
+
+Run = Callable[..., Awaitable[Any]]
+
+# How often each process reads the stored roles (one small query); the bound on how long a
+# role change made elsewhere takes to reach this process, the swap aside.
+ROLES_CHECK_S = 0.5
+# A store that cannot answer is logged at most this often by the check.
+WARN_EVERY_S = 60.0
+
+log = logging.getLogger(__name__)
+
+
+class SharedRoles:
+    """This process's view of the roles kept in the store, and the one way to change them."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        store: LabelStore,
+        run: Run,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.repository = repository
+        self.store = store
+        self.run = run
+        self.clock = clock
+        self._revisions: dict[str, int] = {}  # model -> stored revision last read or written
+        # One reading or change at a time in this process: a read that started before this
+        # process's own change must not be applied after it.
+        self._lock = asyncio.Lock()
+        self._warned_at = -WARN_EVERY_S
+        self._bad: set[tuple[str, int]] = set()  # stored rows already logged as unusable
+
+    async def sync(self) -> None:
+        """Read the stored roles and apply every change; StoreUnavailableError when the store
+        cannot answer (the roles in force stay)."""
+        async with self._lock:
+            await self._sync()
+
+    async def _sync(self) -> None:
+        records: list[RolesRecord] = await self.run(self.store.stored_roles)
+        stored: dict[str, Roles] = {}
+        revisions: dict[str, int] = {}
+        for r in records:
+            try:
+                stored[r.model] = roles_from(
+                    {"primary": r.primary, "shadow": r.shadow, "sample_rate": r.sample_rate}
+                )
+            except ValueError as exc:
+                # Written by something else than this service: keep what is in force.
+                if (r.model, r.revision) not in self._bad:
+                    self._bad.add((r.model, r.revision))
+                    log.error("model %s: stored roles ignored: %s", r.model, exc)
+                kept = self.repository.stored_roles(r.model)
+                if kept is not None:
+                    stored[r.model] = kept
+            revisions[r.model] = r.revision
+        self._revisions = revisions
+        await self.repository.use_stored_roles(stored)
+
+    async def follow(self) -> None:
+        """Check the stored roles every ROLES_CHECK_S seconds, for ever."""
+        while True:
+            await asyncio.sleep(ROLES_CHECK_S)
+            try:
+                await self.sync()
+            except StoreUnavailableError as exc:
+                self._warn("the stored roles cannot be read (the roles in force stay): %s", exc)
+            except Exception as exc:  # keep following: one bad pass must not stop the others
+                self._warn("checking the stored roles failed: %r", exc)
+
+    def _warn(self, message: str, detail: object) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_EVERY_S:
+            self._warned_at = now
+            log.warning(message, getattr(detail, "message", detail))
+
+    async def change(self, model: str, roles: Roles) -> list[int]:
+        """Keep new roles for a model in the store, for every process, and apply them here;
+        returns the versions served here. ConflictError (409) when another process changed the
+        model's roles since this one last read them (they apply here then; nothing else
+        changed)."""
+        async with self._lock:
+            await self.repository.check_roles(model, roles)
+            record = RolesRecord(
+                model, roles.primary, roles.shadow, roles.sample_rate, changed_at=self.clock()
+            )
+            revision = await self.run(self.store.keep_roles, record, self._revisions.get(model))
+            if revision is None:
+                await self._sync()
+                if self.repository.stored_roles(model) != roles:
+                    raise ConflictError(
+                        f"the roles of {model!r} were changed by another process meanwhile "
+                        f"(now {self.repository.roles(model).record()}); nothing changed: "
+                        "check them and try again",
+                        "roles_changed",
+                    )
+                return self.repository.versions(model)  # the same change, made elsewhere
+            self._revisions[model] = revision
+            return await self.repository.set_stored_roles(model, roles)
