@@ -2,6 +2,10 @@
 
     verdict-store migrate            apply the schema migrations (before a rolling deployment)
     verdict-store version            the schema version of the store and of this release
+    verdict-store roles [--clear MODEL]
+                                     the roles admin calls kept for every process (primary,
+                                     shadow, sample rate, revision); --clear hands a model back
+                                     to its roles.json or VERDICT_SHADOWS
     verdict-store copy --from sqlite:///var/feedback.sqlite3
                                      copy a SQLite store's labels, audited conflicts,
                                      captures, shadow decisions, promotions, roles and
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -25,6 +30,7 @@ from service.settings import Settings
 
 if TYPE_CHECKING:
     from service.monitoring.postgres import PostgresStore
+    from service.monitoring.stores import LabelStore
 
 CONFIG_ERROR = 2  # exit code: the settings or arguments are wrong
 STORE_ERROR = 1  # exit code: the store could not do it
@@ -44,6 +50,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("migrate", help="apply the schema migrations")
     commands.add_parser("version", help="print the store's schema version and this release's")
+    roles = commands.add_parser("roles", help="print (or clear) the roles kept in the store")
+    roles.add_argument(
+        "--clear", metavar="MODEL", help="forget MODEL's stored roles (roles.json applies again)"
+    )
     copy = commands.add_parser("copy", help="copy a SQLite store into the PostgreSQL store")
     copy.add_argument("--from", dest="source", required=True, help="sqlite:///path of the source")
     return parser.parse_args(argv)
@@ -138,6 +148,26 @@ def _copy(source: str, target: str) -> str:
     return "; ".join(parts)
 
 
+def _roles(store: LabelStore, clear: str | None) -> None:
+    if clear is not None:
+        done = store.clear_roles(clear)
+        print(
+            f"verdict-store: the stored roles of {clear!r} "
+            + (
+                "cleared: its roles.json or VERDICT_SHADOWS apply within a second"
+                if done
+                else "were not there: nothing changed"
+            )
+        )
+        return
+    for r in store.stored_roles():
+        when = datetime.fromtimestamp(r.changed_at, UTC).isoformat(timespec="seconds")
+        print(
+            f"{r.model}: primary {r.primary}, shadow {r.shadow}, sample_rate {r.sample_rate:g}"
+            f" (revision {r.revision}, changed {when})"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run one command; exit 1 when the store fails, 2 when the arguments are wrong."""
     args = _parse(argv)
@@ -153,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.command == "migrate":
                 version = store.migrate()
                 print(f"verdict-store: {describe(url)} is at schema version {version}")
+            elif args.command == "roles":
+                _roles(store, args.clear)
             else:
                 print(f"store {store.schema_version()}, this release {_latest(url)}")
         finally:

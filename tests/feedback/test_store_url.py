@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.monitoring.decisions import PromotionRecord, ShadowDecision
+from service.monitoring.decisions import PromotionRecord, RolesRecord, ShadowDecision
 from service.monitoring.keys import load_prediction_key
 from service.monitoring.postgres import PostgresStore
 from service.monitoring.postgres_schema import MIGRATIONS
@@ -137,6 +137,7 @@ def test_copy_moves_a_sqlite_store_to_postgres(pg: PostgresServer, tmp_path: Pat
     sqlite.record_shadow_decisions(decisions)
     for outcome in ("refused", "promoted"):
         sqlite.record_promotion(PromotionRecord("bc", 1, 2, 50.0, outcome, "admin", '{"n": 7}'))
+    sqlite.keep_roles(RolesRecord("bc", 2, 1, 0.1, changed_at=50.0), None)
     sqlite.close()
     key = load_prediction_key(Settings(feedback_url=source))
 
@@ -144,7 +145,7 @@ def test_copy_moves_a_sqlite_store_to_postgres(pg: PostgresServer, tmp_path: Pat
     assert done.returncode == 0, done.stderr
     assert "12 labels read, 12 added" in done.stdout and "key copied" in done.stdout
     assert "5 captures read, 5 added; 7 shadow decisions read, 7 added" in done.stdout
-    assert "2 promotions read, 2 added" in done.stdout
+    assert "2 promotions read, 2 added; 1 roles read, 1 added" in done.stdout
     target = PostgresStore(pg.url)
     sqlite = FeedbackStore(sqlite_target(source))
     assert target.cell_counts("bc", 100.0) == sqlite.cell_counts("bc", 100.0)
@@ -157,6 +158,7 @@ def test_copy_moves_a_sqlite_store_to_postgres(pg: PostgresServer, tmp_path: Pat
     # The same decisions, each with its own id on each side.
     strip = [replace(r, id=None) for r in target.promotions("bc")]
     assert strip == [replace(r, id=None) for r in sqlite.promotions("bc")]
+    assert target.stored_roles() == sqlite.stored_roles() != []
     assert target.prediction_key() == key  # ids issued before the move still verify
     assert target.record([rows[3]]) == ["duplicate"]
     target.close()
@@ -166,7 +168,7 @@ def test_copy_moves_a_sqlite_store_to_postgres(pg: PostgresServer, tmp_path: Pat
     assert "12 labels read, 0 added" in again.stdout, again.stderr
     assert "0 of 1 audited conflicts added" in again.stdout
     assert "5 captures read, 0 added; 7 shadow decisions read, 0 added" in again.stdout
-    assert "2 promotions read, 0 added" in again.stdout
+    assert "2 promotions read, 0 added; 1 roles read, 0 added" in again.stdout
     assert pg.sql("SELECT COUNT(*) FROM promotions") == [(2,)]
     assert pg.sql("SELECT COUNT(*) FROM captures") == [(5,)]
     wrong = store_cli("copy", "--from", pg.url, env={"VERDICT_FEEDBACK_URL": source})
@@ -187,3 +189,20 @@ def test_copy_from_a_store_before_the_captures_table(pg: PostgresServer, tmp_pat
     assert "1 labels read, 1 added" in done.stdout
     assert "0 captures read, 0 added; 0 shadow decisions read, 0 added" in done.stdout
     assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (1,)  # untouched
+
+
+def test_the_stored_roles_are_listed_and_cleared(pg: PostgresServer) -> None:
+    store = PostgresStore(pg.url)
+    store.keep_roles(RolesRecord("bc", 2, 1, 0.25, changed_at=0.0), None)
+    store.close()
+    listed = store_cli("--url", pg.url, "roles")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.strip() == (
+        "bc: primary 2, shadow 1, sample_rate 0.25 (revision 1, changed 1970-01-01T00:00:00+00:00)"
+    )
+    cleared = store_cli("--url", pg.url, "roles", "--clear", "bc")
+    assert cleared.returncode == 0 and "cleared" in cleared.stdout, cleared.stderr
+    assert pg.sql("SELECT COUNT(*) FROM roles") == [(0,)]
+    again = store_cli("--url", pg.url, "roles", "--clear", "bc")
+    assert "nothing changed" in again.stdout
+    assert store_cli("--url", pg.url, "roles").stdout == ""

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service.monitoring.decisions import RolesRecord
 from service.monitoring.store import FeedbackStore
 from tests.conftest import make_settings, wait_ready
 from tests.lifecycle.shadow_support import ADMIN, ADMIN_KEY, MODEL, shifted_rows, write_pair
@@ -327,3 +328,26 @@ def test_a_slow_shadow_never_changes_an_answer(repo: Path, tmp_path: Path) -> No
             time.sleep(0.05)
     strip = [{k: v for k, v in p.items() if k != "prediction_id"} for p in before]
     assert [{k: v for k, v in p.items() if k != "prediction_id"} for p in after] == strip
+
+
+def test_a_change_decided_on_roles_changed_elsewhere_is_refused(
+    client: TestClient, tmp_path: Path
+) -> None:
+    assert _shadow(client, {"version": 2, "sample_rate": 0.25}).status_code == 200
+    # Another process changes the roles in the shared store between this process's reading
+    # of them and its change (this process's readings are stopped to make that moment last).
+    shared = client.app.state.shared_roles  # type: ignore[attr-defined]
+
+    async def stale() -> None:
+        return None
+
+    shared.sync = stale
+    time.sleep(0.2)  # a reading under way when they stopped is over
+    store = FeedbackStore(str(tmp_path / "var" / "feedback.sqlite3"))
+    assert store.keep_roles(RolesRecord(MODEL, 1, 2, 0.75, changed_at=time.time()), 1) == 2
+    store.close()
+    r = _shadow(client, {"version": 2, "sample_rate": 0.5})
+    assert r.status_code == 409 and r.json()["code"] == "roles_changed", r.text
+    # Nothing of the refused change was kept; the other process's roles apply here now.
+    roles = client.get(f"/v2/repository/models/{MODEL}/roles", headers=ADMIN).json()
+    assert roles["sample_rate"] == 0.75
