@@ -8,6 +8,7 @@ done, polling, and lookup by name and version.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
@@ -147,6 +148,15 @@ class Repository:
         entry; a broken file keeps the roles in force (logged)."""
         stored = self._stored.get(name)
         if stored is not None:
+            with contextlib.suppress(ValueError):
+                if read_roles(self.root / name) not in (None, stored):
+                    log.warning(
+                        "model %s: its roles.json is not applied: the roles an admin call kept "
+                        "in the feedback store take precedence (`verdict-store roles --clear %s` "
+                        "hands the model back to the file)",
+                        name,
+                        name,
+                    )
             return stored
         try:
             roles = read_roles(self.root / name)
