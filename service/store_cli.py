@@ -75,7 +75,7 @@ def _latest(url: str) -> int:
         from service.monitoring.postgres_schema import MIGRATIONS as PG_MIGRATIONS
 
         return len(PG_MIGRATIONS)
-    from service.monitoring.store import MIGRATIONS
+    from service.monitoring.sqlite_file import MIGRATIONS
 
     return len(MIGRATIONS)
 
@@ -94,7 +94,7 @@ COPY_ORDER = {
 def _copy_table(db: sqlite3.Connection, store: PostgresStore, table: str) -> tuple[int, int]:
     """Copy one table in chunks; (rows read, rows added). A store from before the migration
     that made the table has none to copy."""
-    from service.monitoring.postgres import COPIED_TABLES, copy_rows
+    from service.monitoring.postgres_copy import COPIED_TABLES, copy_rows
 
     exists = db.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)

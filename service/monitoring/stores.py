@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Protocol
 
 from service.monitoring.decisions import PairCell, PromotionRecord, RolesRecord, ShadowDecision
-from service.monitoring.store import (
+from service.monitoring.records import (
     CaptureRecord,
     CellCount,
-    FeedbackStore,
     LabelledExample,
     LabelRecord,
     RecordResult,
 )
+from service.monitoring.store import FeedbackStore
 
 SQLITE = "sqlite:///"
 POSTGRES = ("postgresql://", "postgres://")
@@ -94,7 +94,7 @@ def open_store(url: str) -> LabelStore:
 def describe(url: str) -> str:
     """The URL as logs may show it (no password)."""
     if is_postgres(url):
-        from service.monitoring.postgres import redact
+        from service.monitoring.postgres_connection import redact
 
         return redact(url)
     return url

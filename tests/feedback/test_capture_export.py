@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from service.monitoring.examples import holdout_start
-from service.monitoring.store import CaptureRecord, FeedbackStore, LabelRecord
+from service.monitoring.records import CaptureRecord, LabelRecord
+from service.monitoring.store import FeedbackStore
 from tests.conftest import write_binary
 from training.__main__ import main
 

@@ -17,8 +17,9 @@ from service.monitoring.decisions import PromotionRecord, RolesRecord, ShadowDec
 from service.monitoring.keys import load_prediction_key
 from service.monitoring.postgres import PostgresStore
 from service.monitoring.postgres_schema import MIGRATIONS
-from service.monitoring.store import MIGRATIONS as SQLITE_MIGRATIONS
-from service.monitoring.store import CaptureRecord, FeedbackStore, LabelRecord
+from service.monitoring.records import CaptureRecord, LabelRecord
+from service.monitoring.sqlite_file import MIGRATIONS as SQLITE_MIGRATIONS
+from service.monitoring.store import FeedbackStore
 from service.monitoring.stores import open_store, sqlite_folder, sqlite_target
 from service.settings import Settings
 from tests.pgserver import PostgresServer

@@ -15,7 +15,8 @@ from pydantic import SecretStr
 
 from service.monitoring.decisions import PromotionRecord, RolesRecord, ShadowDecision
 from service.monitoring.postgres import PostgresStore
-from service.monitoring.store import FeedbackStore, LabelRecord
+from service.monitoring.records import LabelRecord
+from service.monitoring.store import FeedbackStore
 from tests.conftest import make_settings, wait_ready
 from tests.lifecycle.shadow_support import ADMIN, ADMIN_KEY, MODEL, shifted_rows, write_pair
 from tests.pgserver import PostgresServer, pg, pg_server  # noqa: F401  (fixtures)
