@@ -90,15 +90,21 @@ class SharedRoles:
             try:
                 await self.sync()
             except StoreUnavailableError as exc:
-                self._warn("the stored roles cannot be read (the roles in force stay): %s", exc)
-            except Exception as exc:  # keep following: one bad pass must not stop the others
-                self._warn("checking the stored roles failed: %r", exc)
+                if self._may_warn():
+                    log.warning(
+                        "the stored roles cannot be read (the roles in force stay): %s",
+                        exc.message,
+                    )
+            except Exception:  # keep following: one bad pass must not stop the others
+                if self._may_warn():
+                    log.exception("checking the stored roles failed")
 
-    def _warn(self, message: str, detail: object) -> None:
+    def _may_warn(self) -> bool:
         now = time.monotonic()
-        if now - self._warned_at >= WARN_EVERY_S:
-            self._warned_at = now
-            log.warning(message, getattr(detail, "message", detail))
+        if now - self._warned_at < WARN_EVERY_S:
+            return False
+        self._warned_at = now
+        return True
 
     async def change(self, model: str, roles: Roles) -> list[int]:
         """Keep new roles for a model in the store, for every process, and apply them here;
