@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parent.parent
 START_MARKER = "<!-- bench:start -->"
 END_MARKER = "<!-- bench:end -->"
 
@@ -247,10 +249,41 @@ def has_baseline(records: list[Record]) -> bool:
     return any(r.get("server") in BEFORE_OF.values() for r in records)
 
 
+def shown_path(path: str, root: Path = ROOT) -> str:
+    """A path as docs/benchmarks.md may show it, never naming this machine's folders: relative
+    to the repository when inside it or beside it (`.`, `bench/results`, `../before`), else
+    only its last part."""
+    p = Path(path)
+    if not p.is_absolute():
+        return path
+    if p.is_relative_to(root):
+        return str(p.relative_to(root))
+    if p.is_relative_to(root.parent):
+        return str(Path("..") / p.relative_to(root.parent))
+    return p.name or path
+
+
+def shown_command(command: str, root: Path = ROOT) -> str:
+    """The bench's command line with every absolute path in it as `shown_path` shows it."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return command
+    shown = []
+    for word in words:
+        option, eq, value = word.partition("=")
+        if eq and option.startswith("-"):
+            shown.append(f"{option}={shown_path(value, root)}")
+        else:
+            shown.append(shown_path(word, root))
+    return shlex.join(shown)
+
+
 def _checkout(info: Record | None) -> str:
     if not info:
         return "?"
-    text = f"`{info.get('path', '?')}`"
+    path = shown_path(str(info.get("path", "?")))
+    text = "this repository" if path == "." else f"`{path}`"
     if info.get("commit"):
         text += f" at `{str(info['commit'])[:12]}`"
         text += " with uncommitted changes" if info.get("dirty") else ""
@@ -321,7 +354,7 @@ def render(records: list[Record]) -> str:
     meta = next((r for r in records if r["kind"] == "meta"), {})
     cases = _select(records, kind="case")
     lines = [
-        f"Run `{meta.get('command', '?')}` on {meta.get('date', '?')} "
+        f"Run `{shown_command(str(meta.get('command', '?')))}` on {meta.get('date', '?')} "
         f"({meta.get('mode', '?')}: {meta.get('rounds', '?')} round(s), "
         f"{meta.get('warmup_s', '?')} s warm-up + {meta.get('duration_s', '?')} s measured "
         "per case).",

@@ -44,13 +44,15 @@ def build_onnx(
     output_name: str = "probabilities",
     softmax: bool = True,
     fixed_batch: int | None = None,
+    weights: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[bytes, np.ndarray, np.ndarray]:
-    """softmax(flatten(x) @ W + b) as ONNX bytes, with W and b (for reference answers)."""
+    """softmax(flatten(x) @ W + b) as ONNX bytes, with W and b (for reference answers); W and
+    b are drawn from `seed` unless `weights` gives them."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     n_in = int(np.prod(in_dims))
-    w, b = _weights(n_in, n_classes, seed)
+    w, b = weights if weights is not None else _weights(n_in, n_classes, seed)
     batch: int | str = fixed_batch if fixed_batch is not None else "batch"
     nodes = []
     flat = input_name
@@ -212,9 +214,18 @@ def add_reference_sample(
     return manifest
 
 
-def write_binary(root: Path, version: int = 1, seed: int = 0, name: str = "bin") -> Path:
-    """A binary tabular model with 3 features, threshold 0.3, and its reference sample."""
-    graph, w, b = build_onnx((3,), 2, seed=seed)
+def write_binary(
+    root: Path,
+    version: int = 1,
+    seed: int = 0,
+    name: str = "bin",
+    *,
+    threshold: float = 0.3,
+    weights: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Path:
+    """A binary tabular model with 3 features (threshold 0.3 unless given), and its reference
+    sample; W and b are drawn from `seed` unless `weights` gives them."""
+    graph, w, b = build_onnx((3,), 2, seed=seed, weights=weights)
     manifest = make_manifest(
         name,
         version,
@@ -223,7 +234,7 @@ def write_binary(root: Path, version: int = 1, seed: int = 0, name: str = "bin")
         in_dims=(3,),
         classes=BIN_CLASSES,
         feature_names=BIN_FEATURES,
-        threshold=0.3,
+        threshold=threshold,
         positive_class="spam",
     )
     folder = write_version(root, name, version, graph, manifest)

@@ -1,6 +1,6 @@
 """A challenger from production traffic: the champion's own config retrained on its training
 data plus the labelled production examples of an export (`verdict-train export`), never on
-the export's held-out rows (docs/lifecycle.md, "Retrain")."""
+the export's held-out rows (docs/lifecycle.md, "Retrain"); tabular and image models alike."""
 
 from __future__ import annotations
 
@@ -32,6 +32,22 @@ META_COLUMNS = (
 )
 
 
+def input_columns(manifest: dict[str, Any]) -> list[str]:
+    """The export's columns holding a version's input, in the order of the flat row the model
+    reads: its feature names (tabular), or `<input name>[i][j][k]` over an image input's
+    shape without the batch axis (the names service/monitoring/examples.py writes)."""
+    spec = manifest.get("input") or {}
+    names = spec.get("feature_names")
+    if names:
+        return [str(n) for n in names]
+    shape = spec.get("shape") or []
+    dims = [int(d) for d in shape[1:]]
+    if not dims or any(d < 1 for d in dims):
+        raise DataError(f"the manifest's input has neither feature names nor a fixed shape {shape}")
+    name = str(spec.get("name") or "input")
+    return [name + "".join(f"[{i}]" for i in index) for index in np.ndindex(*dims)]
+
+
 @dataclass
 class Examples:
     """Rows of an export: features in the order asked for, labels as class indices."""
@@ -50,10 +66,15 @@ class Examples:
 
 
 def read_examples(
-    path: Path, features: list[str], classes: list[str], split: str | None = None
+    path: Path,
+    features: list[str],
+    classes: list[str],
+    split: str | None = None,
+    image: bool = False,
 ) -> Examples:
     """The rows of an export file (only those of `split`, `train` or `holdout`, when given),
-    their features in the order of `features`."""
+    their values in the order of the columns `features` (`input_columns`; `image` when they
+    are an image's values rather than named features)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -65,13 +86,19 @@ def read_examples(
             f"{path} is not an export of `verdict-train export` (its first columns must be "
             f"{', '.join(META_COLUMNS)})"
         )
-    absent = [f for f in features if f not in header]
+    where = {name: i for i, name in enumerate(header)}
+    absent = [f for f in features if f not in where]
+    if absent and image:  # an image's values are all stored or none: another input
+        raise DataError(
+            f"{path} lacks {len(absent)} of the {len(features)} input columns the model reads "
+            f"(e.g. {absent[:3]}): is it an export of another model, or of a version with "
+            "another input shape?"
+        )
     if absent:
         raise DataError(
             f"{path} lacks the features {absent} the model reads (were they dropped before "
             "storing, VERDICT_CAPTURE_DROP_FEATURES?); it cannot be used for this model"
         )
-    where = {name: i for i, name in enumerate(header)}
     cols = [where[f] for f in features]
     index = {c: i for i, c in enumerate(classes)}
     xs: list[list[float]] = []
@@ -132,12 +159,18 @@ def retrain(
     cfg = validate_config(raw, source=f"{champion}/manifest.json training.config")
     cfg = cfg.model_copy(update={"tensorboard": TensorBoardConfig()})
     base = load_dataset(cfg.data, cfg.seed)
-    if base.image_shape is not None:
-        raise DataError("retraining on production examples is for tabular models")
-    ex = read_examples(examples_path, base.feature_names, base.classes, split="train")
+    image = base.image_shape is not None
+    columns = input_columns(manifest) if image else base.feature_names
+    shape = list(manifest["input"]["shape"][1:])
+    if image and shape != [1, *(base.image_shape or ())]:
+        raise DataError(
+            f"the champion reads images of shape {shape}, its config's data set {base.name} "
+            f"has {list(base.image_shape or ())}: its config no longer loads its data"
+        )
+    ex = read_examples(examples_path, columns, base.classes, split="train", image=image)
     if ex.rows == 0:
         raise DataError(f"{examples_path} has no rows marked split=train to train on")
-    held = read_examples(examples_path, base.feature_names, base.classes, split="holdout")
+    held = read_examples(examples_path, columns, base.classes, split="holdout", image=image)
     x = np.concatenate([base.x, ex.x])
     y = np.concatenate([base.y, ex.y])
     name = f"{base.name}+production"
@@ -147,7 +180,7 @@ def retrain(
         y,
         base.classes,
         base.feature_names,
-        None,
+        base.image_shape,  # an image model's rows are flat, in the order its input reads
         _sha256(x, y, base.classes, base.feature_names),
     )
     provenance: dict[str, Any] = {

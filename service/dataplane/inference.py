@@ -19,9 +19,10 @@ import numpy as np
 from service.errors import BadRequestError, InferenceError, OverloadedError, VerdictError
 from service.models.batching import BatchResult
 from service.models.codecs import InferInput, rows_to_input, tensor_to_input
-from service.models.repository import ModelVersion, Repository
+from service.models.repository import Repository
+from service.models.version import ModelVersion
 from service.monitoring.ids import PredictionIds
-from service.monitoring.metrics import Outcomes
+from service.monitoring.request_metrics import Outcomes
 
 if TYPE_CHECKING:
     from service.dataplane.shadow import ShadowRunner

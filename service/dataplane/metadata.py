@@ -9,7 +9,8 @@ from typing import Any
 
 from service.errors import VerdictError
 from service.models.codecs import DTYPE_TO_DATATYPE
-from service.models.repository import ModelVersion, Repository
+from service.models.repository import Repository
+from service.models.version import ModelVersion
 
 SERVER_NAME = "verdict"
 EXTENSIONS = ["binary_tensor_data", "model_repository", "parameters"]

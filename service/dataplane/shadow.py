@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.errors import OverloadedError
-from service.models.repository import ModelVersion, Repository
+from service.models.repository import Repository
+from service.models.version import ModelVersion
 from service.monitoring.decisions import ShadowDecision
 from service.monitoring.metrics import Metrics
 

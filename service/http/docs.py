@@ -19,7 +19,8 @@ from fastapi.openapi.docs import (
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from service.models.repository import ModelVersion, Repository
+from service.models.repository import Repository
+from service.models.version import ModelVersion
 
 log = logging.getLogger(__name__)
 

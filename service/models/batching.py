@@ -45,7 +45,7 @@ from service.models.runs import (
     timed_run,
 )
 from service.models.runtime import OrtThread
-from service.monitoring.metrics import VersionMetrics
+from service.monitoring.request_metrics import VersionMetrics
 
 log = logging.getLogger(__name__)
 

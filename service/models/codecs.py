@@ -131,7 +131,9 @@ def _number_array(values: Any, what: str, error: type[VerdictError]) -> np.ndarr
     try:
         arr = np.asarray(values)
     except (ValueError, TypeError):
-        raise error(f"{what} must be a rectangular array of numbers (rows of equal length)") from None
+        raise error(
+            f"{what} must be a rectangular array of numbers (rows of equal length)"
+        ) from None
     if arr.dtype.kind not in JSON_NUMBER_KINDS and not (arr.dtype.kind == "b" and arr.size == 0):
         if arr.dtype.kind == "O":
             raise error(

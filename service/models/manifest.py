@@ -170,4 +170,3 @@ class ManifestCache:
             return None
         self._docs[folder] = (mtime, doc)
         return doc
-

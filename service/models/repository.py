@@ -2,7 +2,8 @@
 
 The lifecycle of served versions: discovery, the version policy, loading off the event loop
 (`models.loading`), the atomic switch, retiring a replaced version once its last request is
-done, polling, and lookup by name and version.
+done, and polling; lookup by name and version is `models.lookup`, what a served version
+holds is `models.version`.
 """
 
 from __future__ import annotations
@@ -10,23 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import re
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from service.errors import (
-    BadRequestError,
     ModelLoadError,
     ModelNotFoundError,
-    ModelNotReadyError,
     VersionNotFoundError,
 )
 from service.models.batching import INLINE_BUDGET_S, Batcher
-from service.models.codecs import InputSpec
 from service.models.conformance import UNCHECKED, Conformance
 from service.models.loading import (
     Fingerprint,
@@ -37,51 +32,17 @@ from service.models.loading import (
     model_fingerprint,
     scan_folder,
 )
+from service.models.lookup import VersionLookup
 from service.models.manifest import ManifestCache
 from service.models.roles import NONE, Roles, read_roles, roles_fingerprint
-from service.models.runtime import CPU, ModelSession, RuntimeOptions
-from service.monitoring.metrics import Metrics, VersionMetrics
+from service.models.runtime import CPU, RuntimeOptions
+from service.models.version import NAME_RE, ModelVersion
+from service.monitoring.metrics import Metrics
 from service.settings import Settings, VersionPolicy
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-Listener = Callable[["ModelVersion"], object]
-
-
-@dataclass(eq=False)
-class ModelVersion:
-    """One loaded, checked and warmed-up model version that can take traffic."""
-
-    name: str
-    version: int
-    path: Path
-    manifest: dict[str, Any]
-    spec: InputSpec
-    classes: list[str]
-    task: str
-    threshold: float | None
-    positive_index: int | None
-    output_name: str
-    session: ModelSession
-    batcher: Batcher
-    metrics: VersionMetrics
-    fingerprint: Fingerprint
-    conformance: Conformance
-    loaded_at: float = field(default_factory=time.time)
-    issued: int = 0  # rows predicted by this process on this version
-    active: int = 0
-    retiring: bool = False
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def providers(self) -> list[str]:
-        return self.session.providers
-
-    @property
-    def binary(self) -> bool:
-        return self.task == "binary"
+Listener = Callable[[ModelVersion], object]
 
 
 @dataclass(slots=True)
@@ -90,7 +51,7 @@ class _VersionState:
     reason: str = ""
 
 
-class Repository:
+class Repository(VersionLookup):
     """Every served model version; swaps versions atomically and drains retired ones."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
@@ -458,73 +419,6 @@ class Repository:
                 self._seen.pop(name, None)
                 await self.unload_model(name)
 
-    # -- lookup ----------------------------------------------------------------------------
-    def resolve(self, name: str | None, version: int | str | None = None) -> ModelVersion:
-        """The version a request runs on (latest unless given)."""
-        if name is None:
-            if len(self._latest) == 1:
-                return next(iter(self._latest.values()))
-            if not self._latest:
-                raise ModelNotReadyError("no model is loaded")
-            raise BadRequestError(f"`model` is required: this server serves {sorted(self._latest)}")
-        if name not in self._latest:
-            if name in self._expected:
-                raise ModelNotReadyError(f"model {name!r} is not loaded yet")
-            raise ModelNotFoundError(f"unknown model {name!r}; served: {sorted(self._latest)}")
-        if version is None or version == "":
-            return self._latest[name]
-        number = _version_number(version)
-        mv = self._served[name].get(number) if number is not None else None
-        if mv is None:
-            raise VersionNotFoundError(
-                f"model {name!r} has no served version {version!r}; "
-                f"served: {sorted(self._served[name])}"
-            )
-        return mv
-
-    def acquire(self, name: str | None, version: int | str | None = None) -> ModelVersion:
-        """Resolve and pin a version so that it is not closed under the request."""
-        mv = self.resolve(name, version)
-        mv.active += 1
-        return mv
-
-    def release(self, mv: ModelVersion) -> None:
-        """Unpin a version taken with acquire."""
-        mv.active -= 1
-        if mv.active == 0 and mv.retiring:
-            mv.idle.set()
-
-    def served(self) -> dict[str, dict[int, ModelVersion]]:
-        """Model name -> version -> loaded version."""
-        return self._served
-
-    def versions(self, name: str) -> list[int]:
-        """Served versions of a model."""
-        return sorted(self._served.get(name, {}))
-
-    def predictions_issued(self, model: str, version: int) -> tuple[int, float] | None:
-        """(rows this process predicted on a served version, since when), or None."""
-        mv = self._served.get(model, {}).get(version)
-        return None if mv is None else (mv.issued, mv.loaded_at)
-
-    @property
-    def ready(self) -> bool:
-        """True once loading finished and every configured model serves a version."""
-        return self.started and all(name in self._latest for name in self._expected)
-
-    def not_ready(self) -> list[str]:
-        """Configured models that serve no version."""
-        return sorted(n for n in self._expected if n not in self._latest)
-
-    def manifest(self, model: str, version: int) -> dict[str, Any] | None:
-        """A version's manifest: from memory when loaded, else from disk; None when unknown."""
-        mv = self._served.get(model, {}).get(version)
-        if mv is not None:
-            return mv.manifest
-        if not NAME_RE.match(model) or not isinstance(version, int) or version < 1:
-            return None
-        return self._manifests.read(self.root / model / str(version))
-
     def index(self) -> list[dict[str, Any]]:
         """Every model version on disk or served, with its state (repository extension)."""
         rows: dict[tuple[str, int], dict[str, Any]] = {}
@@ -538,15 +432,3 @@ class Repository:
             for v in versions_:
                 rows[(name, v)] = {"name": name, "version": str(v), "state": "READY"}
         return [rows[k] for k in sorted(rows)]
-
-
-def _version_number(version: int | str) -> int | None:
-    if isinstance(version, bool):
-        return None
-    if isinstance(version, int):
-        return version
-    if isinstance(version, str) and version.isascii() and version.isdigit():
-        return int(version)
-    if isinstance(version, float) and math.isfinite(version) and version.is_integer():
-        return int(version)
-    return None

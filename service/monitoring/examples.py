@@ -1,5 +1,6 @@
 """Labelled production examples out of the feedback store (captured inputs joined with their
-labels), written as a CSV file that retraining reads (docs/lifecycle.md, "Export")."""
+labels), written as a CSV file that retraining reads (docs/lifecycle.md, "Export"): one column
+per feature of a tabular model, one per value of an image model's input."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from service.monitoring.store import LabelledExample
 from service.monitoring.stores import LabelStore
@@ -82,9 +85,10 @@ def export_examples(
         if manifest is None:
             raise ExportError(f"{model} version {v} has labelled examples but no manifest here")
         manifests[v] = manifest
+    image = _image_input(model, manifests)
     features: list[str] = []
     for v in sorted(manifests, reverse=True):  # the newest version's order first
-        for name in _feature_names(manifests[v]):
+        for name in input_columns(manifests[v]):
             if name not in features:
                 features.append(name)
     start = holdout_start([e.captured_at for e in examples], holdout_fraction)
@@ -98,7 +102,7 @@ def export_examples(
         for e in examples:
             split = HOLDOUT if start is not None and e.captured_at >= start else TRAIN
             train += split == TRAIN
-            writer.writerow(_row(e, manifests[e.version], split, features, missing))
+            writer.writerow(_row(e, manifests[e.version], split, features, missing, image))
     tmp.replace(out)
     return ExportSummary(
         out,
@@ -111,14 +115,41 @@ def export_examples(
     )
 
 
-def _feature_names(manifest: dict[str, Any]) -> list[str]:
+def input_columns(manifest: dict[str, Any]) -> list[str]:
+    """The export's columns for a version's input: its feature names (tabular), or one column
+    per value of an image input, `<input name>[i][j][k]` over the shape without its batch
+    axis, in the order of the flat row the model reads (training/production.py reads them)."""
     spec = manifest.get("input") or {}
     names = spec.get("feature_names")
-    if not names:
+    if names:
+        return [str(n) for n in names]
+    shape = spec.get("shape") or []
+    dims = [int(d) for d in shape[1:]]
+    if not dims or any(d < 1 for d in dims):
         raise ExportError(
-            "only tabular models (with feature names in the manifest) can be exported"
+            f"the manifest's input has neither feature names nor a fixed shape ({shape}): "
+            "its rows cannot be written as columns"
         )
-    return [str(n) for n in names]
+    name = str(spec.get("name") or "input")
+    return [name + "".join(f"[{i}]" for i in index) for index in np.ndindex(*dims)]
+
+
+def _image_input(model: str, manifests: dict[int, dict[str, Any]]) -> str | None:
+    """The input name when the versions take an image (one flat list per capture), None when
+    they are tabular; versions whose inputs cannot share the columns are refused."""
+    kinds = {v: not (m.get("input") or {}).get("feature_names") for v, m in manifests.items()}
+    if not any(kinds.values()):
+        return None
+    columns = {v: input_columns(m) for v, m in manifests.items()}
+    first = min(manifests)
+    for v in manifests:
+        if not kinds[v] or columns[v] != columns[first]:
+            raise ExportError(
+                f"{model} versions {first} and {v} take different inputs "
+                f"({manifests[first]['input'].get('shape')} and "
+                f"{manifests[v]['input'].get('shape')}): export one version (--version)"
+            )
+    return str(manifests[first]["input"].get("name") or "input")
 
 
 def _row(
@@ -127,17 +158,28 @@ def _row(
     split: str,
     features: list[str],
     missing: dict[str, int],
+    image: str | None,
 ) -> list[Any]:
     classes = manifest["output"]["classes"]
     inputs = json.loads(e.inputs)
     values: list[Any] = []
-    for name in features:
-        value = inputs.get(name)
-        if value is None:
-            missing[name] += 1
-            values.append("")
-        else:
-            values.append(repr(float(value)))
+    if image is not None:  # no value of an image is ever dropped: all of them, or none
+        flat = inputs.get(image)
+        if not isinstance(flat, list) or len(flat) != len(features):
+            got = len(flat) if isinstance(flat, list) else 0
+            raise ExportError(
+                f"the capture of prediction {e.prediction_id} (version {e.version}) holds "
+                f"{got} values of {image!r}, not the {len(features)} of its shape"
+            )
+        values = [repr(float(v)) for v in flat]
+    else:
+        for name in features:
+            value = inputs.get(name)
+            if value is None:
+                missing[name] += 1
+                values.append("")
+            else:
+                values.append(repr(float(value)))
     return [
         e.prediction_id,
         e.version,

@@ -114,7 +114,8 @@ def test_smoke_run_with_the_repository_itself_as_baseline(tmp_path: Path) -> Non
     markdown = next(out.glob("*.md")).read_text()
     assert "| Target | Bound | Before | Result | After | Result |" in markdown
     assert "### Before and after" in markdown
-    assert f"Before: `{ROOT}`" in markdown
+    assert "Before: this repository at " in markdown
+    assert str(ROOT) not in markdown and str(tmp_path) not in markdown
     assert "| breast-cancer | 1r-1c-json | 1 | " in markdown
     assert "| breast-cancer | 1r-1c-json | before | " in markdown
     assert "| before | 1 | " in markdown  # the servers table
@@ -275,7 +276,7 @@ def test_report_shows_targets_for_before_and_after_and_a_table_per_case() -> Non
         in lines
     )
     assert any(
-        line.startswith("Before: `/old` at `e330cc100000`; after: `/new` at `a83f40600000` with")
+        line.startswith("Before: `old` at `e330cc100000`; after: `new` at `a83f40600000` with")
         for line in lines
     )
     assert (
@@ -286,6 +287,30 @@ def test_report_shows_targets_for_before_and_after_and_a_table_per_case() -> Non
         "| m | 1r-32c-json | 2 | 150 | 300 | 150 | 300 | 0.200 | 0.200 | 0.400 | 0.400 | 2.00 |"
         in lines
     )
+
+
+def test_report_names_no_folder_of_this_machine(tmp_path: Path) -> None:
+    root = tmp_path / "verdict"
+    assert report.shown_path(str(root), root) == "."
+    assert report.shown_path(str(root / "bench" / "results"), root) == "bench/results"
+    assert report.shown_path(str(tmp_path / "before"), root) == "../before"
+    assert report.shown_path("/elsewhere/deep/before", root) == "before"
+    assert report.shown_path("../before", root) == "../before"
+    command = f"python -m bench.run --baseline {tmp_path / 'before'} --out={root / 'out'} --quick"
+    shown = report.shown_command(command, root)
+    assert shown == "python -m bench.run --baseline ../before --out=out --quick"
+    meta = {
+        "kind": "meta",
+        "command": f"python -m bench.run --baseline {report.ROOT.parent / 'before'}",
+        "baseline": {"path": str(report.ROOT.parent / "before"), "commit": "e" * 40},
+        "checkout": {"path": str(report.ROOT), "commit": "a" * 40, "dirty": False},
+    }
+    markdown = report.render([meta, *_baseline_round()])
+    assert "Run `python -m bench.run --baseline ../before` on" in markdown
+    assert "Before: `../before` at `eeeeeeeeeeee`; after: this repository at `aaaaaaaaaaaa`." in (
+        markdown
+    )
+    assert str(report.ROOT) not in markdown and str(tmp_path) not in markdown
 
 
 def test_report_without_baseline_has_no_before_columns() -> None:

@@ -1,5 +1,6 @@
 """`verdict-train export` on a store filled directly: the version and time window, the time
-split that keeps a request's rows on one side, features dropped before storing, and refusals."""
+split that keeps a request's rows on one side, features dropped before storing, an image
+model's values as columns, and refusals."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from service.monitoring.examples import holdout_start
+from service.monitoring.examples import META_COLUMNS, holdout_start
 from service.monitoring.records import CaptureRecord, LabelRecord
 from service.monitoring.store import FeedbackStore
-from tests.conftest import write_binary
+from tests.conftest import write_binary, write_image
 from training.__main__ import main
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -42,8 +43,10 @@ def filled(tmp_path: Path) -> tuple[str, Path]:
     return f"sqlite:///{tmp_path}/f.db", tmp_path / "models"
 
 
-def export(url: str, repo: Path, out: Path, *extra: str) -> list[dict[str, str]]:
-    args = ["export", "bin", "--store", url, "--repository", str(repo), "--out", str(out)]
+def export(
+    url: str, repo: Path, out: Path, *extra: str, model: str = "bin"
+) -> list[dict[str, str]]:
+    args = ["export", model, "--store", url, "--repository", str(repo), "--out", str(out)]
     assert main([*args, *extra]) == 0
     with out.open() as fh:
         return list(csv.DictReader(fh))
@@ -97,3 +100,56 @@ def test_the_held_out_start_keeps_whole_time_stamps() -> None:
     assert holdout_start([1.0, 2.0, 3.0], 0.0) is None
     assert holdout_start([1.0, 2.0, 2.0, 3.0], 0.25) == 3.0
     assert holdout_start([1.0, 2.0, 2.0, 3.0], 0.5) == 2.0
+
+
+def test_export_of_an_image_model_writes_a_column_per_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The inputs of a [1, 4, 4] model, captured as flat lists, become 16 columns named by
+    their index, in the order of the flat row; the split and the filters are the tabular ones."""
+    repo = tmp_path / "models"
+    write_image(repo, version=1)
+    write_image(repo, version=2, seed=2)
+    store = FeedbackStore(str(tmp_path / "f.db"))
+    rows, labels = [], []
+    for i in range(10):
+        version, at = (1 if i < 6 else 2), T0 + i
+        pixels = [float(i) + k / 16 for k in range(16)]
+        rows.append(CaptureRecord(f"q{i}", "img", version, at, json.dumps({"input": pixels})))
+        labels.append(LabelRecord(f"q{i}", "img", version, i % 3, 2, 0.9, at, at + 5, at))
+    store.capture(rows, max_rows=100)
+    store.record(labels)
+    store.close()
+    url = f"sqlite:///{tmp_path}/f.db"
+    out = tmp_path / "img.csv"
+    args = ["export", "img", "--store", url, "--repository", str(repo), "--out", str(out)]
+    assert main([*args, "--holdout-fraction", "0.2"]) == 0
+    with out.open() as fh:
+        header = next(csv.reader(fh))
+    pixels = [f"input[0][{i}][{j}]" for i in range(4) for j in range(4)]
+    assert header == [*META_COLUMNS, *pixels]
+    got = export(url, repo, out, "--holdout-fraction", "0.2", model="img")
+    assert [float(got[3][p]) for p in pixels] == [3.0 + k / 16 for k in range(16)]
+    assert [r["split"] for r in got] == ["train"] * 8 + ["holdout"] * 2
+    assert got[0]["label"] == "two" and got[1]["predicted"] == "one"
+    assert len(export(url, repo, out, "--version", "2", model="img")) == 4
+    window = export(url, repo, out, "--since", str(T0 + 8), model="img")
+    assert [r["prediction_id"] for r in window] == ["q8", "q9"]
+
+    # A version that takes another shape cannot share the columns; a capture with the wrong
+    # number of values is not written as if it were an image.
+    v2 = repo / "img" / "2" / "manifest.json"
+    manifest = json.loads(v2.read_text())
+    manifest["input"]["shape"] = [-1, 1, 2, 8]
+    v2.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(args) == 1
+    assert "take different inputs" in capsys.readouterr().err
+    assert len(export(url, repo, out, "--version", "1", model="img")) == 6
+    store = FeedbackStore(str(tmp_path / "f.db"))
+    short = json.dumps({"input": [1.0, 2.0]})
+    store.capture([CaptureRecord("bad", "img", 1, T0 + 20, short)], max_rows=100)
+    store.record([LabelRecord("bad", "img", 1, 0, 0, 0.9, T0 + 20, T0 + 25, T0 + 20)])
+    store.close()
+    assert main([*args, "--version", "1"]) == 1
+    assert "holds 2 values of 'input', not the 16" in capsys.readouterr().err

@@ -8,40 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.conftest import (
-    BIN_CLASSES,
-    BIN_FEATURES,
-    add_reference_sample,
-    make_manifest,
-    write_version,
-)
+from tests.conftest import write_binary
 
 MODEL = "risk"
 ADMIN_KEY = "admin-s3cret"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-
-def linear_graph(w: np.ndarray, b: np.ndarray) -> bytes:
-    """softmax(x @ w + b) on [batch, 3] float32 inputs, as ONNX bytes."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    nodes = [
-        helper.make_node("MatMul", ["input", "W"], ["xw"]),
-        helper.make_node("Add", ["xw", "b"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "linear",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
 
 
 def write_on_feature(root: Path, version: int, feature: int, name: str = MODEL) -> Path:
@@ -49,21 +20,7 @@ def write_on_feature(root: Path, version: int, feature: int, name: str = MODEL) 
     w = np.zeros((3, 2), dtype=np.float32)
     w[feature, 1] = 4.0
     b = np.zeros(2, dtype=np.float32)
-    graph = linear_graph(w, b)
-    manifest = make_manifest(
-        name,
-        version,
-        graph,
-        task="binary",
-        in_dims=(3,),
-        classes=BIN_CLASSES,
-        feature_names=BIN_FEATURES,
-        threshold=0.5,
-        positive_class="spam",
-    )
-    folder = write_version(root, name, version, graph, manifest)
-    add_reference_sample(folder, w, b)
-    return folder
+    return write_binary(root, version, name=name, threshold=0.5, weights=(w, b))
 
 
 def write_pair(root: Path, name: str = MODEL) -> Path:

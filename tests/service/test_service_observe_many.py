@@ -6,7 +6,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from service.monitoring.buffers import observe_many
-from service.monitoring.metrics import SCORE_BUCKETS
+from service.monitoring.request_metrics import SCORE_BUCKETS
 
 
 def _exposition(registry: CollectorRegistry) -> list[str]:

@@ -11,7 +11,8 @@ import yaml
 
 from training.__main__ import main
 from training.config import load_config, validate_config
-from training.sweep import SweepError, parse_search, run_sweep
+from training.search_space import SweepError, parse_search
+from training.sweep import run_sweep
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
