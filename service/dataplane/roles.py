@@ -18,7 +18,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from service.errors import ConflictError, StoreUnavailableError
+from service.errors import (
+    ConflictError,
+    ModelLoadError,
+    ModelNotFoundError,
+    StoreUnavailableError,
+    VersionNotFoundError,
+)
 from service.models.repository import Repository
 from service.models.roles import Roles, roles_from
 from service.monitoring.decisions import RolesRecord
@@ -49,6 +55,7 @@ class SharedRoles:
         self.store = store
         self.run = run
         self.clock = clock
+        self._applied: dict[str, Roles] = {}  # model -> stored roles this process applied
         self._revisions: dict[str, int] = {}  # model -> stored revision last read or written
         # One reading or change at a time in this process: a read that started before this
         # process's own change must not be applied after it.
@@ -67,6 +74,7 @@ class SharedRoles:
         stored: dict[str, Roles] = {}
         revisions: dict[str, int] = {}
         for r in records:
+            revisions[r.model] = r.revision
             try:
                 stored[r.model] = roles_from(
                     {"primary": r.primary, "shadow": r.shadow, "sample_rate": r.sample_rate}
@@ -76,12 +84,26 @@ class SharedRoles:
                 if (r.model, r.revision) not in self._bad:
                     self._bad.add((r.model, r.revision))
                     log.error("model %s: stored roles ignored: %s", r.model, exc)
-                kept = self.repository.stored_roles(r.model)
-                if kept is not None:
-                    stored[r.model] = kept
-            revisions[r.model] = r.revision
+                if r.model in self._applied:
+                    stored[r.model] = self._applied[r.model]
         self._revisions = revisions
-        await self.repository.use_stored_roles(stored)
+        for name in sorted(set(self._applied) | set(stored)):
+            roles = stored.get(name)
+            if self._applied.get(name) == roles:
+                continue
+            log.info(
+                "model %s: roles in the store changed to %s",
+                name,
+                roles if roles is not None else "none (its roles file or VERDICT_SHADOWS apply)",
+            )
+            if roles is None:
+                self._applied.pop(name, None)
+            else:
+                self._applied[name] = roles
+            try:
+                await self.repository.use_stored_roles(name, roles)
+            except (ModelLoadError, ModelNotFoundError) as exc:
+                log.error("model %s: the stored roles were not applied: %s", name, exc.message)
 
     async def follow(self) -> None:
         """Check the stored roles every ROLES_CHECK_S seconds, for ever."""
@@ -106,20 +128,32 @@ class SharedRoles:
         self._warned_at = now
         return True
 
+    async def _check(self, model: str, roles: Roles) -> None:
+        """Refuse roles of a model that is not served, or that name a version it does not
+        have on disk."""
+        if model not in self.repository.served():
+            raise ModelNotFoundError(f"model {model!r} is not loaded")
+        found = (await asyncio.to_thread(self.repository.scan)).get(model, [])
+        for what, v in (("primary", roles.primary), ("shadow", roles.shadow)):
+            if v is not None and v not in found:
+                raise VersionNotFoundError(
+                    f"model {model!r} has no version {v} to make {what}; on disk: {found}"
+                )
+
     async def change(self, model: str, roles: Roles) -> list[int]:
         """Keep new roles for a model in the store, for every process, and apply them here;
         returns the versions served here. ConflictError (409) when another process changed the
         model's roles since this one last read them (they apply here then; nothing else
         changed)."""
         async with self._lock:
-            await self.repository.check_roles(model, roles)
+            await self._check(model, roles)
             record = RolesRecord(
                 model, roles.primary, roles.shadow, roles.sample_rate, changed_at=self.clock()
             )
             revision = await self.run(self.store.keep_roles, record, self._revisions.get(model))
             if revision is None:
                 await self._sync()
-                if self.repository.stored_roles(model) != roles:
+                if self._applied.get(model) != roles:
                     raise ConflictError(
                         f"the roles of {model!r} were changed by another process meanwhile "
                         f"(now {self.repository.roles(model).record()}); nothing changed: "
@@ -128,4 +162,5 @@ class SharedRoles:
                     )
                 return self.repository.versions(model)  # the same change, made elsewhere
             self._revisions[model] = revision
-            return await self.repository.set_stored_roles(model, roles)
+            self._applied[model] = roles
+            return await self.repository.use_stored_roles(model, roles)

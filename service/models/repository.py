@@ -19,7 +19,6 @@ from typing import Any
 from service.errors import (
     ModelLoadError,
     ModelNotFoundError,
-    VersionNotFoundError,
 )
 from service.models.batching import INLINE_BUDGET_S, Batcher
 from service.models.conformance import UNCHECKED, Conformance
@@ -230,49 +229,17 @@ class Repository(VersionLookup):
             shadow = None
         self.metrics.set_roles(name, primary.version, None if shadow is None else shadow.version)
 
-    async def check_roles(self, name: str, roles: Roles) -> None:
-        """Refuse roles that name a version the model does not have on disk, or a model that
-        is not served."""
+    async def use_stored_roles(self, name: str, roles: Roles | None) -> list[int]:
+        """Apply the roles the store keeps for a model (None: it keeps none, so its roles file
+        or VERDICT_SHADOWS apply): a served model switches at once, with the hot swap of a
+        reload; one not served yet gets them when it loads. Returns the versions served."""
+        if roles is None:
+            self._stored.pop(name, None)
+        else:
+            self._stored[name] = roles
         if name not in self._served:
-            raise ModelNotFoundError(f"model {name!r} is not loaded")
-        found = (await asyncio.to_thread(self.scan)).get(name, [])
-        for what, v in (("primary", roles.primary), ("shadow", roles.shadow)):
-            if v is not None and v not in found:
-                raise VersionNotFoundError(
-                    f"model {name!r} has no version {v} to make {what}; on disk: {found}"
-                )
-
-    async def set_stored_roles(self, name: str, roles: Roles) -> list[int]:
-        """Apply roles just kept in the store for a model: the versions they name are loaded
-        if they are not, then requests switch at once. Returns the served versions."""
-        self._stored[name] = roles
+            return []
         return await self.load_model(name)
-
-    async def use_stored_roles(self, stored: dict[str, Roles]) -> None:
-        """Follow the roles kept in the store for every model (a model without any falls back
-        to its roles file or VERDICT_SHADOWS): each served model whose roles changed is
-        switched with the same hot swap as an admin call."""
-        changed = [
-            n for n in set(self._stored) | set(stored) if self._stored.get(n) != stored.get(n)
-        ]
-        self._stored = dict(stored)
-        for name in sorted(changed):
-            if name not in self._served:
-                continue  # applied when it loads
-            now = stored.get(name)
-            log.info(
-                "model %s: roles in the store changed to %s",
-                name,
-                now if now is not None else "none (its roles file or VERDICT_SHADOWS apply)",
-            )
-            try:
-                await self.load_model(name)
-            except (ModelLoadError, ModelNotFoundError) as exc:
-                log.error("model %s: the stored roles were not applied: %s", name, exc.message)
-
-    def stored_roles(self, name: str) -> Roles | None:
-        """The roles the store keeps for a model, as this process last read them."""
-        return self._stored.get(name)
 
     def roles(self, name: str) -> Roles:
         """The roles in force for a served model: the primary that answers requests without a
