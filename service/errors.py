@@ -194,13 +194,6 @@ class ConflictError(VerdictError):
         self.code = code
 
 
-class RolesNotKeptError(VerdictError):
-    """The model repository cannot keep a model's roles file (read-only, full)."""
-
-    status_code = 409
-    code = "roles_not_kept"
-
-
 # -- the server's state ----------------------------------------------------------------------
 
 

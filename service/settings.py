@@ -260,8 +260,8 @@ class Settings(BaseSettings):
         description="Shadow versions, `name=version[:rate]` comma-separated (e.g. "
         "`breast-cancer=2:0.1`): the version runs on that share of the model's requests, off "
         "the response path, and its decisions are scored by the same labels. A model's "
-        "roles.json (written by the admin API) takes precedence. Set it to evaluate a "
-        "challenger on live traffic.",
+        "roles.json takes precedence, and the roles an admin call kept in the feedback store "
+        "over both. Set it to evaluate a challenger on live traffic.",
     )
     promotion_min_labels: int = Field(
         default=200,

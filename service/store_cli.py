@@ -2,8 +2,13 @@
 
     verdict-store migrate            apply the schema migrations (before a rolling deployment)
     verdict-store version            the schema version of the store and of this release
+    verdict-store roles [--clear MODEL]
+                                     the roles admin calls kept for every process (primary,
+                                     shadow, sample rate, revision); --clear hands a model back
+                                     to its roles.json or VERDICT_SHADOWS
     verdict-store copy --from sqlite:///var/feedback.sqlite3
-                                     copy a SQLite store's labels, audited conflicts and
+                                     copy a SQLite store's labels, audited conflicts,
+                                     captures, shadow decisions, promotions, roles and
                                      generated prediction-id key into the PostgreSQL store
 
 The store is VERDICT_FEEDBACK_URL (or `--url`), as the service reads it.
@@ -14,17 +19,22 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import ValidationError
 
 from service.errors import StoreUnavailableError
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    from service.monitoring.postgres import PostgresStore
+    from service.monitoring.stores import LabelStore
+
 CONFIG_ERROR = 2  # exit code: the settings or arguments are wrong
 STORE_ERROR = 1  # exit code: the store could not do it
-COPY_CHUNK = 5000  # labels per transaction when copying
+COPY_CHUNK = 5000  # rows per transaction when copying
 
 
 def _refuse(message: str) -> NoReturn:
@@ -40,6 +50,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("migrate", help="apply the schema migrations")
     commands.add_parser("version", help="print the store's schema version and this release's")
+    roles = commands.add_parser("roles", help="print (or clear) the roles kept in the store")
+    roles.add_argument(
+        "--clear", metavar="MODEL", help="forget MODEL's stored roles (roles.json applies again)"
+    )
     copy = commands.add_parser("copy", help="copy a SQLite store into the PostgreSQL store")
     copy.add_argument("--from", dest="source", required=True, help="sqlite:///path of the source")
     return parser.parse_args(argv)
@@ -61,14 +75,43 @@ def _latest(url: str) -> int:
         from service.monitoring.postgres_schema import MIGRATIONS as PG_MIGRATIONS
 
         return len(PG_MIGRATIONS)
-    from service.monitoring.store import MIGRATIONS
+    from service.monitoring.sqlite_file import MIGRATIONS
 
     return len(MIGRATIONS)
 
 
+# Source order per table: a re-run walks the rows the same way.
+COPY_ORDER = {
+    "labels": "prediction_id",
+    "conflicts": "id",
+    "captures": "prediction_id",
+    "shadow_decisions": "prediction_id, version",
+    "promotions": "id",
+    "roles": "model",
+}
+
+
+def _copy_table(db: sqlite3.Connection, store: PostgresStore, table: str) -> tuple[int, int]:
+    """Copy one table in chunks; (rows read, rows added). A store from before the migration
+    that made the table has none to copy."""
+    from service.monitoring.postgres_copy import COPIED_TABLES, copy_rows
+
+    exists = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+    ).fetchone()
+    if not exists:
+        return 0, 0
+    rows = db.execute(f"SELECT {COPIED_TABLES[table][0]} FROM {table} ORDER BY {COPY_ORDER[table]}")
+    read = added = 0
+    while chunk := rows.fetchmany(COPY_CHUNK):
+        read += len(chunk)
+        added += copy_rows(store, table, chunk)
+    return read, added
+
+
 def _copy(source: str, target: str) -> str:
     from service.monitoring.keys import KEY_FILE
-    from service.monitoring.postgres import PostgresStore, copy_rows
+    from service.monitoring.postgres import PostgresStore
     from service.monitoring.stores import is_postgres, sqlite_folder, sqlite_target
 
     if not source.startswith("sqlite:///") or not is_postgres(target):
@@ -78,20 +121,9 @@ def _copy(source: str, target: str) -> str:
         _refuse(f"no SQLite store at {path}")
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     store = PostgresStore(target)
-    added = audited = seen = 0
     try:
-        labels = db.execute(
-            "SELECT prediction_id, model, version, predicted, actual, score, issued_at,"
-            " observed_at, received_at FROM labels ORDER BY prediction_id"
-        )
-        while chunk := labels.fetchmany(COPY_CHUNK):
-            seen += len(chunk)
-            added += copy_rows(store, chunk, [])[0]
-        conflicts = db.execute(
-            "SELECT prediction_id, model, version, kept_actual, sent_actual, observed_at,"
-            " received_at FROM conflicts ORDER BY id"
-        ).fetchall()
-        audited = copy_rows(store, [], conflicts)[1]
+        store.migrate()
+        counts = {table: _copy_table(db, store, table) for table in COPY_ORDER}
         key_file = sqlite_folder(source) / KEY_FILE
         key = "no generated key beside the SQLite file"
         if key_file.is_file():
@@ -102,10 +134,38 @@ def _copy(source: str, target: str) -> str:
     finally:
         db.close()
         store.close()
-    return (
-        f"{seen} labels read, {added} added ({seen - added} were there already); "
-        f"{audited} of {len(conflicts)} audited conflicts added; {key}"
-    )
+    seen, added = counts["labels"]
+    read, audited = counts["conflicts"]
+    parts = [
+        f"{seen} labels read, {added} added ({seen - added} were there already)",
+        f"{audited} of {read} audited conflicts added",
+        *(
+            f"{counts[table][0]} {table.replace('_', ' ')} read, {counts[table][1]} added"
+            for table in ("captures", "shadow_decisions", "promotions", "roles")
+        ),
+        key,
+    ]
+    return "; ".join(parts)
+
+
+def _roles(store: LabelStore, clear: str | None) -> None:
+    if clear is not None:
+        done = store.clear_roles(clear)
+        print(
+            f"verdict-store: the stored roles of {clear!r} "
+            + (
+                "cleared: its roles.json or VERDICT_SHADOWS apply within a second"
+                if done
+                else "were not there: nothing changed"
+            )
+        )
+        return
+    for r in store.stored_roles():
+        when = datetime.fromtimestamp(r.changed_at, UTC).isoformat(timespec="seconds")
+        print(
+            f"{r.model}: primary {r.primary}, shadow {r.shadow}, sample_rate {r.sample_rate:g}"
+            f" (revision {r.revision}, changed {when})"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
             if args.command == "migrate":
                 version = store.migrate()
                 print(f"verdict-store: {describe(url)} is at schema version {version}")
+            elif args.command == "roles":
+                _roles(store, args.clear)
             else:
                 print(f"store {store.schema_version()}, this release {_latest(url)}")
         finally:

@@ -23,7 +23,7 @@ from service.monitoring.quality import (
     summarise,
     training_figures,
 )
-from service.monitoring.store import TIME_COLUMNS, CellCount, LabelRecord, RecordResult
+from service.monitoring.records import TIME_COLUMNS, CellCount, LabelRecord, RecordResult
 from service.monitoring.stores import LabelStore
 
 T = TypeVar("T")

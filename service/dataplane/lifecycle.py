@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from service.dataplane.roles import SharedRoles
 from service.errors import BadRequestError, ConflictError, VerdictError
 from service.models.repository import Repository
 from service.models.roles import Roles, check_rate
@@ -65,6 +66,7 @@ class Lifecycle:
         repository: Repository,
         store: LabelStore,
         run: Run,
+        shared: SharedRoles,
         *,
         min_labels: int,
         confidence: float,
@@ -74,12 +76,14 @@ class Lifecycle:
         self.repository = repository
         self.store = store
         self.run = run
+        self.shared = shared
         self.min_labels = min_labels
         self.confidence = confidence
         self.admin_identity = admin_identity
         self.clock = clock
-        # One role change of a model at a time: two promotions asked at once must not both
-        # read the same roles and swap twice.
+        # One role change of a model at a time in this process: two promotions asked at once
+        # must not both read the same roles and swap twice (across processes, the store's
+        # compare-and-set refuses the second; see SharedRoles).
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _lock(self, model: str) -> asyncio.Lock:
@@ -93,6 +97,7 @@ class Lifecycle:
         """Mark a version shadow (`{"version": 2, "sample_rate": 0.1}`) or stop shadowing
         (`{"version": null}`); the primary in force is pinned, so it stays primary."""
         async with self._lock(model):
+            await self.shared.sync()  # decide on the roles in force in the whole deployment
             return await self._set_shadow(model, body)
 
     async def _set_shadow(self, model: str, body: Any) -> dict[str, Any]:
@@ -128,7 +133,7 @@ class Lifecycle:
                 f"version {version} is the primary of {model!r}; a shadow must be another version",
                 "shadow_is_primary",
             )
-        await self.repository.set_roles(model, Roles(primary, version, rate))
+        await self.shared.change(model, Roles(primary, version, rate))
         log.info("model %s: shadow %s at %.3g of the primary's requests", model, version, rate)
         return self.roles(model)
 
@@ -192,6 +197,7 @@ class Lifecycle:
     async def promote(self, model: str, body: Any, header: str | None) -> dict[str, Any]:
         """Make the shadow primary when the rule allows it (see `_promote`)."""
         async with self._lock(model):
+            await self.shared.sync()
             return await self._promote(model, body, header)
 
     async def _promote(self, model: str, body: Any, header: str | None) -> dict[str, Any]:
@@ -245,6 +251,7 @@ class Lifecycle:
     async def rollback(self, model: str, body: Any, header: str | None) -> dict[str, Any]:
         """Undo the last promotion of a model (see `_rollback`)."""
         async with self._lock(model):
+            await self.shared.sync()
             return await self._rollback(model, body, header)
 
     async def _rollback(self, model: str, body: Any, header: str | None) -> dict[str, Any]:
@@ -295,10 +302,11 @@ class Lifecycle:
         }
 
     async def _swap(self, model: str, roles: Roles, decided: PromotionRecord) -> None:
-        """Apply the roles a kept decision grants; when that fails (the model folder cannot
-        be written, a version vanished), keep a `failed` row beside the decision."""
+        """Apply the roles a kept decision grants; when that fails (another process changed
+        the roles meanwhile, a version vanished, the store fails), keep a `failed` row beside
+        the decision."""
         try:
-            await self.repository.set_roles(model, roles)
+            await self.shared.change(model, roles)
         except VerdictError as exc:
             log.error(
                 "model %s: the roles of decision %s were not applied: %s",

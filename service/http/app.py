@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.dataplane import Access, DataPlane, FeedbackService, Inference, Lifecycle, Metadata
 from service.dataplane.access import Need
 from service.dataplane.lifecycle import key_identity
+from service.dataplane.roles import SharedRoles
 from service.dataplane.shadow import ShadowRunner
 from service.errors import StoreUnavailableError, VerdictError, error_body
 from service.http.asgi import asgi_request
@@ -119,10 +120,27 @@ async def _flush_forever(metrics: Metrics, interval_s: float) -> None:
             log.exception("flushing buffered metrics failed")
 
 
+async def _start_models(repo: Repository, shared_roles: SharedRoles) -> None:
+    """Load the models with the roles the store keeps for the deployment, so that a process
+    (re)starting in a running fleet serves the same primaries as the others from its first
+    request; with the store unavailable, roles.json and VERDICT_SHADOWS apply until it answers.
+    """
+    try:
+        await shared_roles.sync()
+    except StoreUnavailableError as exc:
+        log.warning(
+            "the roles kept in the feedback store could not be read at start (%s); the roles "
+            "files and VERDICT_SHADOWS apply until it answers",
+            exc.message,
+        )
+    await repo.start()
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI, load_first: bool = False) -> AsyncIterator[None]:
     """Open the store, load the models (in the background: liveness answers at once; before
-    anything else with `load_first`), poll; at the end drain the models and close the store."""
+    anything else with `load_first`), follow the stored roles, poll; at the end drain the
+    models and close the store."""
     state = app.state
     repo: Repository = state.repository
     fb: FeedbackService = state.feedback
@@ -135,9 +153,10 @@ async def lifespan(app: FastAPI, load_first: bool = False) -> AsyncIterator[None
         capture.start()
     tasks: list[asyncio.Task[None]] = []
     if load_first:
-        await repo.start()
+        await _start_models(repo, state.shared_roles)
     else:
-        tasks.append(asyncio.create_task(repo.start()))
+        tasks.append(asyncio.create_task(_start_models(repo, state.shared_roles)))
+    tasks.append(asyncio.create_task(state.shared_roles.follow()))
     if state.settings.poll_interval_s > 0:
         tasks.append(asyncio.create_task(repo.poll_forever(state.settings.poll_interval_s)))
     if state.metrics.multiproc:
@@ -297,10 +316,12 @@ def create_app(
         metrics,
         lambda decisions: feedback_service.call_store(store.record_shadow_decisions, decisions),
     )
+    shared_roles = SharedRoles(repository, store, feedback_service.call_store)
     lifecycle = Lifecycle(
         repository,
         store,
         feedback_service.call_store,
+        shared_roles,
         min_labels=settings.promotion_min_labels,
         confidence=settings.promotion_confidence,
         admin_identity=key_identity(settings.admin_key()),
@@ -331,6 +352,7 @@ def create_app(
     state.feedback = feedback_service
     state.drift = drift
     state.capture = capture
+    state.shared_roles = shared_roles
     state.dataplane = plane
     state.tracing = tracing
     for router in ROUTERS:

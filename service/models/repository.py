@@ -9,6 +9,7 @@ holds is `models.version`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +19,6 @@ from typing import Any
 from service.errors import (
     ModelLoadError,
     ModelNotFoundError,
-    RolesNotKeptError,
-    VersionNotFoundError,
 )
 from service.models.batching import INLINE_BUDGET_S, Batcher
 from service.models.conformance import UNCHECKED, Conformance
@@ -34,7 +33,7 @@ from service.models.loading import (
 )
 from service.models.lookup import VersionLookup
 from service.models.manifest import ManifestCache
-from service.models.roles import NONE, Roles, read_roles, roles_fingerprint, write_roles
+from service.models.roles import NONE, Roles, read_roles, roles_fingerprint
 from service.models.runtime import CPU, RuntimeOptions
 from service.models.version import NAME_RE, ModelVersion
 from service.monitoring.metrics import Metrics
@@ -71,8 +70,10 @@ class Repository(VersionLookup):
         self.started = False
         self._on_load: list[Listener] = []
         self._on_unload: list[Listener] = []
-        # Roles (primary, shadow): from each model's roles file, else VERDICT_SHADOWS.
+        # Roles (primary, shadow): those kept in the feedback store for the whole deployment
+        # (`use_stored_roles`), else the model's roles file, else VERDICT_SHADOWS.
         self._configured: dict[str, Roles] = settings.shadow_roles()
+        self._stored: dict[str, Roles] = {}
         self._roles: dict[str, Roles] = {}
         self._shadow: dict[str, tuple[ModelVersion, float]] = {}
 
@@ -103,8 +104,20 @@ class Repository(VersionLookup):
         return (*model_fingerprint(folder), roles_fingerprint(folder))
 
     def _read_roles(self, name: str) -> Roles:
-        """The model's roles file, else its VERDICT_SHADOWS entry; a broken file keeps the
-        roles in force (logged)."""
+        """The model's roles kept in the store, else its roles file, else its VERDICT_SHADOWS
+        entry; a broken file keeps the roles in force (logged)."""
+        stored = self._stored.get(name)
+        if stored is not None:
+            with contextlib.suppress(ValueError):
+                if read_roles(self.root / name) not in (None, stored):
+                    log.warning(
+                        "model %s: its roles.json is not applied: the roles an admin call kept "
+                        "in the feedback store take precedence (`verdict-store roles --clear %s` "
+                        "hands the model back to the file)",
+                        name,
+                        name,
+                    )
+            return stored
         try:
             roles = read_roles(self.root / name)
         except ValueError as exc:
@@ -204,8 +217,9 @@ class Repository(VersionLookup):
         primary = new[roles.primary] if roles.primary in new else new[max(others)]
         shadow = new.get(roles.shadow) if roles.shadow is not None else None
         if roles.shadow is not None and shadow is None:
-            log.error("model %s: shadow version %d is not served; nothing is shadowed", name,
-                      roles.shadow)
+            log.error(
+                "model %s: shadow version %d is not served; nothing is shadowed", name, roles.shadow
+            )
         self._roles[name] = roles
         self._latest[name] = primary
         if shadow is not None and shadow is not primary:
@@ -215,25 +229,16 @@ class Repository(VersionLookup):
             shadow = None
         self.metrics.set_roles(name, primary.version, None if shadow is None else shadow.version)
 
-    async def set_roles(self, name: str, roles: Roles) -> list[int]:
-        """Keep new roles for a model (its roles file) and apply them: the versions they name
-        are loaded if they are not, then requests switch at once. Returns the served versions.
-        """
+    async def use_stored_roles(self, name: str, roles: Roles | None) -> list[int]:
+        """Apply the roles the store keeps for a model (None: it keeps none, so its roles file
+        or VERDICT_SHADOWS apply): a served model switches at once, with the hot swap of a
+        reload; one not served yet gets them when it loads. Returns the versions served."""
+        if roles is None:
+            self._stored.pop(name, None)
+        else:
+            self._stored[name] = roles
         if name not in self._served:
-            raise ModelNotFoundError(f"model {name!r} is not loaded")
-        found = (await asyncio.to_thread(self.scan)).get(name, [])
-        for what, v in (("primary", roles.primary), ("shadow", roles.shadow)):
-            if v is not None and v not in found:
-                raise VersionNotFoundError(
-                    f"model {name!r} has no version {v} to make {what}; on disk: {found}"
-                )
-        try:
-            await asyncio.to_thread(write_roles, self.root / name, roles)
-        except OSError as exc:
-            raise RolesNotKeptError(
-                f"the roles of {name!r} cannot be kept in the model repository "
-                f"({exc.strerror}); nothing changed"
-            ) from None
+            return []
         return await self.load_model(name)
 
     def roles(self, name: str) -> Roles:

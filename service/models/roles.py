@@ -1,17 +1,16 @@
 """Which served version of a model answers (the primary) and which one is evaluated beside it
-on a sampled share of the same requests (the shadow), and where that is kept.
+on a sampled share of the same requests (the shadow), and where that is set.
 
-The roles of a model live in `models/<name>/roles.json` (written by the admin API, read at
-every load, so they survive reloads and restarts, and replicas that share the folder read the
-same file); where that file is absent, the `VERDICT_SHADOWS` setting gives them.
+Where a model's roles come from, first found first: the roles the admin API kept in the
+feedback store for every process of the deployment (`service.dataplane.roles`); the model's
+`models/<name>/roles.json`, written by whoever deploys the models; the `VERDICT_SHADOWS`
+setting. The file and the setting give a model its roles until an admin call changes them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -107,20 +106,6 @@ def read_roles(model_folder: Path) -> Roles | None:
         return roles_from(json.loads(text))
     except json.JSONDecodeError:
         raise ValueError(f"{ROLES_FILE} is not valid JSON") from None
-
-
-def write_roles(model_folder: Path, roles: Roles) -> None:
-    """Replace the roles file atomically (a reader sees the old or the new file, whole)."""
-    fd, tmp = tempfile.mkstemp(prefix=".roles-", suffix=".json", dir=model_folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(roles.record(), fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, model_folder / ROLES_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def roles_fingerprint(model_folder: Path) -> tuple[int, int]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from service.monitoring.store import CaptureRecord
+from service.monitoring.records import CaptureRecord
 from service.monitoring.stores import LabelStore
 
 log = logging.getLogger(__name__)

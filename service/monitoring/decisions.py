@@ -1,5 +1,6 @@
 """Rows of the shadow evaluation kept in the feedback store: a shadow's decision on a primary's
-prediction, the labelled (primary, shadow, actual) cells they add up to, and a promotion."""
+prediction, the labelled (primary, shadow, actual) cells they add up to, a promotion, and the
+roles in force."""
 
 from __future__ import annotations
 
@@ -43,3 +44,17 @@ class PromotionRecord:
     requested_by: str
     figures: str
     id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RolesRecord:
+    """The roles of one model as the store keeps them for every process of a deployment:
+    primary and shadow versions (None: not pinned, nothing shadowed), the shadow's sample
+    rate, and `revision`, which each change raises by one (0 until stored)."""
+
+    model: str
+    primary: int | None
+    shadow: int | None
+    sample_rate: float
+    revision: int = 0
+    changed_at: float = 0.0

@@ -129,6 +129,18 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX promotions_model ON promotions (model, decided_at);
     """,
+    # 3: the roles in force (primary, shadow, sample rate), one row per model, so that every
+    # replica serves the same ones; `revision` makes a change compare-and-set.
+    """
+    CREATE TABLE roles (
+        model TEXT PRIMARY KEY,
+        primary_version INTEGER,
+        shadow_version INTEGER,
+        sample_rate DOUBLE PRECISION NOT NULL,
+        revision BIGINT NOT NULL,
+        changed_at DOUBLE PRECISION NOT NULL
+    );
+    """,
 )
 
 

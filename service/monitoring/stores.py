@@ -7,15 +7,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from service.monitoring.decisions import PairCell, PromotionRecord, ShadowDecision
-from service.monitoring.store import (
+from service.monitoring.decisions import PairCell, PromotionRecord, RolesRecord, ShadowDecision
+from service.monitoring.records import (
     CaptureRecord,
     CellCount,
-    FeedbackStore,
     LabelledExample,
     LabelRecord,
     RecordResult,
 )
+from service.monitoring.store import FeedbackStore
 
 SQLITE = "sqlite:///"
 POSTGRES = ("postgresql://", "postgres://")
@@ -56,6 +56,9 @@ class LabelStore(Protocol):
     def shadow_decided(self, model: str, version: int) -> int: ...
     def record_promotion(self, record: PromotionRecord) -> int: ...
     def promotions(self, model: str, limit: int = 100) -> list[PromotionRecord]: ...
+    def stored_roles(self) -> list[RolesRecord]: ...
+    def keep_roles(self, record: RolesRecord, revision: int | None) -> int | None: ...
+    def clear_roles(self, model: str) -> bool: ...
 
 
 def is_postgres(url: str) -> bool:
@@ -91,7 +94,7 @@ def open_store(url: str) -> LabelStore:
 def describe(url: str) -> str:
     """The URL as logs may show it (no password)."""
     if is_postgres(url):
-        from service.monitoring.postgres import redact
+        from service.monitoring.postgres_connection import redact
 
         return redact(url)
     return url

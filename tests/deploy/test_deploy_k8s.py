@@ -443,7 +443,7 @@ def test_the_fleet_shares_a_cloudnative_pg_store(
     # An acknowledged label survives a failover: commits wait for a standby.
     assert spec["instances"] >= 2 and spec["postgresql"]["synchronous"]["number"] >= 1
     # Every pod the HPA may run keeps its pool of connections, within max_connections.
-    from service.monitoring.postgres import POOL_SIZE
+    from service.monitoring.postgres_connection import POOL_SIZE
 
     pods = one(docs, "HorizontalPodAutoscaler")["spec"]["maxReplicas"]
     assert pods * POOL_SIZE < int(spec["postgresql"]["parameters"]["max_connections"])

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from service.monitoring.examples import META_COLUMNS, holdout_start
-from service.monitoring.store import CaptureRecord, FeedbackStore, LabelRecord
+from service.monitoring.records import CaptureRecord, LabelRecord
+from service.monitoring.store import FeedbackStore
 from tests.conftest import write_binary, write_image
 from training.__main__ import main
 

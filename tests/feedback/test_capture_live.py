@@ -19,7 +19,7 @@ from pydantic import SecretStr
 
 import service.monitoring.capture as capture_module
 from service.http.app import create_app
-from service.monitoring.store import CaptureRecord
+from service.monitoring.records import CaptureRecord
 from tests.conftest import make_settings, write_binary
 from tests.pgserver import PostgresServer
 from tests.service.grpc_support import grpc_infer

@@ -12,7 +12,8 @@ import pytest
 
 from service.monitoring.capture import Sampler, encoder_for
 from service.monitoring.postgres import PostgresStore
-from service.monitoring.store import CaptureRecord, FeedbackStore, LabelRecord
+from service.monitoring.records import CaptureRecord, LabelRecord
+from service.monitoring.store import FeedbackStore
 from service.monitoring.stores import LabelStore
 from tests.pgserver import PostgresServer
 

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from service.monitoring.store import MIGRATIONS, FeedbackStore, LabelRecord, StoreUnavailableError
+from service.errors import StoreUnavailableError
+from service.monitoring.records import LabelRecord
+from service.monitoring.sqlite_file import MIGRATIONS
+from service.monitoring.store import FeedbackStore
 
 
 def label(pid: str, actual: int = 1, predicted: int = 1) -> LabelRecord:

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 import service.monitoring.postgres_schema as schema
 from service.errors import StoreUnavailableError
 from service.monitoring.postgres import PostgresStore
-from service.monitoring.store import FeedbackStore, LabelRecord
+from service.monitoring.records import LabelRecord
+from service.monitoring.store import FeedbackStore
 from tests.pgserver import PostgresServer
 
 SENDS = st.lists(

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import service.monitoring.store
-from service.monitoring.store import FeedbackStore, LabelRecord
+import service.monitoring.sqlite_file
+from service.monitoring.records import LabelRecord
+from service.monitoring.store import FeedbackStore
 
 SENDS = st.lists(
     st.lists(st.tuples(st.sampled_from("abcde"), st.integers(0, 2)), min_size=1, max_size=6),
@@ -59,10 +60,10 @@ def test_a_later_migration_runs_once_on_an_existing_file(
     store.record([LabelRecord("kept", "m", 1, 0, 1, 0.5, 1.0, 2.0, 3.0)])
     store.close()
     later = (
-        *service.monitoring.store.MIGRATIONS,
+        *service.monitoring.sqlite_file.MIGRATIONS,
         "ALTER TABLE labels ADD COLUMN source TEXT; CREATE INDEX labels_source ON labels (source)",
     )
-    monkeypatch.setattr(service.monitoring.store, "MIGRATIONS", later)
+    monkeypatch.setattr(service.monitoring.sqlite_file, "MIGRATIONS", later)
     upgraded = FeedbackStore(db_path)
     assert upgraded.migrate() == len(later)
     assert upgraded.migrate() == len(later)  # a second start finds nothing to do

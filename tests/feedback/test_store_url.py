@@ -4,17 +4,22 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from service.monitoring.decisions import PromotionRecord, RolesRecord, ShadowDecision
 from service.monitoring.keys import load_prediction_key
 from service.monitoring.postgres import PostgresStore
 from service.monitoring.postgres_schema import MIGRATIONS
-from service.monitoring.store import FeedbackStore, LabelRecord
+from service.monitoring.records import CaptureRecord, LabelRecord
+from service.monitoring.sqlite_file import MIGRATIONS as SQLITE_MIGRATIONS
+from service.monitoring.store import FeedbackStore
 from service.monitoring.stores import open_store, sqlite_folder, sqlite_target
 from service.settings import Settings
 from tests.pgserver import PostgresServer
@@ -127,16 +132,34 @@ def test_copy_moves_a_sqlite_store_to_postgres(pg: PostgresServer, tmp_path: Pat
     ]
     sqlite.record(rows)
     sqlite.record([LabelRecord("p1", "bc", 1, 1, 1 - rows[1].actual, 0.5, 11.0, 21.0, 40.0)])
+    captures = [CaptureRecord(f"p{i}", "bc", 1, 30.0 + i, f'{{"x": {i}}}') for i in range(5)]
+    sqlite.capture(captures, max_rows=100)
+    decisions = [ShadowDecision(f"p{i}", "bc", 2, 1 - i % 2, 0.25, 31.0 + i) for i in range(7)]
+    sqlite.record_shadow_decisions(decisions)
+    for outcome in ("refused", "promoted"):
+        sqlite.record_promotion(PromotionRecord("bc", 1, 2, 50.0, outcome, "admin", '{"n": 7}'))
+    sqlite.keep_roles(RolesRecord("bc", 2, 1, 0.1, changed_at=50.0), None)
     sqlite.close()
     key = load_prediction_key(Settings(feedback_url=source))
 
     done = store_cli("copy", "--from", source, env={"VERDICT_FEEDBACK_URL": pg.url})
     assert done.returncode == 0, done.stderr
     assert "12 labels read, 12 added" in done.stdout and "key copied" in done.stdout
+    assert "5 captures read, 5 added; 7 shadow decisions read, 7 added" in done.stdout
+    assert "2 promotions read, 2 added; 1 roles read, 1 added" in done.stdout
     target = PostgresStore(pg.url)
     sqlite = FeedbackStore(sqlite_target(source))
     assert target.cell_counts("bc", 100.0) == sqlite.cell_counts("bc", 100.0)
     assert target.conflicts("p1") == sqlite.conflicts("p1")
+    assert target.labelled_examples("bc") == sqlite.labelled_examples("bc")
+    assert len(target.labelled_examples("bc")) == 5
+    ids = [f"p{i}" for i in range(12)]
+    assert sorted(target.shadow_decisions_of(ids), key=str) == sorted(decisions, key=str)
+    assert target.paired_cells("bc", 1, 2) == sqlite.paired_cells("bc", 1, 2)
+    # The same decisions, each with its own id on each side.
+    strip = [replace(r, id=None) for r in target.promotions("bc")]
+    assert strip == [replace(r, id=None) for r in sqlite.promotions("bc")]
+    assert target.stored_roles() == sqlite.stored_roles() != []
     assert target.prediction_key() == key  # ids issued before the move still verify
     assert target.record([rows[3]]) == ["duplicate"]
     target.close()
@@ -145,5 +168,42 @@ def test_copy_moves_a_sqlite_store_to_postgres(pg: PostgresServer, tmp_path: Pat
     again = store_cli("copy", "--from", source, env={"VERDICT_FEEDBACK_URL": pg.url})
     assert "12 labels read, 0 added" in again.stdout, again.stderr
     assert "0 of 1 audited conflicts added" in again.stdout
+    assert "5 captures read, 0 added; 7 shadow decisions read, 0 added" in again.stdout
+    assert "2 promotions read, 0 added; 1 roles read, 0 added" in again.stdout
+    assert pg.sql("SELECT COUNT(*) FROM promotions") == [(2,)]
+    assert pg.sql("SELECT COUNT(*) FROM captures") == [(5,)]
     wrong = store_cli("copy", "--from", pg.url, env={"VERDICT_FEEDBACK_URL": source})
     assert wrong.returncode == 2 and "sqlite:///" in wrong.stderr
+
+
+def test_copy_from_a_store_before_the_captures_table(pg: PostgresServer, tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(SQLITE_MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    db.execute(
+        "INSERT INTO labels VALUES ('p0', 'bc', 1, 0, 1, 0.5, 1.0, 2.0, 3.0)",
+    )
+    db.commit()
+    db.close()
+    done = store_cli("copy", "--from", f"sqlite:///{path}", env={"VERDICT_FEEDBACK_URL": pg.url})
+    assert done.returncode == 0, done.stderr
+    assert "1 labels read, 1 added" in done.stdout
+    assert "0 captures read, 0 added; 0 shadow decisions read, 0 added" in done.stdout
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone() == (1,)  # untouched
+
+
+def test_the_stored_roles_are_listed_and_cleared(pg: PostgresServer) -> None:
+    store = PostgresStore(pg.url)
+    store.keep_roles(RolesRecord("bc", 2, 1, 0.25, changed_at=0.0), None)
+    store.close()
+    listed = store_cli("--url", pg.url, "roles")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.strip() == (
+        "bc: primary 2, shadow 1, sample_rate 0.25 (revision 1, changed 1970-01-01T00:00:00+00:00)"
+    )
+    cleared = store_cli("--url", pg.url, "roles", "--clear", "bc")
+    assert cleared.returncode == 0 and "cleared" in cleared.stdout, cleared.stderr
+    assert pg.sql("SELECT COUNT(*) FROM roles") == [(0,)]
+    again = store_cli("--url", pg.url, "roles", "--clear", "bc")
+    assert "nothing changed" in again.stdout
+    assert store_cli("--url", pg.url, "roles").stdout == ""

@@ -5,6 +5,7 @@ failing shadow that never changes an answer."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from service.monitoring.decisions import RolesRecord
+from service.monitoring.store import FeedbackStore
 from tests.conftest import make_settings, wait_ready
 from tests.lifecycle.shadow_support import ADMIN, ADMIN_KEY, MODEL, shifted_rows, write_pair
 
@@ -57,7 +60,7 @@ def _wait_decided(client: TestClient, n: int, timeout_s: float = 20.0) -> dict[s
 
 
 def test_a_version_marked_shadow_keeps_the_primary_and_survives_a_reload(
-    client: TestClient, repo: Path
+    client: TestClient, repo: Path, tmp_path: Path
 ) -> None:
     # Without roles the latest version answers; marking v2 shadow pins v1 as the primary.
     assert (
@@ -67,11 +70,14 @@ def test_a_version_marked_shadow_keeps_the_primary_and_survives_a_reload(
     r = _shadow(client, {"version": 2, "sample_rate": 0.25})
     assert r.status_code == 200, r.text
     assert r.json() == {"name": MODEL, "primary": 1, "shadow": 2, "sample_rate": 0.25}
-    assert json.loads((repo / MODEL / "roles.json").read_text()) == {
-        "primary": 1,
-        "shadow": 2,
-        "sample_rate": 0.25,
-    }
+    # Kept in the feedback store, for every process of the deployment; the model folder is
+    # the deployer's, and the admin API leaves it as it is.
+    db = sqlite3.connect(tmp_path / "var" / "feedback.sqlite3")
+    assert db.execute(
+        "SELECT model, primary_version, shadow_version, sample_rate, revision FROM roles"
+    ).fetchall() == [(MODEL, 1, 2, 0.25, 1)]
+    db.close()
+    assert not (repo / MODEL / "roles.json").exists()
     assert (
         client.post("/predict", json={"model": MODEL, "instances": [[0, 0, 0]]}).json()["version"]
         == 1
@@ -96,10 +102,17 @@ def test_roles_survive_a_restart_and_the_setting_applies_without_a_file(
         roles = c.get(f"/v2/repository/models/{MODEL}/roles", headers=ADMIN).json()
         assert (roles["primary"], roles["shadow"], roles["sample_rate"]) == (1, 2, 0.5)
         assert _shadow(c, {"version": 2, "sample_rate": 0.05}).status_code == 200
-    # The file written by the admin API takes precedence over the setting after a restart.
+    # The roles the admin API kept in the store take precedence over the setting, and over a
+    # roles file, after a restart.
+    (repo / MODEL / "roles.json").write_text(json.dumps({"primary": 2, "shadow": 1}))
     for c in _client(repo, tmp_path, shadows=f"{MODEL}=2:0.5"):
         roles = c.get(f"/v2/repository/models/{MODEL}/roles", headers=ADMIN).json()
-        assert roles["sample_rate"] == 0.05
+        assert (roles["primary"], roles["shadow"], roles["sample_rate"]) == (1, 2, 0.05)
+    # Cleared from the store (`verdict-store roles --clear`), the file applies again.
+    FeedbackStore(str(tmp_path / "var" / "feedback.sqlite3")).clear_roles(MODEL)
+    for c in _client(repo, tmp_path, shadows=f"{MODEL}=2:0.5"):
+        roles = c.get(f"/v2/repository/models/{MODEL}/roles", headers=ADMIN).json()
+        assert (roles["primary"], roles["shadow"], roles["sample_rate"]) == (2, 1, 0.1)
 
 
 def test_the_shadow_version_is_loaded_whatever_the_version_policy(
@@ -275,12 +288,15 @@ def test_a_bad_shadows_setting_stops_the_server(text: str, tmp_path: Path) -> No
         make_settings(tmp_path, tmp_path, shadows=text)
 
 
-def test_a_broken_roles_file_keeps_the_roles_in_force(client: TestClient, repo: Path) -> None:
-    assert _shadow(client, {"version": 2, "sample_rate": 0.5}).status_code == 200
-    (repo / MODEL / "roles.json").write_text("{not json")
-    assert client.post(f"/v2/repository/models/{MODEL}/load", headers=ADMIN).status_code == 200
-    roles = client.get(f"/v2/repository/models/{MODEL}/roles", headers=ADMIN).json()
-    assert (roles["primary"], roles["shadow"], roles["sample_rate"]) == (1, 2, 0.5)
+def test_a_broken_roles_file_keeps_the_roles_in_force(repo: Path, tmp_path: Path) -> None:
+    (repo / MODEL / "roles.json").write_text(
+        json.dumps({"primary": 1, "shadow": 2, "sample_rate": 0.5})
+    )
+    for client in _client(repo, tmp_path):
+        (repo / MODEL / "roles.json").write_text("{not json")
+        assert client.post(f"/v2/repository/models/{MODEL}/load", headers=ADMIN).status_code == 200
+        roles = client.get(f"/v2/repository/models/{MODEL}/roles", headers=ADMIN).json()
+        assert (roles["primary"], roles["shadow"], roles["sample_rate"]) == (1, 2, 0.5)
 
 
 def test_a_slow_shadow_never_changes_an_answer(repo: Path, tmp_path: Path) -> None:
@@ -312,3 +328,26 @@ def test_a_slow_shadow_never_changes_an_answer(repo: Path, tmp_path: Path) -> No
             time.sleep(0.05)
     strip = [{k: v for k, v in p.items() if k != "prediction_id"} for p in before]
     assert [{k: v for k, v in p.items() if k != "prediction_id"} for p in after] == strip
+
+
+def test_a_change_decided_on_roles_changed_elsewhere_is_refused(
+    client: TestClient, tmp_path: Path
+) -> None:
+    assert _shadow(client, {"version": 2, "sample_rate": 0.25}).status_code == 200
+    # Another process changes the roles in the shared store between this process's reading
+    # of them and its change (this process's readings are stopped to make that moment last).
+    shared = client.app.state.shared_roles  # type: ignore[attr-defined]
+
+    async def stale() -> None:
+        return None
+
+    shared.sync = stale
+    time.sleep(0.2)  # a reading under way when they stopped is over
+    store = FeedbackStore(str(tmp_path / "var" / "feedback.sqlite3"))
+    assert store.keep_roles(RolesRecord(MODEL, 1, 2, 0.75, changed_at=time.time()), 1) == 2
+    store.close()
+    r = _shadow(client, {"version": 2, "sample_rate": 0.5})
+    assert r.status_code == 409 and r.json()["code"] == "roles_changed", r.text
+    # Nothing of the refused change was kept; the other process's roles apply here now.
+    roles = client.get(f"/v2/repository/models/{MODEL}/roles", headers=ADMIN).json()
+    assert roles["sample_rate"] == 0.75

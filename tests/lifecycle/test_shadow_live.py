@@ -184,8 +184,11 @@ def test_a_better_shadow_is_measured_refused_without_labels_and_promoted_under_l
     stored = db.execute("SELECT outcome, requested_by FROM promotions ORDER BY id").fetchall()
     assert [o for o, _ in stored] == ["refused", "promoted", "rolled_back", "promoted"]
     assert all(ADMIN_KEY not in who for _, who in stored)
-    # The roles the last promotion set are kept in the model folder for the next start.
-    assert '"primary": 2' in (tmp_path / "models" / MODEL / "roles.json").read_text()
+    # The roles the last promotion set are kept in the store, for every process and the next
+    # start (the model folder is left as the deployer made it).
+    roles = db.execute("SELECT model, primary_version, shadow_version, revision FROM roles")
+    assert roles.fetchall() == [(MODEL, 2, 1, 3)]
+    assert not (tmp_path / "models" / MODEL / "roles.json").exists()
 
 
 def test_grpc_requests_are_shadowed_too(server: LiveServer) -> None:

@@ -13,9 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from service.monitoring.decisions import PromotionRecord, ShadowDecision
+from service.monitoring.decisions import PromotionRecord, RolesRecord, ShadowDecision
 from service.monitoring.postgres import PostgresStore
-from service.monitoring.store import FeedbackStore, LabelRecord
+from service.monitoring.records import LabelRecord
+from service.monitoring.store import FeedbackStore
 from tests.conftest import make_settings, wait_ready
 from tests.lifecycle.shadow_support import ADMIN, ADMIN_KEY, MODEL, shifted_rows, write_pair
 from tests.pgserver import PostgresServer, pg, pg_server  # noqa: F401  (fixtures)
@@ -128,3 +129,26 @@ def test_both_stores_answer_the_shadow_methods_alike(
         == [o for o, _, _ in answers[1][5]]
     )
     assert answers[0][6] and answers[1][6]
+
+
+def test_both_stores_keep_roles_by_compare_and_set(
+    pg: PostgresServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    for store in (PostgresStore(pg.url), FeedbackStore(str(tmp_path / "f.sqlite3"))):
+        store.migrate()
+        assert store.stored_roles() == []
+        first = RolesRecord("m", 1, 2, 0.25, changed_at=5.0)
+        assert store.keep_roles(first, None) == 1
+        assert store.keep_roles(first, None) is None  # another process stored some first
+        promoted = RolesRecord("m", 2, 1, 0.25, changed_at=6.0)
+        assert store.keep_roles(promoted, 1) == 2
+        assert store.keep_roles(first, 1) is None  # decided on roles that changed since
+        assert store.keep_roles(RolesRecord("n", None, None, 0.1, changed_at=7.0), None) == 1
+        assert store.stored_roles() == [
+            RolesRecord("m", 2, 1, 0.25, 2, 6.0),
+            RolesRecord("n", None, None, 0.1, 1, 7.0),
+        ]
+        assert store.clear_roles("m") and not store.clear_roles("m")
+        assert [r.model for r in store.stored_roles()] == ["n"]
+        store.close()

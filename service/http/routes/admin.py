@@ -138,8 +138,9 @@ async def roles(model: str, request: Request) -> Response:
 async def shadow(model: str, request: Request) -> Response:
     """`{"version": 2, "sample_rate": 0.1}`: version 2 also runs on 10% of the primary's
     requests, off the response path, and its decisions are scored by the same labels;
-    `{"version": null}` stops shadowing. The roles are kept in the model's roles.json (they
-    survive reloads and restarts); the primary in force stays primary."""
+    `{"version": null}` stops shadowing. The roles are kept in the feedback store, for every
+    process of the deployment (they survive reloads and restarts); the primary in force stays
+    primary."""
     body = await _json_body(request)
     return json_response(await dataplane(request).lifecycle.set_shadow(model, body))
 
