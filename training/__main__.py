@@ -171,8 +171,8 @@ def _export(args: argparse.Namespace) -> int:
         return json.loads(path.read_text()) if path.is_file() else None
 
     store = open_store(url)
+    store.use_as_is()  # read only: never migrated from here
     try:
-        # Read only: a store from before captures existed is not migrated from here.
         at = store.schema_version()
         if at < CAPTURES_SCHEMA:
             raise ExportError(

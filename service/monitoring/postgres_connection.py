@@ -174,6 +174,12 @@ class PostgresConnection:
         self._migrated = True
         return version
 
+    def use_as_is(self) -> None:
+        """Never migrate the schema from this process: for a tool that only reads
+        (`verdict-train export`), which must not upgrade a store that the services of an
+        older release still use. Queries then run on the schema as it is."""
+        self._migrated = True
+
     def schema_version(self) -> int:
         """The schema version the database is at (0: none)."""
         return self._call("reading the schema version", schema_version)

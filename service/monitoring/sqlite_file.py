@@ -189,6 +189,12 @@ class SQLiteFile:
         self._migrated = True
         return len(MIGRATIONS)
 
+    def use_as_is(self) -> None:
+        """Never migrate the schema from this process: for a tool that only reads
+        (`verdict-train export`), which must not upgrade a store that the services of an
+        older release still use. Queries then run on the schema as it is."""
+        self._migrated = True
+
     def schema_version(self) -> int:
         """The schema version the file is at (PRAGMA user_version)."""
         with self._lock:

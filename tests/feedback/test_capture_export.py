@@ -66,6 +66,20 @@ def test_export_writes_every_labelled_capture_with_a_time_split(
     assert "1 rows lack 'beta'" in capsys.readouterr().err
 
 
+def test_export_reads_an_older_schema_without_migrating_it(
+    filled: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, repo = filled
+    db = sqlite3.connect(tmp_path / "f.db")
+    db.executescript("DROP TABLE roles; PRAGMA user_version = 2;")  # as release 2 left it
+    db.close()
+    assert len(export(url, repo, tmp_path / "x.csv")) == 20
+    db = sqlite3.connect(tmp_path / "f.db")
+    assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    assert "roles" not in tables and "captures" in tables
+
+
 def test_export_narrows_to_a_version_and_a_window(filled: tuple[str, Path], tmp_path: Path) -> None:
     url, repo = filled
     v2 = export(url, repo, tmp_path / "v2.csv", "--version", "2")
