@@ -16,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from time import perf_counter
+from time import monotonic, perf_counter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 
 from service.dataplane import DataPlane
 from service.dataplane.access import Access, Need
-from service.errors import OverloadedError, VerdictError, scrub_paths
+from service.errors import OverloadedError, ShuttingDownError, VerdictError, scrub_paths
 from service.grpc.servicer import Servicer
 from service.monitoring.metrics import Metrics
 from service.settings import Settings
@@ -37,6 +37,10 @@ SERVICE = "inference.GRPCInferenceService"
 Handler = Callable[[bytes, "RequestTrace | None"], Awaitable[bytes]]
 ERROR_CODE_KEY = "verdict-error-code"  # trailing metadata: the error's stable code
 RETRY_AFTER_KEY = "retry-after"  # trailing metadata: seconds, as HTTP's Retry-After
+# After the last RPC in flight has returned, how long its answer has to reach the client
+# before the connections close: a client still reading a large answer (and acknowledging it)
+# when the server closes would get a reset instead of its tail.
+LINGER_S = 0.25
 # Status codes of server faults: the request's span is marked as an error.
 FAULTS = frozenset(
     {
@@ -130,6 +134,8 @@ class GrpcServer:
         self.max_message_bytes = max_message_bytes
         self.limit = max_inflight_requests
         self.active = 0  # inference requests admitted and not yet answered
+        self.calls = 0  # RPCs of any kind whose handler has not returned
+        self.draining = False  # set by `drain`: new RPCs are refused
         self._metrics = metrics
         self._children: dict[tuple[str, str], Any] = {}
         self._server: grpc.aio.Server | None = None
@@ -176,10 +182,17 @@ class GrpcServer:
         return bound
 
     async def drain(self, timeout_s: float) -> None:
-        """Stop taking RPCs, let those in flight finish for up to `timeout_s` (then cancel
-        them), and close the port."""
-        if self._server is not None:
-            await self._server.stop(timeout_s)
+        """Refuse new RPCs (UNAVAILABLE, retry elsewhere), let those in flight finish for up
+        to `timeout_s`, give their answers LINGER_S to reach the clients, then stop: what is
+        still running is cancelled, and the port closes."""
+        if self._server is None:
+            return
+        self.draining = True
+        deadline = monotonic() + timeout_s
+        while self.calls and monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(min(LINGER_S, max(0.0, deadline - monotonic())))
+        await self._server.stop(max(0.0, deadline - monotonic()))
 
     def _behavior(self, rpc: Rpc) -> Callable[..., Awaitable[bytes]]:
         async def behavior(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
@@ -202,8 +215,11 @@ class GrpcServer:
                 {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": rpc.name},
             )
         admitted = False
+        self.calls += 1
         try:
             try:
+                if self.draining:
+                    raise ShuttingDownError("the server is shutting down; retry on another one")
                 if rpc.need is not Need.NOTHING:
                     if metadata is None:
                         metadata = _metadata(context)
@@ -218,6 +234,7 @@ class GrpcServer:
                     admitted = True
                 return await rpc.handler(request, trace)
             finally:
+                self.calls -= 1
                 if admitted:
                     self.active -= 1
         except VerdictError as exc:

@@ -308,9 +308,9 @@ def test_metrics_count_grpc_requests_by_protocol(
 
 def _sigterm_with_a_request_in_flight(
     proc: subprocess.Popen[bytes], address: str, url: str
-) -> tuple[list[Any], float]:
-    """Send SIGTERM while a large request is in flight; return [answer or error] and how
-    long after the signal the answer came."""
+) -> tuple[list[Any], float, str]:
+    """Send SIGTERM while a large request is in flight; return [answer or error], how long
+    after the signal the answer came, and the status of a new request sent after it."""
     x = np.tile(_rows("digits", 64).astype(np.float32), (150, 1, 1, 1))  # 9600 rows
     outcome: list[Any] = []
     answered: list[float] = []
@@ -333,8 +333,16 @@ def _sigterm_with_a_request_in_flight(
         time.sleep(0.005)
     signalled = time.monotonic()
     proc.send_signal(signal.SIGTERM)
+    refused = ""
+    with triton.InferenceServerClient(address) as c:
+        one = _rows("breast-cancer", 1).astype(np.float32)
+        while not refused and time.monotonic() < signalled + 10:
+            try:
+                _infer(c, "breast-cancer", one, "FP32", client_timeout=5)
+            except InferenceServerException as exc:
+                refused = f"{exc.status()}: {exc.message()}"
     thread.join(30)
-    return outcome, answered[0] - signalled
+    return outcome, answered[0] - signalled, refused
 
 
 def test_sigterm_drains_grpc_requests_in_flight_then_exits_0(tmp_path: Path) -> None:
@@ -351,11 +359,14 @@ def test_sigterm_drains_grpc_requests_in_flight_then_exits_0(tmp_path: Path) -> 
     )
     try:
         server.wait_ready()
-        outcome, after_s = _sigterm_with_a_request_in_flight(
+        outcome, after_s, refused = _sigterm_with_a_request_in_flight(
             server.proc, f"127.0.0.1:{grpc_port}", server.url
         )
         assert server.proc.wait(30) == 0
         assert outcome == [(9600, 10)], outcome
+        # New requests are sent elsewhere while the one in flight finishes.
+        shutting = "the server is shutting down; retry on another one"
+        assert refused == f"StatusCode.UNAVAILABLE: {shutting}"
         assert after_s > 0, "answered before the signal: nothing was in flight"
         with socket.socket() as s:  # the port is closed
             assert s.connect_ex(("127.0.0.1", grpc_port)) != 0
