@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from service.monitoring.quality_metrics import BINARY_OUTCOMES
 
-# The paired outcomes of a multiclass model (and of any model the promotion rule prices with a
-# cost of 1 per error): the expected cost per row is wrong / (correct + wrong).
+# The paired outcomes of a multiclass model: each wrong class costs 1, as the promotion rule
+# prices it, so the expected cost per row is wrong / (correct + wrong).
 MULTICLASS_OUTCOMES = ("correct", "wrong")
 
 
