@@ -304,22 +304,27 @@ class FeedbackService:
         return results, decisions
 
     def _count_paired(self, record: LabelRecord, decision: ShadowDecision) -> None:
-        """The outcomes of a labelled row that a shadow also decided, for both roles."""
+        """The outcomes of a labelled row that a shadow also decided, for both roles: tp, fp,
+        tn, fn for a binary model; correct, wrong for a multiclass one (each wrong class
+        costs 1, as the promotion rule prices it)."""
         manifest = self.manifest_of(record.model, record.version)
-        if manifest is None or manifest.get("task") != "binary":
+        if manifest is None:
             return
-        classes = list(manifest["output"]["classes"])
-        positive = manifest["output"].get("positive_class")
-        if positive not in classes:
-            return
-        k = classes.index(positive)
-        was = record.actual == k
+        positive: int | None = None
+        if manifest.get("task") == "binary":
+            classes = list(manifest["output"]["classes"])
+            if manifest["output"].get("positive_class") not in classes:
+                return
+            positive = classes.index(manifest["output"]["positive_class"])
         for role, version, predicted in (
             ("primary", record.version, record.predicted),
             ("shadow", decision.version, decision.predicted),
         ):
-            said = predicted == k
-            outcome = ("t" if said == was else "f") + ("p" if said else "n")
+            if positive is None:
+                outcome = "correct" if predicted == record.actual else "wrong"
+            else:
+                said, was = predicted == positive, record.actual == positive
+                outcome = ("t" if said == was else "f") + ("p" if said else "n")
             self.metrics.shadow_outcomes.labels(
                 model=record.model, version=str(version), role=role, outcome=outcome
             ).inc()

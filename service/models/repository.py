@@ -36,7 +36,9 @@ from service.models.manifest import ManifestCache
 from service.models.roles import NONE, Roles, read_roles, roles_fingerprint
 from service.models.runtime import CPU, RuntimeOptions
 from service.models.version import NAME_RE, ModelVersion
+from service.monitoring.lifecycle_metrics import MULTICLASS_OUTCOMES
 from service.monitoring.metrics import Metrics
+from service.monitoring.quality_metrics import BINARY_OUTCOMES
 from service.settings import Settings, VersionPolicy
 
 log = logging.getLogger(__name__)
@@ -227,7 +229,12 @@ class Repository(VersionLookup):
         else:
             self._shadow.pop(name, None)
             shadow = None
-        self.metrics.set_roles(name, primary.version, None if shadow is None else shadow.version)
+        self.metrics.set_roles(
+            name,
+            primary.version,
+            None if shadow is None else shadow.version,
+            BINARY_OUTCOMES if primary.binary else MULTICLASS_OUTCOMES,
+        )
 
     async def use_stored_roles(self, name: str, roles: Roles | None) -> list[int]:
         """Apply the roles the store keeps for a model (None: it keeps none, so its roles file

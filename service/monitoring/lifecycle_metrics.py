@@ -6,9 +6,15 @@ The names and labels are the contract of docs/architecture.md.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from service.monitoring.quality_metrics import BINARY_OUTCOMES
+
+# The paired outcomes of a multiclass model: each wrong class costs 1, as the promotion rule
+# prices it, so the expected cost per row is wrong / (correct + wrong).
+MULTICLASS_OUTCOMES = ("correct", "wrong")
 
 
 class LifecycleMetrics:
@@ -36,8 +42,9 @@ class LifecycleMetrics:
         )
         self.shadow_outcomes = Counter(
             "verdict_shadow_outcomes",
-            "Binary outcomes (tp, fp, tn, fn) of labelled rows that a shadow also decided, per "
-            "version and role (primary: the answer sent; shadow: the shadow's decision).",
+            "Outcomes of labelled rows that a shadow also decided, per version and role "
+            "(primary: the answer sent; shadow: the shadow's decision): tp, fp, tn, fn for a "
+            "binary model, correct, wrong for a multiclass one.",
             ["model", "version", "role", "outcome"],
             registry=r,
         )
@@ -49,13 +56,20 @@ class LifecycleMetrics:
             registry=r,
         )
 
-    def set_roles(self, model: str, primary: int, shadow: int | None) -> None:
-        """The role series of a model: its primary, and its shadow if any."""
+    def set_roles(
+        self,
+        model: str,
+        primary: int,
+        shadow: int | None,
+        outcomes: Sequence[str] = BINARY_OUTCOMES,
+    ) -> None:
+        """The role series of a model: its primary, and its shadow if any, whose paired
+        `outcomes` (BINARY_OUTCOMES or MULTICLASS_OUTCOMES) start at 0."""
         wanted = [(model, str(primary), "primary")]
         if shadow is not None:
             wanted.append((model, str(shadow), "shadow"))
             for role in ("primary", "shadow"):
-                for outcome in BINARY_OUTCOMES:  # start at 0: the first is an increase
+                for outcome in outcomes:  # start at 0: the first is an increase
                     version = str(primary if role == "primary" else shadow)
                     self.shadow_outcomes.labels(model, version, role, outcome)
         for labels in self._roles.get(model, []):

@@ -11,12 +11,20 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from service.monitoring.decisions import RolesRecord
 from service.monitoring.store import FeedbackStore
-from tests.conftest import make_settings, wait_ready
+from tests.conftest import (
+    IMG_SHAPE,
+    make_settings,
+    model_weights,
+    reference_probabilities,
+    wait_ready,
+    write_image,
+)
 from tests.lifecycle.shadow_support import ADMIN, ADMIN_KEY, MODEL, shifted_rows, write_pair
 
 
@@ -251,6 +259,90 @@ def test_labels_score_both_versions_and_promotion_follows_the_rule(client: TestC
     # Nothing left to roll back.
     r = client.post(f"/v2/repository/models/{MODEL}/rollback", headers=ADMIN)
     assert r.status_code == 409
+
+
+def _paired_outcomes(client: TestClient, model: str) -> dict[tuple[str, str, str], float]:
+    """verdict_shadow_outcomes_total of a model as /metrics shows it, by (version, role,
+    outcome)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.get("/metrics").text
+    return {
+        (s.labels["version"], s.labels["role"], s.labels["outcome"]): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "verdict_shadow_outcomes"
+        for s in family.samples
+        if s.name == "verdict_shadow_outcomes_total" and s.labels["model"] == model
+    }
+
+
+def test_labels_score_a_multiclass_shadow_as_correct_or_wrong_on_metrics(tmp_path: Path) -> None:
+    """A multiclass model's paired rows are counted correct or wrong per role on /metrics, as
+    its labels imply, and the binary outcomes stay off its series."""
+    img_repo = tmp_path / "models"
+    write_image(img_repo, version=1, seed=1)
+    write_image(img_repo, version=2, seed=2)
+    x = np.random.default_rng(11).normal(scale=2.0, size=(400, *IMG_SHAPE)).astype(np.float32)
+    said = {}
+    for version, seed in ((1, 1), (2, 2)):
+        p = reference_probabilities(x, *model_weights("img", seed))
+        top2 = np.sort(p, axis=1)[:, -2:]
+        said[version] = p.argmax(axis=1), top2[:, 1] - top2[:, 0] > 1e-3
+    # Rows that neither version decides on a near tie (onnxruntime and numpy agree on them).
+    keep = said[1][1] & said[2][1]
+    x, primary, shadow = x[keep][:120], said[1][0][keep][:120], said[2][0][keep][:120]
+    n = len(x)
+    assert n == 120 and (primary != shadow).sum() > 10  # the two versions disagree often
+    # The truth follows the shadow on two rows of three, and neither version on the third.
+    pairs = enumerate(zip(shadow.tolist(), primary.tolist(), strict=True))
+    truth = [s if i % 3 else next(c for c in range(3) if c not in (s, p)) for i, (s, p) in pairs]
+
+    for client in _client(img_repo, tmp_path / "run"):
+        r = client.post(
+            "/v2/repository/models/img/shadow",
+            json={"version": 2, "sample_rate": 1.0},
+            headers=ADMIN,
+        )
+        assert r.status_code == 200, r.text
+        # The series start at 0 when the shadow is set, with the multiclass outcomes only.
+        assert _paired_outcomes(client, "img") == {
+            (v, role, o): 0.0
+            for v, role in (("1", "primary"), ("2", "shadow"))
+            for o in ("correct", "wrong")
+        }
+        answers = []
+        for i in range(0, n, 10):
+            rows = x[i : i + 10].tolist()
+            r = client.post("/predict", json={"model": "img", "instances": rows})
+            assert r.status_code == 200 and r.json()["version"] == 1, r.text
+            answers += r.json()["predictions"]
+        assert [a["class_index"] for a in answers] == primary.tolist()
+        deadline = time.monotonic() + 20
+        while client.get("/models/img/shadow").json().get("shadow_decisions", 0) < n:
+            assert time.monotonic() < deadline, "the shadow did not decide every row"
+            time.sleep(0.05)
+        items = [
+            {"prediction_id": a["prediction_id"], "label": t}
+            for a, t in zip(answers, truth, strict=True)
+        ]
+        assert client.post("/feedback", json={"items": items}).json()["accepted"] == n
+
+        wrong = {
+            "primary": int(sum(p != t for p, t in zip(primary, truth, strict=True))),
+            "shadow": int(sum(s != t for s, t in zip(shadow, truth, strict=True))),
+        }
+        assert wrong["shadow"] == n // 3 and wrong["primary"] > wrong["shadow"]
+        assert _paired_outcomes(client, "img") == {
+            ("1", "primary", "correct"): n - wrong["primary"],
+            ("1", "primary", "wrong"): wrong["primary"],
+            ("2", "shadow", "correct"): n - wrong["shadow"],
+            ("2", "shadow", "wrong"): wrong["shadow"],
+        }
+        # The cost per row derived from the series is the one the promotion rule uses.
+        comparison = client.get("/models/img/shadow").json()["comparison"]
+        for role in ("primary", "shadow"):
+            assert comparison[role]["errors"] == wrong[role]
+            assert comparison[role]["cost_per_row"] == pytest.approx(wrong[role] / n)
 
 
 def test_a_failing_shadow_never_changes_an_answer(client: TestClient) -> None:

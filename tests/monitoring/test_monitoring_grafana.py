@@ -247,3 +247,45 @@ def test_every_recorded_series_is_used_by_an_alert_or_the_dashboard() -> None:
             for target in panel["targets"]:
                 used |= metric_names(target["expr"])
     assert not recorded_names() - used, sorted(recorded_names() - used)
+
+
+def _row_panels(dashboard: dict[str, Any], word: str) -> list[dict[str, Any]]:
+    """The panels of the first (expanded) row whose title holds `word`."""
+    panels = dashboard["panels"]
+    rows = [i for i, p in enumerate(panels) if p["type"] == "row"]
+    start = next(i for i in rows if word in panels[i]["title"].lower())
+    end = next((i for i in rows if i > start), len(panels))
+    assert not panels[start].get("collapsed"), "the row's panels are listed after it"
+    return panels[start + 1 : end]
+
+
+def test_shadow_row_shows_a_multiclass_error_rate_per_role() -> None:
+    """The "Shadow evaluation" row draws the error rate of a multiclass model's primary and
+    shadow side by side (from its correct/wrong outcomes), not only binary FNR and FPR."""
+    groups = yaml.safe_load(RULES_FILE.read_text())["groups"]
+    rules = {r["record"]: r["expr"] for g in groups for r in g["rules"] if "record" in r}
+    wrong = "model_version_role:verdict_shadow_wrong:ratio_rate24h"
+    assert 'outcome="wrong"' in rules[wrong]
+    assert "model_version_role:verdict_shadow_labeled:increase24h" in rules[wrong]
+    # The cost per row of a multiclass role is its error rate: the cost rule counts "wrong".
+    assert 'outcome="wrong"' in rules["model_version_role:verdict_shadow_error_cost:avg_rate24h"]
+    for name, dashboard in dashboards():
+        panels = _row_panels(dashboard, "shadow")
+        targets = [(p, t) for p in panels for t in p["targets"] if wrong in metric_names(t["expr"])]
+        assert targets, f"{name}: no panel of the shadow row draws {wrong}"
+        for panel, target in targets:
+            assert "multiclass" in panel["title"] and "error rate" in panel["title"]
+            assert panel["fieldConfig"]["defaults"]["unit"] == "percentunit"
+            # One line per role and version: never summed over them.
+            assert "by (" not in target["expr"] and "sum(" not in target["expr"]
+            assert "{{role}}" in target["legendFormat"]
+            assert "{{version}}" in target["legendFormat"]
+        counts = [
+            t
+            for p in panels
+            for t in p["targets"]
+            if "model_version_role_outcome:verdict_shadow_outcomes:increase24h" in t["expr"]
+            and "correct|wrong" in t["expr"]
+        ]
+        assert counts, f"{name}: the shadow row shows no correct/wrong counts"
+        assert all("{{role}}" in t["legendFormat"] for t in counts)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
 from service.http.app import create_app
@@ -77,6 +79,18 @@ def _label(client: httpx.Client, predictions: list[dict[str, object]], labels: l
     for start in range(0, len(items), 100):
         batch = items[start : start + 100]
         assert client.post("/feedback", json={"items": batch}).json()["accepted"] == len(batch)
+
+
+def _shadow_outcomes(text: str, model: str) -> dict[tuple[str, str, str], float]:
+    """verdict_shadow_outcomes_total of a model in a /metrics text, by (version, role,
+    outcome)."""
+    return {
+        (s.labels["version"], s.labels["role"], s.labels["outcome"]): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "verdict_shadow_outcomes"
+        for s in family.samples
+        if s.name == "verdict_shadow_outcomes_total" and s.labels["model"] == model
+    }
 
 
 def test_an_image_model_goes_round_the_loop_on_inverted_digits(
@@ -167,11 +181,44 @@ def test_an_image_model_goes_round_the_loop_on_inverted_digits(
             time.sleep(0.1)
         _label(admin, predictions, later_labels)
 
+        # /metrics counts each role's paired rows correct or wrong, as the labels say of the
+        # answers sent (primary) and of the decisions the shadow kept in the store.
+        classes = json.loads((CHAMPION / "manifest.json").read_text())["output"]["classes"]
+        db = sqlite3.connect(tmp_path / "var" / "feedback.sqlite3")
+        kept = dict(
+            db.execute(
+                "SELECT prediction_id, predicted FROM shadow_decisions WHERE model = 'digits' "
+                "AND version = 2"
+            ).fetchall()
+        )
+        db.close()
+        truth = {str(p["prediction_id"]): t for p, t in zip(predictions, later_labels, strict=True)}
+        assert set(kept) == set(truth)
+        said = {
+            "primary": [str(p["label"]) for p in predictions],
+            "shadow": [classes[kept[str(p["prediction_id"])]] for p in predictions],
+        }
+        wrong = {
+            role: sum(s != t for s, t in zip(said[role], later_labels, strict=True))
+            for role in said
+        }
+        assert 0 < wrong["shadow"] < wrong["primary"], wrong
+        metrics = _shadow_outcomes(admin.get("/metrics").text, "digits")
+        assert metrics == {
+            ("1", "primary", "correct"): 200 - wrong["primary"],
+            ("1", "primary", "wrong"): wrong["primary"],
+            ("2", "shadow", "correct"): 200 - wrong["shadow"],
+            ("2", "shadow", "wrong"): wrong["shadow"],
+        }
+
         view = admin.get("/models/digits/shadow").json()["comparison"]
         assert view["paired_labels"] == 200, view
         assert view["costs"] == {"error": 1.0}
         assert view["shadow"]["errors"] < view["primary"]["errors"], view
         assert view["shadow"]["cost_per_row"] == view["shadow"]["errors"] / 200
+        # The promotion rule's errors are the ones Prometheus shows.
+        assert view["primary"]["errors"] == wrong["primary"]
+        assert view["shadow"]["errors"] == wrong["shadow"]
         assert view["promotable"], view
         r = admin.post(f"{model}/promote", json={"requested_by": "the image loop test"})
         assert r.status_code == 200, r.text
