@@ -20,7 +20,7 @@ from .bounds import upper_bound, wilson
 from .data import DataError
 from .markdown import f4
 from .offline_report import REPORT_MD, REPORT_PNG, plot, section_lines
-from .production import Examples, input_columns, read_examples
+from .production import Examples, columns_of, read_examples
 
 REPORT_JSON = "offline_comparison.json"
 RESAMPLES = 4000
@@ -206,7 +206,7 @@ def compare_versions(
     classes = list(a["output"]["classes"])
     positive = classes.index(a["output"]["positive_class"]) if task == "binary" else None
     costs = _costs(a, b) if task == "binary" else {"error": MULTICLASS_ERROR_COST}
-    columns_a, columns_b = input_columns(a), input_columns(b)
+    columns_a, columns_b = columns_of(a), columns_of(b)
     image = not (a["input"].get("feature_names") and b["input"].get("feature_names"))
     if image and columns_a != columns_b:
         raise DataError(

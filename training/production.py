@@ -14,38 +14,21 @@ from typing import Any
 
 import numpy as np
 
+from service.monitoring.examples import META_COLUMNS, ExportError, input_columns
+
 from .artifact import read_manifest
 from .config import TensorBoardConfig, apply_overrides, validate_config
 from .data import DataError, Dataset, _sha256, load_dataset
 from .pipeline import RunResult, run_training
 
-# The export's columns before the features (service/monitoring/examples.py writes them).
-META_COLUMNS = (
-    "prediction_id",
-    "version",
-    "captured_at",
-    "observed_at",
-    "predicted",
-    "score",
-    "split",
-    "label",
-)
 
-
-def input_columns(manifest: dict[str, Any]) -> list[str]:
+def columns_of(manifest: dict[str, Any]) -> list[str]:
     """The export's columns holding a version's input, in the order of the flat row the model
-    reads: its feature names (tabular), or `<input name>[i][j][k]` over an image input's
-    shape without the batch axis (the names service/monitoring/examples.py writes)."""
-    spec = manifest.get("input") or {}
-    names = spec.get("feature_names")
-    if names:
-        return [str(n) for n in names]
-    shape = spec.get("shape") or []
-    dims = [int(d) for d in shape[1:]]
-    if not dims or any(d < 1 for d in dims):
-        raise DataError(f"the manifest's input has neither feature names nor a fixed shape {shape}")
-    name = str(spec.get("name") or "input")
-    return [name + "".join(f"[{i}]" for i in index) for index in np.ndindex(*dims)]
+    reads: the names `verdict-train export` writes (service/monitoring/examples.py)."""
+    try:
+        return input_columns(manifest)
+    except ExportError as exc:
+        raise DataError(str(exc)) from exc
 
 
 @dataclass
@@ -73,7 +56,7 @@ def read_examples(
     image: bool = False,
 ) -> Examples:
     """The rows of an export file (only those of `split`, `train` or `holdout`, when given),
-    their values in the order of the columns `features` (`input_columns`; `image` when they
+    their values in the order of the columns `features` (`columns_of`; `image` when they
     are an image's values rather than named features)."""
     try:
         raw = path.read_bytes()
@@ -160,7 +143,7 @@ def retrain(
     cfg = cfg.model_copy(update={"tensorboard": TensorBoardConfig()})
     base = load_dataset(cfg.data, cfg.seed)
     image = base.image_shape is not None
-    columns = input_columns(manifest) if image else base.feature_names
+    columns = columns_of(manifest) if image else base.feature_names
     shape = list(manifest["input"]["shape"][1:])
     if image and shape != [1, *(base.image_shape or ())]:
         raise DataError(
