@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections import Counter as Tally
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from service.dataplane.feedback_items import parse_time, resolve_label
 from service.errors import InvalidFeedbackError, ModelNotFoundError, StoreUnavailableError
 from service.monitoring.decisions import ShadowDecision
 from service.monitoring.ids import PredictionIds, PredictionRef
@@ -29,7 +27,6 @@ from service.monitoring.stores import LabelStore
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-RESULTS = ("accepted", "duplicate", "conflict", "unknown", "invalid")
 MAX_ITEMS = 1000
 # A clock a little ahead of ours is tolerated; a label "observed" later than that is refused.
 FUTURE_TOLERANCE_S = 300.0
@@ -69,50 +66,6 @@ class FeedbackMetrics(Protocol):
     @property
     def shadow_outcomes(self) -> _Family:
         """verdict_shadow_outcomes_total{model,version,role,outcome}"""
-
-
-def items_of(body: Any) -> list[Any]:
-    """The items of a decoded feedback body: `{"items": [...]}` or a bare list."""
-    if isinstance(body, dict) and set(body) == {"items"}:
-        body = body["items"]
-    if not isinstance(body, list):
-        raise InvalidFeedbackError(
-            'body must be {"items": [{"prediction_id": ..., "label": ...}, ...]} or a list of items'
-        )
-    return body
-
-
-def parse_time(value: Any) -> float | None:
-    """Seconds since the epoch from RFC 3339 text or a number; None when it is neither."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        try:
-            seconds = float(value)
-        except OverflowError:  # an int past float range
-            return None
-    elif isinstance(value, str) and 0 < len(value) <= 64:
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        if moment.tzinfo is None:  # RFC 3339 always carries an offset
-            return None
-        seconds = moment.timestamp()
-    else:
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
-def resolve_label(label: Any, classes: list[str]) -> int | None:
-    """The class index of a label given by name or by index, or None when it is no class."""
-    if isinstance(label, bool):
-        return None
-    if isinstance(label, str):
-        return classes.index(label) if label in classes else None
-    if isinstance(label, int) and 0 <= label < len(classes):
-        return label
-    return None
 
 
 @dataclass(slots=True)
@@ -443,9 +396,3 @@ class FeedbackService:
             "basis": "labels for predictions issued since `since` over the predictions this "
             "process counted since then (other replicas' predictions are not counted)",
         }
-
-
-def tally(answers: list[dict[str, Any]]) -> dict[str, int]:
-    """How many answers of each result kind, every kind present."""
-    counts = Tally(a["result"] for a in answers)
-    return {kind: counts.get(kind, 0) for kind in RESULTS}

@@ -10,7 +10,8 @@ import pytest
 from feedback_support import NOW, Clock, Metrics, manifest_of
 from prometheus_client import CollectorRegistry
 
-from service.dataplane.feedback import FeedbackService, items_of, parse_time, tally
+from service.dataplane.feedback import FeedbackService
+from service.dataplane.feedback_items import items_of, parse_time, tally
 from service.errors import InvalidFeedbackError, StoreUnavailableError
 from service.monitoring.ids import PredictionIds
 from service.monitoring.store import FeedbackStore

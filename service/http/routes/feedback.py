@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter, Query, Request, Response
 
-from service.dataplane.feedback import items_of, tally
+from service.dataplane.feedback_items import items_of, tally
 from service.errors import InvalidJSONError
 from service.http.routes import dataplane, json_response
 from service.http.schemas import ERROR_CONTENT, EXAMPLE_ID
