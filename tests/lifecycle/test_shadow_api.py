@@ -430,8 +430,8 @@ def test_a_change_decided_on_roles_changed_elsewhere_is_refused(
     # of them and its change (this process's readings are stopped to make that moment last).
     shared = client.app.state.shared_roles  # type: ignore[attr-defined]
 
-    async def stale() -> None:
-        return None
+    async def stale() -> dict[str, int]:
+        return {MODEL: 1}  # the revision this process read last
 
     shared.sync = stale
     time.sleep(0.2)  # a reading under way when they stopped is over
