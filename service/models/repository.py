@@ -220,6 +220,13 @@ class Repository(VersionLookup):
         one assignment each (the hot swap of a promotion)."""
         others = [v for v in new if v != roles.shadow] or list(new)
         primary = new[roles.primary] if roles.primary in new else new[max(others)]
+        if roles.primary is not None and roles.primary not in new:
+            log.error(
+                "model %s: primary version %d is not served; version %d answers instead",
+                name,
+                roles.primary,
+                primary.version,
+            )
         shadow = new.get(roles.shadow) if roles.shadow is not None else None
         if roles.shadow is not None and shadow is None:
             log.error(

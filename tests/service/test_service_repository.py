@@ -443,3 +443,26 @@ def test_a_reload_reads_the_model_folder_off_the_event_loop(
         return versions
 
     assert asyncio.run(main()) == [1]
+
+
+def test_stored_roles_naming_versions_not_served_are_logged(
+    model_repo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica without the versions the stored roles name says so, and serves what it has."""
+    from service.models.roles import Roles
+
+    write_binary(model_repo, version=2, seed=4)
+    repo = _repo(model_repo, tmp_path)
+
+    async def main() -> tuple[int, bool]:
+        await repo.start()
+        with caplog.at_level(logging.ERROR, logger="service.models.repository"):
+            await repo.use_stored_roles("bin", Roles(7, 8, 0.1))
+        answer = repo.resolve("bin").version, repo.has_shadow("bin")
+        await repo.close()
+        return answer
+
+    assert asyncio.run(main()) == (2, False)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "model bin: primary version 7 is not served; version 2 answers instead" in errors
+    assert "model bin: shadow version 8 is not served; nothing is shadowed" in errors
