@@ -5,7 +5,8 @@
     verdict-store roles [--clear MODEL]
                                      the roles admin calls kept for every process (primary,
                                      shadow, sample rate, revision); --clear hands a model back
-                                     to its roles.json or VERDICT_SHADOWS
+                                     to its roles.json or VERDICT_SHADOWS (the store is read as
+                                     it is: never migrated, never created)
     verdict-store copy --from sqlite:///var/feedback.sqlite3
                                      copy a SQLite store's labels, audited conflicts,
                                      captures, shadow decisions, promotions, roles and
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 CONFIG_ERROR = 2  # exit code: the settings or arguments are wrong
 STORE_ERROR = 1  # exit code: the store could not do it
 COPY_CHUNK = 5000  # rows per transaction when copying
+ROLES_SCHEMA = 3  # the schema migration that made the roles table, in both stores
 
 
 def _refuse(message: str) -> NoReturn:
@@ -112,11 +114,11 @@ def _copy_table(db: sqlite3.Connection, store: PostgresStore, table: str) -> tup
 def _copy(source: str, target: str) -> str:
     from service.monitoring.keys import KEY_FILE
     from service.monitoring.postgres import PostgresStore
-    from service.monitoring.stores import is_postgres, sqlite_folder, sqlite_target
+    from service.monitoring.stores import is_postgres, sqlite_folder
 
     if not source.startswith("sqlite:///") or not is_postgres(target):
         _refuse("copy goes from a sqlite:/// URL to a postgresql:// one")
-    path = sqlite_target(source).removeprefix("file:").partition("?")[0]
+    path = _sqlite_path(source)
     if not Path(path).is_file():
         _refuse(f"no SQLite store at {path}")
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -148,7 +150,26 @@ def _copy(source: str, target: str) -> str:
     return "; ".join(parts)
 
 
-def _roles(store: LabelStore, clear: str | None) -> None:
+def _sqlite_path(url: str) -> str:
+    from service.monitoring.stores import sqlite_target
+
+    return sqlite_target(url).removeprefix("file:").partition("?")[0]
+
+
+def _roles(url: str, store: LabelStore, clear: str | None) -> None:
+    """List or clear the stored roles of a store as it is: never migrated (the services of
+    an older release may still use it), never created (a mistyped path is refused)."""
+    from service.monitoring.stores import describe, is_postgres
+
+    if not is_postgres(url) and not Path(_sqlite_path(url)).is_file():
+        _refuse(f"no SQLite store at {_sqlite_path(url)}")
+    store.use_as_is()
+    version = store.schema_version()
+    if version < ROLES_SCHEMA:
+        _refuse(
+            f"{describe(url)} is at schema version {version}, before the roles table (version "
+            f"{ROLES_SCHEMA}): it keeps no roles; `verdict-store migrate` adds it"
+        )
     if clear is not None:
         done = store.clear_roles(clear)
         print(
@@ -184,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
                 version = store.migrate()
                 print(f"verdict-store: {describe(url)} is at schema version {version}")
             elif args.command == "roles":
-                _roles(store, args.clear)
+                _roles(url, store, args.clear)
             else:
                 print(f"store {store.schema_version()}, this release {_latest(url)}")
         finally:

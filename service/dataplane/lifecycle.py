@@ -96,28 +96,23 @@ class Lifecycle:
     async def set_shadow(self, model: str, body: Any) -> dict[str, Any]:
         """Mark a version shadow (`{"version": 2, "sample_rate": 0.1}`) or stop shadowing
         (`{"version": null}`); the primary in force is pinned, so it stays primary."""
+        # Bad input and an unknown model or version are answered before the store is asked:
+        # a 4xx whether it answers or not.
+        version, rate = _shadow_body(body)
+        self.repository.resolve(model)
+        if version is not None:
+            await self.shared.check(model, Roles(None, version))
         async with self._lock(model):
-            await self.shared.sync()  # decide on the roles in force in the whole deployment
-            return await self._set_shadow(model, body)
+            # Decide on the roles in force in the whole deployment, at the revision read.
+            revision = (await self.shared.sync()).get(model)
+            return await self._set_shadow(model, version, rate, revision)
 
-    async def _set_shadow(self, model: str, body: Any) -> dict[str, Any]:
-        """Mark a version shadow (`{"version": 2, "sample_rate": 0.1}`) or stop shadowing
-        (`{"version": null}`); the primary in force is pinned, so it stays primary."""
-        if not isinstance(body, dict) or "version" not in body:
-            raise BadRequestError('body must be {"version": <n> | null, "sample_rate": <0..1>}')
-        unknown = set(body) - {"version", "sample_rate"}
-        if unknown:
-            raise BadRequestError(f"unexpected fields: {sorted(unknown)}")
+    async def _set_shadow(
+        self, model: str, version: int | None, rate: float | None, revision: int | None
+    ) -> dict[str, Any]:
         current = self.repository.roles(model)
-        version = body["version"]
-        if version is not None and (
-            isinstance(version, bool) or not isinstance(version, int) or version < 1
-        ):
-            raise BadRequestError(f"version must be a version number or null; got {version!r}")
-        try:
-            rate = check_rate(body.get("sample_rate", current.sample_rate))
-        except ValueError as exc:
-            raise BadRequestError(str(exc)) from None
+        if rate is None:
+            rate = current.sample_rate
         primary = self.repository.pinned_primary(model)
         if primary is None:
             # Nothing pinned yet: the latest other served version answers (so a new version
@@ -133,7 +128,7 @@ class Lifecycle:
                 f"version {version} is the primary of {model!r}; a shadow must be another version",
                 "shadow_is_primary",
             )
-        await self.shared.change(model, Roles(primary, version, rate))
+        await self.shared.change(model, Roles(primary, version, rate), revision)
         log.info("model %s: shadow %s at %.3g of the primary's requests", model, version, rate)
         return self.roles(model)
 
@@ -196,16 +191,20 @@ class Lifecycle:
 
     async def promote(self, model: str, body: Any, header: str | None) -> dict[str, Any]:
         """Make the shadow primary when the rule allows it (see `_promote`)."""
-        async with self._lock(model):
-            await self.shared.sync()
-            return await self._promote(model, body, header)
-
-    async def _promote(self, model: str, body: Any, header: str | None) -> dict[str, Any]:
-        """Make the shadow primary when the rule allows it (the old primary becomes the
-        shadow); otherwise ConflictError (409) with the figures. Either way the decision is
-        kept in the store and logged."""
         confidence, min_labels, who = self._settings(body)
         who = self._who(who, header)
+        self.repository.resolve(model)
+        async with self._lock(model):
+            revision = (await self.shared.sync()).get(model)
+            return await self._promote(model, confidence, min_labels, who, revision)
+
+    async def _promote(
+        self, model: str, confidence: float, min_labels: int, who: str, revision: int | None
+    ) -> dict[str, Any]:
+        """Make the shadow primary when the rule allows it (the old primary becomes the
+        shadow); otherwise ConflictError (409) with the figures. Either way the decision is
+        kept in the store and logged. The roles change only if they are still at `revision`
+        in the store (the one they were read at before deciding)."""
         roles = self.repository.roles(model)
         if roles.shadow is None or roles.primary is None:
             raise ConflictError(f"model {model!r} has no shadow to promote", "no_shadow")
@@ -242,7 +241,9 @@ class Lifecycle:
                 f"{_fmt(s['cost_per_row'])}, primary {_fmt(p['cost_per_row'])}",
                 "promotion_refused",
             )
-        await self._swap(model, Roles(roles.shadow, roles.primary, roles.sample_rate), record)
+        await self._swap(
+            model, Roles(roles.shadow, roles.primary, roles.sample_rate), revision, record
+        )
         return {
             **_record(replace(record, id=record_id)),
             "roles": self.roles(model),
@@ -250,16 +251,23 @@ class Lifecycle:
 
     async def rollback(self, model: str, body: Any, header: str | None) -> dict[str, Any]:
         """Undo the last promotion of a model (see `_rollback`)."""
-        async with self._lock(model):
-            await self.shared.sync()
-            return await self._rollback(model, body, header)
-
-    async def _rollback(self, model: str, body: Any, header: str | None) -> dict[str, Any]:
-        """Undo the last promotion of a model: the version it replaced is primary again, and
-        the promoted one its shadow. Kept in the store like a promotion."""
         if body is not None and (not isinstance(body, dict) or set(body) - {"requested_by"}):
             raise BadRequestError('the body may only hold {"requested_by": "<who>"}')
-        who = self._who((body or {}).get("requested_by") or "", header)
+        asked = (body or {}).get("requested_by") or ""
+        if not isinstance(asked, str) or len(asked) > MAX_REQUESTED_BY:
+            raise BadRequestError(
+                f"requested_by must be text of at most {MAX_REQUESTED_BY} characters"
+            )
+        who = self._who(asked, header)
+        self.repository.resolve(model)
+        async with self._lock(model):
+            revision = (await self.shared.sync()).get(model)
+            return await self._rollback(model, who, revision)
+
+    async def _rollback(self, model: str, who: str, revision: int | None) -> dict[str, Any]:
+        """Undo the last promotion of a model: the version it replaced is primary again, and
+        the promoted one its shadow. Kept in the store like a promotion; the roles change only
+        if they are still at `revision` in the store."""
         roles = self.repository.roles(model)
         history = await self.run(self.store.promotions, model, 100)
         last = next((r for r in history if r.outcome in (PROMOTED, ROLLED_BACK)), None)
@@ -294,19 +302,25 @@ class Lifecycle:
             who,
         )
         await self._swap(
-            model, Roles(last.primary_version, last.shadow_version, roles.sample_rate), record
+            model,
+            Roles(last.primary_version, last.shadow_version, roles.sample_rate),
+            revision,
+            record,
         )
         return {
             **_record(replace(record, id=record_id)),
             "roles": self.roles(model),
         }
 
-    async def _swap(self, model: str, roles: Roles, decided: PromotionRecord) -> None:
-        """Apply the roles a kept decision grants; when that fails (another process changed
-        the roles meanwhile, a version vanished, the store fails), keep a `failed` row beside
-        the decision."""
+    async def _swap(
+        self, model: str, roles: Roles, revision: int | None, decided: PromotionRecord
+    ) -> None:
+        """Apply the roles a kept decision grants, if the stored roles are still at the
+        `revision` it was decided on; when that fails (another process changed the roles
+        meanwhile, a version vanished, the store fails), keep a `failed` row beside the
+        decision."""
         try:
-            await self.shared.change(model, roles)
+            await self.shared.change(model, roles, revision)
         except VerdictError as exc:
             log.error(
                 "model %s: the roles of decision %s were not applied: %s",
@@ -330,6 +344,27 @@ class Lifecycle:
         """A model's promotion decisions and rollbacks, newest first."""
         rows = await self.run(self.store.promotions, model, limit)
         return {"name": model, "decisions": [_record(r) for r in rows]}
+
+
+def _shadow_body(body: Any) -> tuple[int | None, float | None]:
+    """The version and the sample rate (None: the one in force) a shadow call asks for, or
+    BadRequestError."""
+    if not isinstance(body, dict) or "version" not in body:
+        raise BadRequestError('body must be {"version": <n> | null, "sample_rate": <0..1>}')
+    unknown = set(body) - {"version", "sample_rate"}
+    if unknown:
+        raise BadRequestError(f"unexpected fields: {sorted(unknown)}")
+    version = body["version"]
+    if version is not None and (
+        isinstance(version, bool) or not isinstance(version, int) or version < 1
+    ):
+        raise BadRequestError(f"version must be a version number or null; got {version!r}")
+    if "sample_rate" not in body:
+        return version, None
+    try:
+        return version, check_rate(body["sample_rate"])
+    except ValueError as exc:
+        raise BadRequestError(str(exc)) from None
 
 
 def _fmt(value: float | None) -> str:

@@ -3,8 +3,9 @@ deployment: the workers of one server and the replicas of a fleet read them from
 store they share, so an admin change made on one process reaches all of them
 (docs/lifecycle.md, "Roles").
 
-A change is written to the store (compare-and-set on the model's revision, so two processes
-changing one model at once cannot both win) and applied at once by the process that made it.
+A change is written to the store (compare-and-set on the revision of the stored roles the
+change was decided on, so two processes changing one model at once cannot both win) and applied
+at once by the process that made it.
 Every process reads the stored roles every `ROLES_CHECK_S` seconds, on the store's threads,
 and applies a change with the repository's hot swap: within about `ROLES_CHECK_S` plus the
 swap, every process serves the new roles.
@@ -56,20 +57,24 @@ class SharedRoles:
         self.run = run
         self.clock = clock
         self._applied: dict[str, Roles] = {}  # model -> stored roles this process applied
-        self._revisions: dict[str, int] = {}  # model -> stored revision last read or written
         # One reading or change at a time in this process: a read that started before this
         # process's own change must not be applied after it.
         self._lock = asyncio.Lock()
         self._warned_at = -WARN_EVERY_S
         self._bad: set[tuple[str, int]] = set()  # stored rows already logged as unusable
 
-    async def sync(self) -> None:
-        """Read the stored roles and apply every change; StoreUnavailableError when the store
-        cannot answer (the roles in force stay)."""
-        async with self._lock:
-            await self._sync()
+    async def sync(self) -> dict[str, int]:
+        """Read the stored roles and apply every change; returns the revision read of every
+        model with stored roles (a model without is absent). StoreUnavailableError when the
+        store cannot answer (the roles in force stay).
 
-    async def _sync(self) -> None:
+        A change decided on the roles in force right after this call (no await in between:
+        the check in `follow` may apply a later revision at any await) rests on the revision
+        returned: pass it to `change`."""
+        async with self._lock:
+            return await self._sync()
+
+    async def _sync(self) -> dict[str, int]:
         records: list[RolesRecord] = await self.run(self.store.stored_roles)
         stored: dict[str, Roles] = {}
         revisions: dict[str, int] = {}
@@ -86,7 +91,6 @@ class SharedRoles:
                     log.error("model %s: stored roles ignored: %s", r.model, exc)
                 if r.model in self._applied:
                     stored[r.model] = self._applied[r.model]
-        self._revisions = revisions
         for name in sorted(set(self._applied) | set(stored)):
             roles = stored.get(name)
             if self._applied.get(name) == roles:
@@ -104,6 +108,7 @@ class SharedRoles:
                 await self.repository.use_stored_roles(name, roles)
             except (ModelLoadError, ModelNotFoundError) as exc:
                 log.error("model %s: the stored roles were not applied: %s", name, exc.message)
+        return revisions
 
     async def follow(self) -> None:
         """Check the stored roles every ROLES_CHECK_S seconds, for ever."""
@@ -128,9 +133,9 @@ class SharedRoles:
         self._warned_at = now
         return True
 
-    async def _check(self, model: str, roles: Roles) -> None:
-        """Refuse roles of a model that is not served, or that name a version it does not
-        have on disk."""
+    async def check(self, model: str, roles: Roles) -> None:
+        """Refuse roles of a model that is not served (ModelNotFoundError), or that name a
+        version it does not have on disk (VersionNotFoundError); asks nothing of the store."""
         if model not in self.repository.served():
             raise ModelNotFoundError(f"model {model!r} is not loaded")
         found = (await asyncio.to_thread(self.repository.scan)).get(model, [])
@@ -140,17 +145,22 @@ class SharedRoles:
                     f"model {model!r} has no version {v} to make {what}; on disk: {found}"
                 )
 
-    async def change(self, model: str, roles: Roles) -> list[int]:
+    async def change(self, model: str, roles: Roles, expected_revision: int | None) -> list[int]:
         """Keep new roles for a model in the store, for every process, and apply them here;
-        returns the versions served here. ConflictError (409) when another process changed the
-        model's roles since this one last read them (they apply here then; nothing else
-        changed)."""
+        returns the versions served here.
+
+        `expected_revision` is the revision of the stored roles the change was decided on (as
+        `sync` returned it; None: none were stored). ConflictError (409) when the stored roles
+        are no longer at it: another process changed them since (they apply here then;
+        nothing else changed). The revision this process read last is not used, since the
+        check in `follow` keeps it current while a caller awaits between its decision and
+        this call."""
         async with self._lock:
-            await self._check(model, roles)
+            await self.check(model, roles)
             record = RolesRecord(
                 model, roles.primary, roles.shadow, roles.sample_rate, changed_at=self.clock()
             )
-            revision = await self.run(self.store.keep_roles, record, self._revisions.get(model))
+            revision = await self.run(self.store.keep_roles, record, expected_revision)
             if revision is None:
                 await self._sync()
                 if self._applied.get(model) != roles:
@@ -161,6 +171,5 @@ class SharedRoles:
                         "roles_changed",
                     )
                 return self.repository.versions(model)  # the same change, made elsewhere
-            self._revisions[model] = revision
             self._applied[model] = roles
             return await self.repository.use_stored_roles(model, roles)

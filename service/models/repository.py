@@ -149,10 +149,13 @@ class Repository(VersionLookup):
             raise ModelNotFoundError(f"unknown model {name!r}")
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
-            found = self.scan().get(name)
+            # The folder is read off the event loop (every process reloads on each role
+            # change, under traffic); its fingerprint is taken before the files are read, so a
+            # change made while they load is reloaded by the next poll.
+            found = (await asyncio.to_thread(self.scan)).get(name)
             if not found:
                 raise ModelNotFoundError(f"no model {name!r} in the model repository")
-            self._seen[name] = self._fingerprint(name)
+            self._seen[name] = await asyncio.to_thread(self._fingerprint, name)
             roles = await asyncio.to_thread(self._read_roles, name)
             # The primary and the shadow are loaded whatever the version policy says.
             pinned = {v for v in (roles.primary, roles.shadow) if v is not None and v in found}
@@ -172,8 +175,8 @@ class Repository(VersionLookup):
                     break
                 folder = self.root / name / str(v)
                 old = current.get(v)
-                if old is not None and old.fingerprint == file_fingerprint(
-                    folder, *checked_files(old.manifest)
+                if old is not None and old.fingerprint == await asyncio.to_thread(
+                    file_fingerprint, folder, *checked_files(old.manifest)
                 ):
                     new[v] = old
                     continue
@@ -217,6 +220,13 @@ class Repository(VersionLookup):
         one assignment each (the hot swap of a promotion)."""
         others = [v for v in new if v != roles.shadow] or list(new)
         primary = new[roles.primary] if roles.primary in new else new[max(others)]
+        if roles.primary is not None and roles.primary not in new:
+            log.error(
+                "model %s: primary version %d is not served; version %d answers instead",
+                name,
+                roles.primary,
+                primary.version,
+            )
         shadow = new.get(roles.shadow) if roles.shadow is not None else None
         if roles.shadow is not None and shadow is None:
             log.error(

@@ -207,3 +207,33 @@ def test_the_stored_roles_are_listed_and_cleared(pg: PostgresServer) -> None:
     again = store_cli("--url", pg.url, "roles", "--clear", "bc")
     assert "nothing changed" in again.stdout
     assert store_cli("--url", pg.url, "roles").stdout == ""
+
+
+def test_the_stored_roles_of_a_sqlite_store_are_read_as_it_is(tmp_path: Path) -> None:
+    """`verdict-store roles` neither creates a store at a mistyped path nor migrates one that
+    the services of an older release may still use: it refuses both (exit 2)."""
+    missing = tmp_path / "typo" / "feedback.sqlite3"
+    for args in (("roles",), ("roles", "--clear", "bc")):
+        refused = store_cli("--url", f"sqlite:///{missing}", *args)
+        assert refused.returncode == 2 and "no SQLite store" in refused.stderr, refused.stderr
+    assert not (tmp_path / "typo").exists()
+
+    old = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(old)
+    db.executescript(
+        SQLITE_MIGRATIONS[0] + ";" + SQLITE_MIGRATIONS[1] + "; PRAGMA user_version = 2;"
+    )
+    db.close()
+    for args in (("roles",), ("roles", "--clear", "bc")):
+        refused = store_cli("--url", f"sqlite:///{old}", *args)
+        assert refused.returncode == 2 and "schema version 2" in refused.stderr, refused.stderr
+    assert sqlite3.connect(old).execute("PRAGMA user_version").fetchone() == (2,)  # untouched
+
+    current = tmp_path / "feedback.sqlite3"
+    FeedbackStore(str(current)).keep_roles(RolesRecord("bc", 2, 1, 0.25, changed_at=0.0), None)
+    listed = store_cli("--url", f"sqlite:///{current}", "roles")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("bc: primary 2, shadow 1, sample_rate 0.25 (revision 1,")
+    cleared = store_cli("--url", f"sqlite:///{current}", "roles", "--clear", "bc")
+    assert cleared.returncode == 0 and "cleared" in cleared.stdout, cleared.stderr
+    assert store_cli("--url", f"sqlite:///{current}", "roles").stdout == ""

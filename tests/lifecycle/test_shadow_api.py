@@ -430,11 +430,15 @@ def test_a_change_decided_on_roles_changed_elsewhere_is_refused(
     # of them and its change (this process's readings are stopped to make that moment last).
     shared = client.app.state.shared_roles  # type: ignore[attr-defined]
 
-    async def stale() -> None:
-        return None
+    async def stale() -> dict[str, int]:
+        return {MODEL: 1}  # the revision this process read last
+
+    async def readings_over() -> None:
+        async with shared._lock:  # a reading under way holds it; later ones are stopped
+            pass
 
     shared.sync = stale
-    time.sleep(0.2)  # a reading under way when they stopped is over
+    client.portal.call(readings_over)  # type: ignore[union-attr]
     store = FeedbackStore(str(tmp_path / "var" / "feedback.sqlite3"))
     assert store.keep_roles(RolesRecord(MODEL, 1, 2, 0.75, changed_at=time.time()), 1) == 2
     store.close()

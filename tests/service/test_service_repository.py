@@ -404,3 +404,65 @@ def test_listeners_hear_loads_and_unloads_and_counts_are_kept(
         assert ("unload", "bin", 1) in events
         c.get("/metrics")
         assert flushed == [1]
+
+
+def test_a_reload_reads_the_model_folder_off_the_event_loop(
+    model_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every process reloads a model on each role change, under traffic: the folder's scan and
+    fingerprints must not block the event loop."""
+    import threading
+
+    import service.models.repository as repository_module
+
+    repo = _repo(model_repo, tmp_path)
+    threads: dict[str, set[int]] = {}
+
+    def recorded(what: str, fn: Any) -> Any:
+        def call(*args: Any) -> Any:
+            threads.setdefault(what, set()).add(threading.get_ident())
+            return fn(*args)
+
+        return call
+
+    async def main() -> list[int]:
+        await repo.start()
+        loop_thread = threading.get_ident()
+        monkeypatch.setattr(repo, "scan", recorded("scan", repo.scan))
+        monkeypatch.setattr(repo, "_fingerprint", recorded("fingerprint", repo._fingerprint))
+        monkeypatch.setattr(
+            repository_module,
+            "file_fingerprint",
+            recorded("file_fingerprint", repository_module.file_fingerprint),
+        )
+        threads.clear()
+        versions = await repo.load_model("bin")
+        await repo.close()
+        assert set(threads) == {"scan", "fingerprint", "file_fingerprint"}
+        assert all(loop_thread not in ids for ids in threads.values()), threads
+        return versions
+
+    assert asyncio.run(main()) == [1]
+
+
+def test_stored_roles_naming_versions_not_served_are_logged(
+    model_repo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica without the versions the stored roles name says so, and serves what it has."""
+    from service.models.roles import Roles
+
+    write_binary(model_repo, version=2, seed=4)
+    repo = _repo(model_repo, tmp_path)
+
+    async def main() -> tuple[int, bool]:
+        await repo.start()
+        with caplog.at_level(logging.ERROR, logger="service.models.repository"):
+            await repo.use_stored_roles("bin", Roles(7, 8, 0.1))
+        answer = repo.resolve("bin").version, repo.has_shadow("bin")
+        await repo.close()
+        return answer
+
+    assert asyncio.run(main()) == (2, False)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "model bin: primary version 7 is not served; version 2 answers instead" in errors
+    assert "model bin: shadow version 8 is not served; nothing is shadowed" in errors
