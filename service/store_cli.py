@@ -1,7 +1,8 @@
 """`verdict-store`: the feedback store's schema and contents, ahead of or beside the service.
 
     verdict-store migrate            apply the schema migrations (before a rolling deployment)
-    verdict-store version            the schema version of the store and of this release
+    verdict-store version            the schema version of the store and of this release (the
+                                     store is read as it is: never migrated, never created)
     verdict-store roles [--clear MODEL]
                                      the roles admin calls kept for every process (primary,
                                      shadow, sample rate, revision); --clear hands a model back
@@ -156,14 +157,21 @@ def _sqlite_path(url: str) -> str:
     return sqlite_target(url).removeprefix("file:").partition("?")[0]
 
 
-def _roles(url: str, store: LabelStore, clear: str | None) -> None:
-    """List or clear the stored roles of a store as it is: never migrated (the services of
-    an older release may still use it), never created (a mistyped path is refused)."""
-    from service.monitoring.stores import describe, is_postgres
+def _as_it_is(url: str, store: LabelStore) -> None:
+    """Read the store as it is from here on: never migrated (the services of an older release
+    may still use it), never created (a mistyped SQLite path is refused)."""
+    from service.monitoring.stores import is_postgres
 
     if not is_postgres(url) and not Path(_sqlite_path(url)).is_file():
         _refuse(f"no SQLite store at {_sqlite_path(url)}")
     store.use_as_is()
+
+
+def _roles(url: str, store: LabelStore, clear: str | None) -> None:
+    """List or clear the stored roles of a store as it is."""
+    from service.monitoring.stores import describe
+
+    _as_it_is(url, store)
     version = store.schema_version()
     if version < ROLES_SCHEMA:
         _refuse(
@@ -207,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             elif args.command == "roles":
                 _roles(url, store, args.clear)
             else:
+                _as_it_is(url, store)
                 print(f"store {store.schema_version()}, this release {_latest(url)}")
         finally:
             store.close()

@@ -210,10 +210,11 @@ def test_the_stored_roles_are_listed_and_cleared(pg: PostgresServer) -> None:
 
 
 def test_the_stored_roles_of_a_sqlite_store_are_read_as_it_is(tmp_path: Path) -> None:
-    """`verdict-store roles` neither creates a store at a mistyped path nor migrates one that
-    the services of an older release may still use: it refuses both (exit 2)."""
+    """`verdict-store roles` and `version` neither create a store at a mistyped path (refused,
+    exit 2) nor migrate one that the services of an older release may still use (`roles`
+    refuses it, exit 2; `version` says where it is)."""
     missing = tmp_path / "typo" / "feedback.sqlite3"
-    for args in (("roles",), ("roles", "--clear", "bc")):
+    for args in (("roles",), ("roles", "--clear", "bc"), ("version",)):
         refused = store_cli("--url", f"sqlite:///{missing}", *args)
         assert refused.returncode == 2 and "no SQLite store" in refused.stderr, refused.stderr
     assert not (tmp_path / "typo").exists()
@@ -227,6 +228,8 @@ def test_the_stored_roles_of_a_sqlite_store_are_read_as_it_is(tmp_path: Path) ->
     for args in (("roles",), ("roles", "--clear", "bc")):
         refused = store_cli("--url", f"sqlite:///{old}", *args)
         assert refused.returncode == 2 and "schema version 2" in refused.stderr, refused.stderr
+    version = store_cli("--url", f"sqlite:///{old}", "version")
+    assert version.returncode == 0 and version.stdout.startswith("store 2, this release ")
     assert sqlite3.connect(old).execute("PRAGMA user_version").fetchone() == (2,)  # untouched
 
     current = tmp_path / "feedback.sqlite3"
