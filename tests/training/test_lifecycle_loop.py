@@ -22,6 +22,7 @@ from service.http.app import create_app
 from service.monitoring.store import FeedbackStore
 from tests.conftest import make_settings
 from tests.service.server_support import ThreadServer
+from tests.training.loop_support import label_live, predict_live
 from training.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +30,7 @@ CHAMPION = ROOT / "models" / "breast-cancer" / "1"
 CLASSES = ["benign", "malignant"]  # the bundled config's order (sklearn's 0 is malignant)
 QUICK = ["--set", "train.epochs=80", "--set", "cv.folds=3"]
 ADMIN = {"Authorization": "Bearer loop-admin"}
+MODEL = "breast-cancer"
 
 
 def shifted_traffic(n: int, seed: int) -> tuple[np.ndarray, list[str], list[str]]:
@@ -62,30 +64,9 @@ def server(tmp_path: Path) -> ThreadServer:
     srv.stop()
 
 
-def _predict(
-    client: httpx.Client, x: np.ndarray, names: list[str], version: int = 1
-) -> list[dict[str, object]]:
-    """The predictions of live requests of 50 rows each (oldest first), by named features;
-    every one answered by `version`, the primary."""
-    predictions = []
-    for start in range(0, len(x), 50):
-        rows = [dict(zip(names, map(float, r), strict=True)) for r in x[start : start + 50]]
-        answer = client.post("/predict", json={"model": "breast-cancer", "instances": rows})
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["version"] == version
-        predictions += answer.json()["predictions"]
-    return predictions
-
-
-def _label(client: httpx.Client, predictions: list[dict[str, object]], labels: list[str]) -> None:
-    """Ground truth for those predictions, sent back as it would arrive: in batches."""
-    items = [
-        {"prediction_id": p["prediction_id"], "label": label}
-        for p, label in zip(predictions, labels, strict=True)
-    ]
-    for start in range(0, len(items), 100):
-        batch = items[start : start + 100]
-        assert client.post("/feedback", json={"items": batch}).json()["accepted"] == len(batch)
+def _named(x: np.ndarray, names: list[str]) -> list[dict[str, float]]:
+    """Rows as objects keyed by feature name."""
+    return [dict(zip(names, map(float, r), strict=True)) for r in x]
 
 
 def test_capture_export_retrain_compare_shadow_promote_on_shifted_traffic(
@@ -94,8 +75,8 @@ def test_capture_export_retrain_compare_shadow_promote_on_shifted_traffic(
     x, labels, names = shifted_traffic(700, seed=7)
     with httpx.Client(base_url=server.url) as client:
         for start in range(0, len(x), 50):  # labelled as they go: the latest are held out
-            predictions = _predict(client, x[start : start + 50], names)
-            _label(client, predictions, labels[start : start + 50])
+            predictions = predict_live(client, MODEL, _named(x[start : start + 50], names))
+            label_live(client, predictions, labels[start : start + 50])
     assert server.app.state.capture.wait_drained(20)
     store_url = f"sqlite:///{tmp_path}/var/feedback.sqlite3"
     examples = tmp_path / "examples.csv"
@@ -159,12 +140,13 @@ def test_capture_export_retrain_compare_shadow_promote_on_shifted_traffic(
         r = admin.post(f"{model}/shadow", json={"version": 2, "sample_rate": 1.0})
         assert r.status_code == 200, r.text
         later, later_labels, _ = shifted_traffic(300, seed=8)
-        predictions = _predict(admin, later, names)  # the primary answers, never the shadow
+        # The primary answers, never the shadow.
+        predictions = predict_live(admin, MODEL, _named(later, names))
         deadline = time.monotonic() + 30
         while admin.get("/models/breast-cancer/shadow").json()["shadow_decisions"] < 300:
             assert time.monotonic() < deadline, "the shadow did not decide every row"
             time.sleep(0.1)
-        _label(admin, predictions, later_labels)
+        label_live(admin, predictions, later_labels)
 
         # One label scored both versions; the shadow is cheaper live, as it was offline.
         view = admin.get("/models/breast-cancer/shadow").json()["comparison"]
@@ -174,7 +156,7 @@ def test_capture_export_retrain_compare_shadow_promote_on_shifted_traffic(
         r = admin.post(f"{model}/promote", json={"requested_by": "the loop test"})
         assert r.status_code == 200, r.text
         assert r.json()["outcome"] == "promoted" and r.json()["roles"]["primary"] == 2
-        _predict(admin, later[:50], names, version=2)
+        predict_live(admin, MODEL, _named(later[:50], names), version=2)
 
 
 def test_export_refuses_an_empty_window_and_retrain_refuses_dropped_features(

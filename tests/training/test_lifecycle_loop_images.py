@@ -24,6 +24,7 @@ from sklearn.datasets import load_digits
 from service.http.app import create_app
 from tests.conftest import make_settings
 from tests.service.server_support import ThreadServer
+from tests.training.loop_support import label_live, predict_live
 from training.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,26 +60,10 @@ def server(tmp_path: Path) -> ThreadServer:
     srv.stop()
 
 
-def _predict(client: httpx.Client, x: np.ndarray, version: int = 1) -> list[dict[str, object]]:
-    """The predictions of live requests of 50 images each ([1, 8, 8] rows), oldest first."""
-    predictions = []
-    for start in range(0, len(x), 50):
-        rows = x[start : start + 50].reshape(-1, 1, 8, 8).tolist()
-        answer = client.post("/predict", json={"model": "digits", "instances": rows})
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["version"] == version
-        predictions += answer.json()["predictions"]
-    return predictions
-
-
-def _label(client: httpx.Client, predictions: list[dict[str, object]], labels: list[str]) -> None:
-    items = [
-        {"prediction_id": p["prediction_id"], "label": label}
-        for p, label in zip(predictions, labels, strict=True)
-    ]
-    for start in range(0, len(items), 100):
-        batch = items[start : start + 100]
-        assert client.post("/feedback", json={"items": batch}).json()["accepted"] == len(batch)
+def _images(x: np.ndarray) -> list[list[list[list[float]]]]:
+    """Rows as [1, 8, 8] images."""
+    rows: list[list[list[list[float]]]] = x.reshape(-1, 1, 8, 8).tolist()
+    return rows
 
 
 def _shadow_outcomes(text: str, model: str) -> dict[tuple[str, str, str], float]:
@@ -99,8 +84,8 @@ def test_an_image_model_goes_round_the_loop_on_inverted_digits(
     x, labels = inverted_digits(600, seed=7)
     with httpx.Client(base_url=server.url) as client:
         for start in range(0, len(x), 50):  # labelled as they go: the latest are held out
-            predictions = _predict(client, x[start : start + 50])
-            _label(client, predictions, labels[start : start + 50])
+            predictions = predict_live(client, "digits", _images(x[start : start + 50]))
+            label_live(client, predictions, labels[start : start + 50])
     assert server.app.state.capture.wait_drained(20)
     store_url = f"sqlite:///{tmp_path}/var/feedback.sqlite3"
     examples = tmp_path / "examples.csv"
@@ -174,12 +159,13 @@ def test_an_image_model_goes_round_the_loop_on_inverted_digits(
         r = admin.post(f"{model}/shadow", json={"version": 2, "sample_rate": 1.0})
         assert r.status_code == 200, r.text
         later, later_labels = inverted_digits(200, seed=8)
-        predictions = _predict(admin, later)  # the primary answers, never the shadow
+        # The primary answers, never the shadow.
+        predictions = predict_live(admin, "digits", _images(later))
         deadline = time.monotonic() + 30
         while admin.get("/models/digits/shadow").json()["shadow_decisions"] < 200:
             assert time.monotonic() < deadline, "the shadow did not decide every row"
             time.sleep(0.1)
-        _label(admin, predictions, later_labels)
+        label_live(admin, predictions, later_labels)
 
         # /metrics counts each role's paired rows correct or wrong, as the labels say of the
         # answers sent (primary) and of the decisions the shadow kept in the store.
@@ -223,7 +209,7 @@ def test_an_image_model_goes_round_the_loop_on_inverted_digits(
         r = admin.post(f"{model}/promote", json={"requested_by": "the image loop test"})
         assert r.status_code == 200, r.text
         assert r.json()["outcome"] == "promoted" and r.json()["roles"]["primary"] == 2
-        _predict(admin, later[:50], version=2)
+        predict_live(admin, "digits", _images(later[:50]), version=2)
 
 
 def _export_file(path: Path, x: np.ndarray, labels: list[str], split: str = "holdout") -> Path:
