@@ -94,8 +94,8 @@ def test_a_better_shadow_is_measured_refused_without_labels_and_promoted_under_l
     # Shifted traffic: the truth follows beta, which only the challenger looks at.
     rows, truth = shifted_rows(600, seed=11)
     answers = []
-    for i in range(0, len(rows), 20):
-        r = httpx.post(f"{url}/predict", json={"model": MODEL, "instances": rows[i : i + 20]})
+    for i in range(0, len(rows), 5):
+        r = httpx.post(f"{url}/predict", json={"model": MODEL, "instances": rows[i : i + 5]})
         assert r.status_code == 200 and r.json()["version"] == 1
         answers += r.json()["predictions"]
 
@@ -112,7 +112,9 @@ def test_a_better_shadow_is_measured_refused_without_labels_and_promoted_under_l
             break
         assert time.monotonic() < deadline, (sampled, decided, view)
         time.sleep(0.1)
-    assert 0.3 * len(rows) < decided < 0.7 * len(rows)
+    # The shadow samples whole requests: 120 requests of 5 rows at 0.5 put 60 on it (sd 5.5),
+    # so these bounds are 5.5 sd away and fail only if the rate is not honoured.
+    assert 0.25 * len(rows) < decided < 0.75 * len(rows)
 
     # Before any label: refused, too few labels, and the primary still answers.
     r = admin.post(f"/v2/repository/models/{MODEL}/promote", json={"requested_by": "ci"})
@@ -200,7 +202,7 @@ def test_grpc_requests_are_shadowed_too(server: LiveServer) -> None:
     x = np.asarray(shifted_rows(40, seed=2)[0], dtype=np.float32)
     inp = grpcclient.InferInput("input", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
-    for _ in range(10):
+    for _ in range(40):  # sampled at 0.5: none of 40 reaching the shadow has odds 1e-12
         client.infer(MODEL, [inp], parameters={"prediction_ids": True})
     deadline = time.monotonic() + 20
     while httpx.get(f"{server.url}/models/{MODEL}/shadow").json()["shadow_decisions"] == 0:
