@@ -27,8 +27,16 @@ done
 
 mkdir -p "$REPORT_DIR"
 work=$(mktemp -d "${TMPDIR:-/tmp}/verdict-load.XXXXXX")
-PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-GRPC_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+# Both ports from one process, each socket still bound while the other is taken: two ports
+# picked one after the other could be the same one, and the server would not start.
+read -r PORT GRPC_PORT < <("$PY" -c '
+import socket
+a, b = socket.socket(), socket.socket()
+a.bind(("127.0.0.1", 0))
+b.bind(("127.0.0.1", 0))
+print(a.getsockname()[1], b.getsockname()[1])
+a.close()
+b.close()')
 URL="http://127.0.0.1:$PORT"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 REPORT="$REPORT_DIR/load-$stamp.html"

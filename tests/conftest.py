@@ -327,34 +327,72 @@ def client(app: Any) -> Iterator[Any]:
         yield c
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    """A port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on right now, and not one this test process handed out before.
+
+    The caller binds it later, so the kernel may give the same port to the next bind to port
+    0 in between (about 1 in 14,000 a time): two ports asked for in a row (HTTP and gRPC, or
+    replicas started together) must not be one. Something else may still take it before the
+    server binds it: `LiveServer` then starts again on another port."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 class LiveServer:
     """`python -m service` in a subprocess on 127.0.0.1."""
 
-    def __init__(self, env: dict[str, str], args: list[str] | None = None) -> None:
+    # Starts on a port another process took between `free_port` and the server's bind.
+    PORT_TRIES = 3
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        args: list[str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("VERDICT_")}
+        self.env["VERDICT_GRPC_PORT"] = "0"  # tests never take a fixed port
+        self.env.update(env)
+        self.env["PYTHONPATH"] = str(ROOT)
+        self.args = list(args or [])
+        self.preexec_fn = preexec_fn  # run in the server's process before it starts
+        self.final_output: str | None = None
+        self.starts = 0
+        self._start()
+
+    def _start(self) -> None:
         import tempfile
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("VERDICT_")}
-        full_env["VERDICT_GRPC_PORT"] = "0"  # tests never take a fixed port
-        full_env.update(env)
-        full_env["PYTHONPATH"] = str(ROOT)
         # A file, not a pipe: a pipe nobody reads would block a chatty server.
         self.log = tempfile.NamedTemporaryFile(prefix="verdict-live-", suffix=".log")  # noqa: SIM115
-        self.final_output: str | None = None
+        self.starts += 1
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "--port", str(self.port), *(args or [])],
+            [sys.executable, "-m", "service", "--port", str(self.port), *self.args],
             cwd=ROOT,
-            env=full_env,
+            env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=self.log,
+            preexec_fn=self.preexec_fn,
+        )
+
+    def _lost_its_port(self) -> bool:
+        """Whether the server stopped at start because its HTTP port was taken meanwhile (exit
+        code 3, `cannot listen on`/`cannot bind` the port: address already in use)."""
+        log = self.output()
+        return (
+            self.proc.returncode == 3
+            and f"127.0.0.1:{self.port}: " in log
+            and "address already in use" in log.lower()
         )
 
     def output(self) -> str:
@@ -368,6 +406,10 @@ class LiveServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if self._lost_its_port() and self.starts < self.PORT_TRIES:
+                    self.log.close()
+                    self._start()
+                    continue
                 raise AssertionError(f"the server exited: {self.output()[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:

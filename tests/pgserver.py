@@ -101,6 +101,17 @@ class PostgresServer:
             cursor = conn.execute(statement)
             return list(cursor.fetchall()) if cursor.description else []
 
+    def reload(self, setting: str, expected: str, timeout_s: float = 30.0) -> None:
+        """pg_reload_conf(), then wait until `setting` reads `expected` in a new session: the
+        server has then reloaded its configuration and signalled every open session, which
+        applies it before its next command (pg_reload_conf() only sends the signal)."""
+        self.sql_admin("postgres", "SELECT pg_reload_conf()")
+        wait_for(
+            lambda: self.sql_admin("postgres", f"SHOW {setting}") == [(expected,)],
+            timeout_s,
+            f"{setting} = {expected} after a configuration reload",
+        )
+
     def sql(self, statement: str) -> list[tuple[Any, ...]]:
         """One statement on the `verdict` database, as the superuser."""
         return self.sql_admin("verdict", statement)
@@ -158,7 +169,7 @@ def pg(pg_server: PostgresServer) -> Iterator[PostgresServer]:
     if not pg_server.running():
         pg_server.start()
     pg_server.sql_admin("postgres", "ALTER SYSTEM RESET ALL")
-    pg_server.sql_admin("postgres", "SELECT pg_reload_conf()")
+    pg_server.reload("default_transaction_read_only", "off")
     pg_server.reset()
     yield pg_server
     if not pg_server.running():

@@ -225,8 +225,7 @@ def test_a_read_only_database_refuses_writes_and_still_answers_reads(
     store = PostgresStore(pg.url)
     store.record([label("a", 0)])
     pg.sql_admin("postgres", "ALTER SYSTEM SET default_transaction_read_only = on")
-    pg.sql_admin("postgres", "SELECT pg_reload_conf()")
-    time.sleep(0.3)  # sessions pick the setting up on their next command
+    pg.reload("default_transaction_read_only", "on")  # sessions apply it on their next command
     with pytest.raises(StoreUnavailableError, match="read-only"):
         store.record([label("b"), label("c")])
     assert store.label_of("a") == 0 and store.label_of("b") is None
@@ -234,8 +233,7 @@ def test_a_read_only_database_refuses_writes_and_still_answers_reads(
     assert fresh.migrate() == len(schema.MIGRATIONS)
     fresh.close()
     pg.sql_admin("postgres", "ALTER SYSTEM RESET default_transaction_read_only")
-    pg.sql_admin("postgres", "SELECT pg_reload_conf()")
-    time.sleep(0.3)
+    pg.reload("default_transaction_read_only", "off")
     assert store.record([label("b")]) == ["accepted"]
     store.close()
 

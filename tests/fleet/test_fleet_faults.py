@@ -181,7 +181,11 @@ def test_a_rolling_restart_under_load_fails_no_prediction_and_keeps_every_label(
     predictions = Predictions(fleet)
     predictions.start()
     total = len(_batches(ids))
-    ingest = Ingest(fleet, _batches(ids), pause_s=0.2)  # slow enough to outlast the restart
+    # Slow enough to outlast the restart on a slow host: 300 batches from 4 senders pausing
+    # 0.5 s take 37 s; the three steps (1 s, a replica's start and a drain each) took 7 s on
+    # a busy two-core host (with 0.2 s, 15 s, replicas starting 3 times slower ended the
+    # labels first). Once the restart is over the rest goes unpaced.
+    ingest = Ingest(fleet, _batches(ids), pause_s=0.5)
     ingest.wait_sent(20)
     for old in list(fleet.replicas):
         labels, predicted = ingest.sent, predictions.ok

@@ -96,17 +96,17 @@ def is_error_shape(doc: Any) -> bool:
 
 def spawn_server(env: dict[str, str], fsize_limit: int | None = None) -> Any:
     """A LiveServer; with `fsize_limit` its process may write no file past that many bytes
-    (RLIMIT_FSIZE, inherited from this process for the moment of the fork: the disk is "full"
-    for it; Python ignores SIGXFSZ, so its writes fail with EFBIG)."""
+    (RLIMIT_FSIZE, set in the server's process before it starts: the disk is "full" for it;
+    Python ignores SIGXFSZ, so its writes fail with EFBIG)."""
     import resource
 
     from tests.conftest import LiveServer
 
     if fsize_limit is None:
         return LiveServer(env)
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, hard))
-    try:
-        return LiveServer(env)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+    def limit() -> None:
+        hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, hard))
+
+    return LiveServer(env, preexec_fn=limit)

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,16 @@ def _sleep(client: TestClient, seconds: float) -> None:
     """Let the app's event loop run (retired versions drain there)."""
     assert client.portal is not None
     client.portal.call(asyncio.sleep, seconds)
+
+
+def _drained(client: TestClient, timeout_s: float = 10.0) -> None:
+    """Let the app's event loop run until every retired version has drained: a few
+    milliseconds on a fast host, longer on a busy one."""
+    repository = client.app.state.repository  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout_s
+    while repository._retiring:
+        assert time.monotonic() < deadline, "a retired version did not drain"
+        _sleep(client, 0.01)
 
 
 def _edit_manifest(folder: Path, **changes) -> None:
@@ -363,7 +374,7 @@ def test_reloading_changed_files_of_the_same_version(model_repo: Path, tmp_path:
         after = c.post("/predict", json=x).json()["predictions"][0]["score"]
         assert after != before
         # Let the retired session drain, then the info series must still be there.
-        _sleep(c, 0.05)
+        _drained(c)
         get = app.state.registry.get_sample_value
         labels = {
             "model": "bin",
@@ -373,7 +384,7 @@ def test_reloading_changed_files_of_the_same_version(model_repo: Path, tmp_path:
         }
         assert get("verdict_model_info", labels) == 1
         c.post("/v2/repository/models/bin/unload", headers=ADMIN)
-        _sleep(c, 0.05)
+        _drained(c)
         assert get("verdict_model_info", labels) is None
 
 
@@ -400,7 +411,7 @@ def test_listeners_hear_loads_and_unloads_and_counts_are_kept(
         assert issued == 2 and since > 0
         assert repo.predictions_issued("bin", 2) is None
         c.post("/v2/repository/models/bin/unload", headers=ADMIN)
-        _sleep(c, 0.05)
+        _drained(c)
         assert ("unload", "bin", 1) in events
         c.get("/metrics")
         assert flushed == [1]

@@ -44,6 +44,20 @@ def _server(tmp: Path, **overrides: Any) -> ThreadServer:
     return ThreadServer(create_app(make_settings(tmp / "models", tmp, **options)))
 
 
+def _wait_until(check: Any, what: str, timeout_s: float = 10.0) -> None:
+    """Poll `check()` until it is true: what the server does after the test's last byte
+    happens on its own loop, as soon as it can on a fast host, later on a busy one."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _all_closed(server: ThreadServer) -> bool:
+    """The server has seen every connection close and finished every request."""
+    return not server.server.connections and server.app.edge.active == 0
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadServer]:
     srv = _server(tmp_path_factory.mktemp("server"))
@@ -287,14 +301,16 @@ def test_an_idle_keep_alive_connection_is_closed(
 ) -> None:
     import service.http.server as server_module
 
-    monkeypatch.setattr(server_module, "KEEP_ALIVE_S", 0.3)
+    # The idle time runs from the answer's writing, a little before `started`: the half of it
+    # left as margin covers this thread being held that long (a busy host) before reading.
+    monkeypatch.setattr(server_module, "KEEP_ALIVE_S", 1.0)
     with connect(server) as sock:
         reader = Reader(sock)
         sock.sendall(request("GET", "/v2/health/live"))
         assert reader.response()[0] == 200
         started = time.monotonic()
         assert reader.closed()
-        assert 0.2 <= time.monotonic() - started < 5
+        assert 0.5 <= time.monotonic() - started < 10
 
 
 def test_clients_that_leave_mid_request_harm_nothing(
@@ -307,11 +323,12 @@ def test_clients_that_leave_mid_request_harm_nothing(
             sock.sendall(data if i % 2 else data[:-3])  # whole, or cut short
     with connect(server) as sock:  # pipelined, then gone before reading any answer
         sock.sendall(request("POST", "/predict", PREDICT) * 5)
-    time.sleep(0.2)
     r = httpx.post(f"{server.url}/predict", content=PREDICT)
     assert r.status_code == 200
+    # Accepted after the gone clients' connections, so those are the server's by now: once
+    # it has seen each close and ended each request, whatever it logged about them is in.
+    _wait_until(lambda: _all_closed(server), "the gone clients' connections to close")
     assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
-    assert server.app.edge.active == 0
 
 
 def test_every_request_is_counted(server: ThreadServer) -> None:
@@ -365,7 +382,7 @@ def test_the_admission_limit_refuses_with_503_while_a_request_is_in(tmp_path: Pa
     try:
         with connect(srv) as first, connect(srv) as second:
             first.sendall(request("POST", "/predict", PREDICT)[:-4])  # admitted, body pending
-            time.sleep(0.2)
+            _wait_until(lambda: srv.app.edge.active == 1, "the first request's admission")
             second.sendall(request("POST", "/predict", PREDICT, X_Request_ID="late"))
             status, headers, body = Reader(second).response()
             assert status == 503 and headers["retry-after"] == "1"
@@ -405,8 +422,7 @@ def test_a_client_that_does_not_read_is_not_read_from_either(server: ThreadServe
                     break
                 time.sleep(0.01)
     assert stalled, f"the server read {sent} bytes of requests whose answers nobody read"
-    time.sleep(0.2)
-    assert server.app.edge.active == 0
+    _wait_until(lambda: _all_closed(server), "the closed connection to close there too")
 
 
 def test_shutdown_drains_and_then_cancels_a_request_that_waits(tmp_path: Path) -> None:
