@@ -1,11 +1,35 @@
-"""Live traffic for the loop tests: predictions in requests of 50 rows, and their labels sent
-back in batches, as production would send them."""
+"""The loop tests' server (one champion, capture of every row, an admin key) and their live
+traffic: predictions in requests of 50 rows, and their labels sent back in batches, as
+production would send them."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+from service.http.app import create_app
+from tests.conftest import make_settings
+from tests.service.server_support import ThreadServer
+
+ADMIN_KEY = "loop-admin"
+
+
+def loop_server(tmp_path: Path, model: str, champion: Path) -> ThreadServer:
+    """A real server whose repository holds `champion` as version 1 of `model`, capturing
+    every row it predicts; stop it with `.stop()`."""
+    shutil.copytree(champion, tmp_path / "models" / model / "1")
+    settings = make_settings(
+        tmp_path / "models",
+        tmp_path,
+        capture_rates=f"{model}=1",
+        capture_max_rows_per_s=10_000,
+        admin_api_key=ADMIN_KEY,
+        promotion_min_labels=100,
+    )
+    return ThreadServer(create_app(settings))
 
 
 def predict_live(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -18,18 +17,16 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from service.http.app import create_app
 from service.monitoring.store import FeedbackStore
-from tests.conftest import make_settings
 from tests.service.server_support import ThreadServer
-from tests.training.loop_support import label_live, predict_live
+from tests.training.loop_support import ADMIN_KEY, label_live, loop_server, predict_live
 from training.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAMPION = ROOT / "models" / "breast-cancer" / "1"
 CLASSES = ["benign", "malignant"]  # the bundled config's order (sklearn's 0 is malignant)
 QUICK = ["--set", "train.epochs=80", "--set", "cv.folds=3"]
-ADMIN = {"Authorization": "Bearer loop-admin"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 MODEL = "breast-cancer"
 
 
@@ -50,16 +47,7 @@ def shifted_traffic(n: int, seed: int) -> tuple[np.ndarray, list[str], list[str]
 
 @pytest.fixture
 def server(tmp_path: Path) -> ThreadServer:
-    shutil.copytree(CHAMPION, tmp_path / "models" / "breast-cancer" / "1")
-    settings = make_settings(
-        tmp_path / "models",
-        tmp_path,
-        capture_rates="breast-cancer=1",
-        capture_max_rows_per_s=10_000,
-        admin_api_key="loop-admin",
-        promotion_min_labels=100,
-    )
-    srv = ThreadServer(create_app(settings))
+    srv = loop_server(tmp_path, "breast-cancer", CHAMPION)
     yield srv  # type: ignore[misc]
     srv.stop()
 

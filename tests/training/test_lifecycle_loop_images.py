@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -21,17 +20,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
-from service.http.app import create_app
-from tests.conftest import make_settings
 from tests.service.server_support import ThreadServer
-from tests.training.loop_support import label_live, predict_live
+from tests.training.loop_support import ADMIN_KEY, label_live, loop_server, predict_live
 from training.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAMPION = ROOT / "models" / "digits" / "1"
 PIXELS = [f"input[0][{i}][{j}]" for i in range(8) for j in range(8)]
 QUICK = ["--set", "train.epochs=6", "--set", "cv.folds=0", "--set", "train.progress=none"]
-ADMIN = {"Authorization": "Bearer loop-admin"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 def inverted_digits(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
@@ -46,16 +43,7 @@ def inverted_digits(n: int, seed: int) -> tuple[np.ndarray, list[str]]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> ThreadServer:
-    shutil.copytree(CHAMPION, tmp_path / "models" / "digits" / "1")
-    settings = make_settings(
-        tmp_path / "models",
-        tmp_path,
-        capture_rates="digits=1",
-        capture_max_rows_per_s=10_000,
-        admin_api_key="loop-admin",
-        promotion_min_labels=100,
-    )
-    srv = ThreadServer(create_app(settings))
+    srv = loop_server(tmp_path, "digits", CHAMPION)
     yield srv  # type: ignore[misc]
     srv.stop()
 
