@@ -346,6 +346,15 @@ def free_port() -> int:
             return port
 
 
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `check()` until it is true: what a server does after the test's last byte happens
+    on its own loop or process, as soon as it can on a fast host, later on a busy one."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 class LiveServer:
     """`python -m service` in a subprocess on 127.0.0.1."""
 

@@ -11,14 +11,13 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_until
 
 PASSWORD = "verdict-test"
 
@@ -106,7 +105,7 @@ class PostgresServer:
         server has then reloaded its configuration and signalled every open session, which
         applies it before its next command (pg_reload_conf() only sends the signal)."""
         self.sql_admin("postgres", "SELECT pg_reload_conf()")
-        wait_for(
+        wait_until(
             lambda: self.sql_admin("postgres", f"SHOW {setting}") == [(expected,)],
             timeout_s,
             f"{setting} = {expected} after a configuration reload",
@@ -145,15 +144,6 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.remove()
-
-
-def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="session")

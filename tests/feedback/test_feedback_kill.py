@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +15,9 @@ import pytest
 from feedback_support import NOW
 
 from service.monitoring.ids import PredictionIds
+from tests.conftest import free_port
 
 SERVER = Path(__file__).with_name("feedback_server.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -18,6 +17,8 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from tests.conftest import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_YML = REPO / "deploy" / "prometheus" / "prometheus.yml"
 RULES_DIR = REPO / "deploy" / "prometheus" / "rules"
@@ -27,13 +28,6 @@ START_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def config_for_targets(targets: list[str]) -> dict[str, Any]:

@@ -19,13 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, wait_until
 from tests.reliability.rel_support import (
     BIN_ROW,
     is_error_shape,
     live_env,
     spawn_server,
-    wait_until,
 )
 
 N_PREDICTIONS = 240

@@ -20,9 +20,10 @@ from tests.conftest import (
     build_onnx,
     model_weights,
     reference_probabilities,
+    wait_until,
     write_binary,
 )
-from tests.reliability.rel_support import BIN_ROW, live_env, wait_until
+from tests.reliability.rel_support import BIN_ROW, live_env
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "admin-reload-key"

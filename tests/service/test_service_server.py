@@ -21,7 +21,7 @@ import httpx
 import pytest
 import requests
 
-from tests.conftest import make_settings, write_binary, write_image
+from tests.conftest import make_settings, wait_until, write_binary, write_image
 from tests.service.server_support import (
     INFER,
     PREDICT,
@@ -42,15 +42,6 @@ def _server(tmp: Path, **overrides: Any) -> ThreadServer:
     write_image(tmp / "models")
     options = {"read_timeout_s": READ_TIMEOUT_S, "max_body_bytes": MAX_BODY, **overrides}
     return ThreadServer(create_app(make_settings(tmp / "models", tmp, **options)))
-
-
-def _wait_until(check: Any, what: str, timeout_s: float = 10.0) -> None:
-    """Poll `check()` until it is true: what the server does after the test's last byte
-    happens on its own loop, as soon as it can on a fast host, later on a busy one."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def _all_closed(server: ThreadServer) -> bool:
@@ -327,7 +318,7 @@ def test_clients_that_leave_mid_request_harm_nothing(
     assert r.status_code == 200
     # Accepted after the gone clients' connections, so those are the server's by now: once
     # it has seen each close and ended each request, whatever it logged about them is in.
-    _wait_until(lambda: _all_closed(server), "the gone clients' connections to close")
+    wait_until(lambda: _all_closed(server), 10.0, "the gone clients' connections to close")
     assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
 
 
@@ -382,7 +373,7 @@ def test_the_admission_limit_refuses_with_503_while_a_request_is_in(tmp_path: Pa
     try:
         with connect(srv) as first, connect(srv) as second:
             first.sendall(request("POST", "/predict", PREDICT)[:-4])  # admitted, body pending
-            _wait_until(lambda: srv.app.edge.active == 1, "the first request's admission")
+            wait_until(lambda: srv.app.edge.active == 1, 10.0, "the first request's admission")
             second.sendall(request("POST", "/predict", PREDICT, X_Request_ID="late"))
             status, headers, body = Reader(second).response()
             assert status == 503 and headers["retry-after"] == "1"
@@ -422,7 +413,7 @@ def test_a_client_that_does_not_read_is_not_read_from_either(server: ThreadServe
                     break
                 time.sleep(0.01)
     assert stalled, f"the server read {sent} bytes of requests whose answers nobody read"
-    _wait_until(lambda: _all_closed(server), "the closed connection to close there too")
+    wait_until(lambda: _all_closed(server), 10.0, "the closed connection to close there too")
 
 
 def test_shutdown_drains_and_then_cancels_a_request_that_waits(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from tests.conftest import free_port
 from tests.deploy.stack.engine import (
     BASE_IMAGE,
     PROJECT,
@@ -128,12 +128,6 @@ def _absolute(volume: str) -> str:
     if source.startswith("./"):
         return str((ROOT / source).resolve()) + sep + rest
     return volume
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stack_config(locust_run_time: str = LOCUST_RUN_TIME) -> dict[str, Any]:
