@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The container engine that `make compose-test` runs on, set up when missing (Debian 12, root or
-# sudo): podman with runc, netavark and aardvark-dns, docker-compose (it drives podman through
-# podman's Docker-compatible socket), debootstrap; and a Debian 12 base image made with
-# debootstrap from this machine's own Debian mirror and imported into podman as
+# sudo): podman with runc, netavark, aardvark-dns and iptables, docker-compose (it drives
+# podman through podman's Docker-compatible socket), debootstrap; and a Debian 12 base image
+# made with debootstrap from this machine's own Debian mirror and imported into podman as
 # localhost/debian-base:bookworm. podman's image store keeps it between runs.
 # podman's system settings are left alone: the test run hands podman its own containers.conf
 # (tests/deploy/stack/engine.py).
@@ -23,6 +23,9 @@ command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v runc >/dev/null 2>&1 || need+=(runc)
 [ -x /usr/lib/podman/netavark ] || need+=(netavark)
 [ -x /usr/lib/podman/aardvark-dns ] || need+=(aardvark-dns)
+# netavark sets up the bridge network with iptables, which no package here depends on: without
+# it every container on a network fails with "netavark: No such file or directory".
+[ -x /usr/sbin/iptables ] || need+=(iptables)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 if [ ${#need[@]} -gt 0 ]; then
