@@ -22,7 +22,6 @@ import argparse
 import sqlite3
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import ValidationError
@@ -115,13 +114,13 @@ def _copy_table(db: sqlite3.Connection, store: PostgresStore, table: str) -> tup
 def _copy(source: str, target: str) -> str:
     from service.monitoring.keys import KEY_FILE
     from service.monitoring.postgres import PostgresStore
-    from service.monitoring.stores import is_postgres, sqlite_folder
+    from service.monitoring.stores import is_postgres, missing_sqlite_file, sqlite_folder
 
     if not source.startswith("sqlite:///") or not is_postgres(target):
         _refuse("copy goes from a sqlite:/// URL to a postgresql:// one")
-    path = _sqlite_path(source)
-    if not Path(path).is_file():
-        _refuse(f"no SQLite store at {path}")
+    if (missing := missing_sqlite_file(source)) is not None:
+        _refuse(f"no SQLite store at {missing}")
+    path = source.removeprefix("sqlite:///").partition("?")[0]
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     store = PostgresStore(target)
     try:
@@ -151,19 +150,13 @@ def _copy(source: str, target: str) -> str:
     return "; ".join(parts)
 
 
-def _sqlite_path(url: str) -> str:
-    from service.monitoring.stores import sqlite_target
-
-    return sqlite_target(url).removeprefix("file:").partition("?")[0]
-
-
 def _as_it_is(url: str, store: LabelStore) -> None:
     """Read the store as it is from here on: never migrated (the services of an older release
     may still use it), never created (a mistyped SQLite path is refused)."""
-    from service.monitoring.stores import is_postgres
+    from service.monitoring.stores import missing_sqlite_file
 
-    if not is_postgres(url) and not Path(_sqlite_path(url)).is_file():
-        _refuse(f"no SQLite store at {_sqlite_path(url)}")
+    if (missing := missing_sqlite_file(url)) is not None:
+        _refuse(f"no SQLite store at {missing}")
     store.use_as_is()
 
 

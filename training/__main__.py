@@ -161,10 +161,13 @@ def _export(args: argparse.Namespace) -> int:
     # (no torch on that side); see docs/lifecycle.md.
     from service.errors import StoreUnavailableError
     from service.monitoring.examples import ExportError, export_examples
-    from service.monitoring.stores import describe, open_store
+    from service.monitoring.stores import describe, missing_sqlite_file, open_store
 
     url = args.store or os.environ.get("VERDICT_FEEDBACK_URL") or DEFAULT_STORE
     folder = args.repository / args.model
+    if (missing := missing_sqlite_file(url)) is not None:  # never created from here
+        print(f"error: no SQLite feedback store at {missing}", file=sys.stderr)
+        return 1
 
     def manifest_of(version: int) -> dict[str, Any] | None:
         path = folder / str(version) / "manifest.json"

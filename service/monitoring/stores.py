@@ -83,6 +83,16 @@ def sqlite_folder(url: str) -> Path:
     return Path(path).resolve().parent
 
 
+def missing_sqlite_file(url: str) -> str | None:
+    """The path a `sqlite:///` URL names when no file is there, else None (also for
+    PostgreSQL): a command that reads a store as it is refuses such a URL rather than let
+    SQLite create an empty file at a mistyped path."""
+    if is_postgres(url):
+        return None
+    path = url.removeprefix(SQLITE).partition("?")[0]
+    return None if Path(path).is_file() else path
+
+
 def open_store(url: str) -> LabelStore:
     """The store a URL names; nothing is connected until its first call."""
     if is_postgres(url):

@@ -107,6 +107,11 @@ def test_export_refuses_nothing_to_export_and_bad_times(
     assert "schema version 0" in capsys.readouterr().err
     with sqlite3.connect(empty) as db:  # and it was not migrated from here
         assert db.execute("SELECT name FROM sqlite_master").fetchall() == []
+    mistyped = tmp_path / "mistyped.db"  # refused, and no empty file left there
+    store = ["--store", f"sqlite:///{mistyped}", "--repository", str(repo)]
+    assert main(["export", "bin", *store, "--out", str(tmp_path / "x.csv")]) == 1
+    assert f"no SQLite feedback store at {mistyped}" in capsys.readouterr().err
+    assert not mistyped.exists()
 
 
 def test_the_held_out_start_keeps_whole_time_stamps() -> None:
