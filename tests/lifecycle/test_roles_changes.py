@@ -16,7 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import make_settings, wait_ready
-from tests.lifecycle.shadow_support import ADMIN, ADMIN_KEY, MODEL, shifted_rows, write_pair
+from tests.lifecycle.shadow_support import (
+    ADMIN,
+    ADMIN_KEY,
+    MODEL,
+    label_shadowed_rows,
+    shifted_rows,
+    write_pair,
+)
 
 PAIRED_ROWS = 40
 
@@ -52,19 +59,7 @@ def _roles(client: TestClient) -> tuple[int, int | None, float]:
 def _label_paired_rows(client: TestClient) -> None:
     """Rows decided by both versions, and their labels: enough for a promotion at
     min_labels=PAIRED_ROWS."""
-    rows, truth = shifted_rows(PAIRED_ROWS, seed=7)
-    r = client.post("/predict", json={"model": MODEL, "instances": rows})
-    assert r.status_code == 200 and r.json()["version"] == 1, r.text
-    answers = r.json()["predictions"]
-    deadline = time.monotonic() + 20
-    while client.get(f"/models/{MODEL}/shadow").json().get("shadow_decisions", 0) < len(rows):
-        assert time.monotonic() < deadline, "the shadow did not decide every row"
-        time.sleep(0.05)
-    items = [
-        {"prediction_id": a["prediction_id"], "label": t}
-        for a, t in zip(answers, truth, strict=True)
-    ]
-    assert client.post("/feedback", json={"items": items}).json()["accepted"] == len(rows)
+    label_shadowed_rows(client, client, *shifted_rows(PAIRED_ROWS, seed=7))
 
 
 @pytest.fixture

@@ -25,7 +25,14 @@ from tests.conftest import (
     wait_ready,
     write_image,
 )
-from tests.lifecycle.shadow_support import ADMIN, ADMIN_KEY, MODEL, shifted_rows, write_pair
+from tests.lifecycle.shadow_support import (
+    ADMIN,
+    ADMIN_KEY,
+    MODEL,
+    shadow_outcomes,
+    shifted_rows,
+    write_pair,
+)
 
 
 @pytest.fixture
@@ -261,21 +268,6 @@ def test_labels_score_both_versions_and_promotion_follows_the_rule(client: TestC
     assert r.status_code == 409
 
 
-def _paired_outcomes(client: TestClient, model: str) -> dict[tuple[str, str, str], float]:
-    """verdict_shadow_outcomes_total of a model as /metrics shows it, by (version, role,
-    outcome)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = client.get("/metrics").text
-    return {
-        (s.labels["version"], s.labels["role"], s.labels["outcome"]): s.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "verdict_shadow_outcomes"
-        for s in family.samples
-        if s.name == "verdict_shadow_outcomes_total" and s.labels["model"] == model
-    }
-
-
 def test_labels_score_a_multiclass_shadow_as_correct_or_wrong_on_metrics(tmp_path: Path) -> None:
     """A multiclass model's paired rows are counted correct or wrong per role on /metrics, as
     its labels imply, and the binary outcomes stay off its series."""
@@ -305,7 +297,7 @@ def test_labels_score_a_multiclass_shadow_as_correct_or_wrong_on_metrics(tmp_pat
         )
         assert r.status_code == 200, r.text
         # The series start at 0 when the shadow is set, with the multiclass outcomes only.
-        assert _paired_outcomes(client, "img") == {
+        assert shadow_outcomes(client.get("/metrics").text, "img") == {
             (v, role, o): 0.0
             for v, role in (("1", "primary"), ("2", "shadow"))
             for o in ("correct", "wrong")
@@ -332,7 +324,7 @@ def test_labels_score_a_multiclass_shadow_as_correct_or_wrong_on_metrics(tmp_pat
             "shadow": int(sum(s != t for s, t in zip(shadow, truth, strict=True))),
         }
         assert wrong["shadow"] == n // 3 and wrong["primary"] > wrong["shadow"]
-        assert _paired_outcomes(client, "img") == {
+        assert shadow_outcomes(client.get("/metrics").text, "img") == {
             ("1", "primary", "correct"): n - wrong["primary"],
             ("1", "primary", "wrong"): wrong["primary"],
             ("2", "shadow", "correct"): n - wrong["shadow"],

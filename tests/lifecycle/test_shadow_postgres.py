@@ -4,7 +4,6 @@ the shared database; and the store methods answer as the SQLite file does."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,7 +17,14 @@ from service.monitoring.postgres import PostgresStore
 from service.monitoring.records import LabelRecord
 from service.monitoring.store import FeedbackStore
 from tests.conftest import make_settings, wait_ready
-from tests.lifecycle.shadow_support import ADMIN, ADMIN_KEY, MODEL, shifted_rows, write_pair
+from tests.lifecycle.shadow_support import (
+    ADMIN,
+    ADMIN_KEY,
+    MODEL,
+    label_shadowed_rows,
+    shifted_rows,
+    write_pair,
+)
 from tests.pgserver import PostgresServer, pg, pg_server  # noqa: F401  (fixtures)
 
 
@@ -48,19 +54,7 @@ def test_a_label_sent_to_another_replica_scores_the_shadow_decision(
 ) -> None:
     serving, labelling = replicas
     rows, truth = shifted_rows(80, seed=7)
-    r = serving.post("/predict", json={"model": MODEL, "instances": rows})
-    assert r.status_code == 200 and r.json()["version"] == 1
-    answers = r.json()["predictions"]
-    deadline = time.monotonic() + 20
-    while labelling.get(f"/models/{MODEL}/shadow").json()["shadow_decisions"] < len(rows):
-        assert time.monotonic() < deadline, "the shadow decisions never reached the shared store"
-        time.sleep(0.05)
-
-    items = [
-        {"prediction_id": a["prediction_id"], "label": t}
-        for a, t in zip(answers, truth, strict=True)
-    ]
-    assert labelling.post("/feedback", json={"items": items}).json()["accepted"] == len(rows)
+    label_shadowed_rows(serving, labelling, rows, truth)
     registry = labelling.app.state.registry  # type: ignore[attr-defined]
     for role, version in (("primary", "1"), ("shadow", "2")):
         counted = sum(

@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
+from tests.lifecycle.shadow_support import shadow_outcomes
 from tests.service.server_support import ThreadServer
 from tests.training.loop_support import ADMIN_KEY, label_live, loop_server, predict_live
 from training.__main__ import main
@@ -52,18 +52,6 @@ def _images(x: np.ndarray) -> list[list[list[list[float]]]]:
     """Rows as [1, 8, 8] images."""
     rows: list[list[list[list[float]]]] = x.reshape(-1, 1, 8, 8).tolist()
     return rows
-
-
-def _shadow_outcomes(text: str, model: str) -> dict[tuple[str, str, str], float]:
-    """verdict_shadow_outcomes_total of a model in a /metrics text, by (version, role,
-    outcome)."""
-    return {
-        (s.labels["version"], s.labels["role"], s.labels["outcome"]): s.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "verdict_shadow_outcomes"
-        for s in family.samples
-        if s.name == "verdict_shadow_outcomes_total" and s.labels["model"] == model
-    }
 
 
 def test_an_image_model_goes_round_the_loop_on_inverted_digits(
@@ -177,7 +165,7 @@ def test_an_image_model_goes_round_the_loop_on_inverted_digits(
             for role in said
         }
         assert 0 < wrong["shadow"] < wrong["primary"], wrong
-        metrics = _shadow_outcomes(admin.get("/metrics").text, "digits")
+        metrics = shadow_outcomes(admin.get("/metrics").text, "digits")
         assert metrics == {
             ("1", "primary", "correct"): 200 - wrong["primary"],
             ("1", "primary", "wrong"): wrong["primary"],
