@@ -114,14 +114,18 @@ def _copy_table(db: sqlite3.Connection, store: PostgresStore, table: str) -> tup
 def _copy(source: str, target: str) -> str:
     from service.monitoring.keys import KEY_FILE
     from service.monitoring.postgres import PostgresStore
-    from service.monitoring.stores import is_postgres, missing_sqlite_file, sqlite_folder
+    from service.monitoring.stores import (
+        is_postgres,
+        missing_sqlite_file,
+        sqlite_folder,
+        sqlite_path,
+    )
 
     if not source.startswith("sqlite:///") or not is_postgres(target):
         _refuse("copy goes from a sqlite:/// URL to a postgresql:// one")
     if (missing := missing_sqlite_file(source)) is not None:
         _refuse(f"no SQLite store at {missing}")
-    path = source.removeprefix("sqlite:///").partition("?")[0]
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = sqlite3.connect(f"file:{sqlite_path(source)}?mode=ro", uri=True)
     store = PostgresStore(target)
     try:
         store.migrate()

@@ -77,10 +77,14 @@ def sqlite_target(url: str) -> str:
     return f"file:{path}?{query}" if query else path
 
 
+def sqlite_path(url: str) -> str:
+    """The file a `sqlite:///` URL names, without its parameters."""
+    return url.removeprefix(SQLITE).partition("?")[0]
+
+
 def sqlite_folder(url: str) -> Path:
     """The folder that holds the SQLite file of a `sqlite:///` URL."""
-    path = url.removeprefix(SQLITE).partition("?")[0]
-    return Path(path).resolve().parent
+    return Path(sqlite_path(url)).resolve().parent
 
 
 def missing_sqlite_file(url: str) -> str | None:
@@ -89,7 +93,7 @@ def missing_sqlite_file(url: str) -> str | None:
     SQLite create an empty file at a mistyped path."""
     if is_postgres(url):
         return None
-    path = url.removeprefix(SQLITE).partition("?")[0]
+    path = sqlite_path(url)
     return None if Path(path).is_file() else path
 
 
