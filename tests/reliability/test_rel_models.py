@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import pickle
 import threading
@@ -108,46 +109,49 @@ def test_hot_reload_under_load_fails_nothing_and_answers_stay_consistent(
 
 
 def _corrupt_drops(repo: Path) -> list[tuple[str, Callable[[], None]]]:
-    def bad_checksum() -> None:
-        folder = write_binary(repo, version=2, seed=3)
-        (folder / "model.onnx").write_bytes(build_onnx((3,), 2, seed=4)[0])
+    """Each bad version is built in a staging folder beside the repository and renamed into
+    place in one step, as verdict-train publishes a version (docs/training.md): a poll never
+    sees the valid model a drop starts from before it is spoiled."""
+    staging = repo.parent / "staging"  # same file system: the rename is atomic
 
-    def not_onnx() -> None:
-        folder = write_binary(repo, version=3, seed=3)
-        (folder / "model.onnx").write_bytes(b"\x08\x01garbage, not a protobuf graph" * 10)
+    def publish(version: int, spoil: Callable[[Path], None]) -> None:
+        folder = write_binary(staging, version=version, seed=3)
+        spoil(folder)
+        folder.rename(repo / "bin" / str(version))
+
+    def rehash(folder: Path, model_file: str) -> None:
         manifest = json.loads((folder / "manifest.json").read_text())
-        import hashlib
-
-        manifest["sha256"] = hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
-        manifest["files"]["model.onnx"] = manifest["sha256"]
+        manifest["model_file"] = model_file
+        manifest["sha256"] = hashlib.sha256((folder / model_file).read_bytes()).hexdigest()
+        if model_file in manifest["files"]:
+            manifest["files"][model_file] = manifest["sha256"]
         (folder / "manifest.json").write_text(json.dumps(manifest))
 
-    def wrong_inputs() -> None:
-        folder = write_binary(repo, version=4, seed=3)
+    def bad_checksum(folder: Path) -> None:
+        (folder / "model.onnx").write_bytes(build_onnx((3,), 2, seed=4)[0])
+
+    def not_onnx(folder: Path) -> None:
+        (folder / "model.onnx").write_bytes(b"\x08\x01garbage, not a protobuf graph" * 10)
+        rehash(folder, "model.onnx")
+
+    def wrong_inputs(folder: Path) -> None:
         manifest = json.loads((folder / "manifest.json").read_text())
         manifest["input"]["shape"] = [-1, 5]
         manifest["input"]["feature_names"] = ["a", "b", "c", "d", "e"]
         (folder / "manifest.json").write_text(json.dumps(manifest))
 
-    def pickled() -> None:
-        folder = write_binary(repo, version=5, seed=3)
-        payload = pickle.dumps({"weights": [1, 2, 3]})
-        (folder / "model.pkl").write_bytes(payload)
-        manifest = json.loads((folder / "manifest.json").read_text())
-        manifest["model_file"] = "model.pkl"
-        import hashlib
-
-        manifest["sha256"] = hashlib.sha256(payload).hexdigest()
-        (folder / "manifest.json").write_text(json.dumps(manifest))
+    def pickled(folder: Path) -> None:
+        (folder / "model.pkl").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+        rehash(folder, "model.pkl")
 
     def v1_overwritten() -> None:
         (repo / "bin" / "1" / "model.onnx").write_bytes(b"truncated")
 
     return [
-        ("bin v2 refused: sha256", bad_checksum),
-        ("bin v3 refused: onnxruntime cannot load", not_onnx),
-        ("bin v4 refused:", wrong_inputs),
-        ("bin v5 refused: model_file must be an ONNX file", pickled),
+        ("bin v2 refused: sha256", partial(publish, 2, bad_checksum)),
+        ("bin v3 refused: onnxruntime cannot load", partial(publish, 3, not_onnx)),
+        ("bin v4 refused:", partial(publish, 4, wrong_inputs)),
+        ("bin v5 refused: model_file must be an ONNX file", partial(publish, 5, pickled)),
         ("bin v1 refused: sha256", v1_overwritten),
     ]
 
